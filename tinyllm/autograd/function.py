@@ -1,0 +1,112 @@
+"""The ``Function`` base class: one differentiable op = one subclass.
+
+A subclass writes two methods on raw arrays (NumPy or CuPy), side by side::
+
+    class Mul(Function):
+        def forward(self, x, y):            # arrays in, array out
+            self.x, self.y = x, y           # save what backward needs
+            return x * y
+
+        def backward(self, dout):           # dL/dout in, (dL/dx, dL/dy) out
+            return dout * self.y, dout * self.x
+
+``Mul.apply(a, b)`` runs it on Tensors: it unwraps their arrays, calls ``forward``, wraps the
+result in a new Tensor and, when grad mode is on and some input requires grad, records this
+Function instance as the output's ``_ctx`` (its creator), with the input Tensors as ``parents``.
+``Tensor.backward`` later walks those records and calls ``backward``.
+
+Rules for ``backward``:
+- return one gradient per Tensor argument of ``forward``, in order (a single array when there is
+  one input), each with the shape of that input; ``None`` is allowed where
+  ``self.needs_input_grad[i]`` is False;
+- never modify ``dout`` in place: it may be shared with another consumer of the same tensor.
+
+Keyword arguments of ``apply`` are passed to ``forward`` unchanged (axis, shape, p, ...); they are
+not differentiated.
+"""
+import numpy as np
+
+from tinyllm import backend
+from tinyllm.autograd import grad_mode
+
+
+class Function:
+    """Base class of every differentiable op. See the module docstring."""
+
+    def __init__(self, *parents):
+        self.parents = parents                                   # the input Tensors
+        self.needs_input_grad = tuple(t.requires_grad for t in parents)
+        self.requires_grad = any(self.needs_input_grad)
+
+    def forward(self, *arrays, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    @classmethod
+    def apply(cls, *tensors, **kwargs):
+        """Run ``forward`` on the tensors' arrays and record the op for backward."""
+        from tinyllm.autograd.tensor import Tensor   # tensor.py imports this module
+        ctx = cls(*tensors)
+        arrays = [t.data for t in tensors]
+        _check_same_device(cls.__name__, tensors, arrays)
+        try:
+            out = ctx.forward(*arrays, **kwargs)
+        except ValueError as e:                      # e.g. NumPy's broadcasting message
+            if str(e).startswith(cls.__name__):
+                raise
+            shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+            raise ValueError(f"{cls.__name__}: {e} (input shapes {shapes})") from e
+        out = Tensor._from_op(out)
+        if ctx.requires_grad and grad_mode.is_grad_enabled():
+            out.requires_grad = True
+            out._ctx = ctx
+        else:
+            ctx.parents = ()                         # keep nothing alive in no_grad / constants
+        return out
+
+    def release(self):
+        """Free what forward saved (called after backward unless retain_graph=True)."""
+        name, needs = type(self).__name__, self.needs_input_grad
+        self.__dict__.clear()
+        self.needs_input_grad = needs
+        self._released = name
+
+    def __repr__(self):
+        return f"<{type(self).__name__}>"
+
+
+def _check_same_device(op, tensors, arrays):
+    if len(arrays) < 2:
+        return
+    first = backend.get_array_module(arrays[0])
+    for t, a in zip(tensors[1:], arrays[1:]):
+        if backend.get_array_module(a) is not first:
+            described = ", ".join(f"{t.device} {tuple(t.shape)}" for t in tensors)
+            raise RuntimeError(f"{op}: expected all tensors on the same device, got {described}; "
+                               "move them with .to(device)")
+
+
+def unbroadcast(dx, shape):
+    """Sum ``dx`` down to ``shape``, undoing NumPy broadcasting.
+
+    If y = f(broadcast(x)), every copy of an element of x receives gradient, and the chain rule
+    adds them: sum over the leading axes broadcasting added, and over the axes where x had size
+    1. Returns ``dx`` itself when no reduction is needed.
+    """
+    if dx.shape == tuple(shape):
+        return dx
+    lead = dx.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape)
+                                      if n == 1 and dx.shape[i + lead] != 1)
+    dx = dx.sum(axis=axes, keepdims=True)
+    return dx.reshape(shape)                     # (1,)*lead + shape -> shape
+
+
+def float_dtype_of(*arrays):
+    """The floating dtype a result of these arrays has (ints alone give the default dtype)."""
+    floats = [a.dtype for a in arrays if a.dtype.kind == "f"]
+    if not floats:
+        return backend.get_default_dtype()
+    return np.result_type(*floats)

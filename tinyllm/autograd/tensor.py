@@ -1,0 +1,526 @@
+"""``Tensor``: an array plus the record of how it was computed, and reverse-mode autograd.
+
+A Tensor holds
+- ``data``: the NumPy or CuPy array with its values;
+- ``grad``: after ``backward()``, dL/d(this tensor) as a plain array of the same shape, or None;
+- ``requires_grad``: whether gradients flow to it;
+- ``_ctx``: the ``Function`` instance that produced it (None for leaves, the tensors you make).
+
+``loss.backward()`` orders the graph behind ``loss`` so that every tensor comes after all the
+tensors computed from it (a topological order, found with an explicit stack, so a chain of
+100,000 ops needs no recursion), then walks it from ``loss`` back to the leaves. At each node the
+chain rule needs the *total* upstream gradient dL/dnode: the sum over every op that consumed the
+node. The walk order guarantees all those contributions have arrived before the node's own
+``Function.backward`` turns it into gradients for the node's inputs.
+
+Gradients of leaves accumulate across ``backward`` calls, as in PyTorch: call ``zero_grad()``
+(or the optimizer's) between steps. The graph is freed as it is walked unless
+``retain_graph=True``; a second backward through a freed graph raises.
+"""
+import numpy as np
+
+from tinyllm import backend
+from tinyllm.autograd import grad_mode
+
+
+class _LazyFunctional:
+    """Stands in for ``tinyllm.functional`` until first use.
+
+    The operator methods below (``a + b``, ``a @ b``, ``a.sum()``) call the ops in
+    ``tinyllm.functional``, which import this module. Importing them on first use keeps imports
+    flowing one way (autograd never imports ops at import time); after the first call the name
+    ``F`` is the real module and costs nothing.
+    """
+
+    def __getattr__(self, name):
+        global F
+        from tinyllm import functional
+        F = functional
+        return getattr(functional, name)
+
+
+F = _LazyFunctional()
+
+
+class Tensor:
+    """An n-dimensional array that can record operations for reverse-mode autograd.
+
+    Create tensors with ``tinyllm.tensor``, ``zeros``, ``randn``, ... . Operators and methods
+    follow NumPy semantics (broadcasting, ``axis``/``keepdims``) with PyTorch's names where
+    PyTorch users expect them (``transpose(dim0, dim1)``, ``permute``, ``backward``).
+    """
+
+    __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_hooks", "_retains_grad", "name",
+                 "__weakref__")
+    __array_ufunc__ = None       # ndarray + Tensor -> Tensor.__radd__, not an object array
+
+    def __init__(self, data, requires_grad=False, dtype=None, device=None):
+        self.data = _to_array(data, dtype, device)
+        self.grad = None
+        self._ctx = None
+        self._hooks = None
+        self._retains_grad = False
+        self.name = None
+        self._requires_grad = False
+        self.requires_grad = requires_grad
+
+    @classmethod
+    def _from_op(cls, array):
+        """Wrap an op's output array without the checks of ``__init__`` (the op made it)."""
+        if isinstance(array, (np.generic, int, float, bool)):
+            array = np.asarray(array)        # NumPy reductions return scalars; keep 0-d arrays
+        t = cls.__new__(cls)
+        t.data = array
+        t.grad = None
+        t._requires_grad = False
+        t._ctx = None
+        t._hooks = None
+        t._retains_grad = False
+        t.name = None
+        return t
+
+    # ------------------------------------------------------------------------------------------
+    # attributes
+
+    @property
+    def requires_grad(self):
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        flag = bool(flag)
+        if flag and self.data.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require grad, got dtype "
+                            f"{self.data.dtype} (shape {tuple(self.data.shape)})")
+        if not flag and self._ctx is not None:
+            raise RuntimeError("requires_grad can only be switched off on a leaf tensor; "
+                               "use .detach() for a non-leaf")
+        self._requires_grad = flag
+
+    def requires_grad_(self, flag=True):
+        """Set ``requires_grad`` in place and return self (as ``torch.Tensor.requires_grad_``)."""
+        self.requires_grad = flag
+        return self
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        """Number of elements (NumPy's ``size``)."""
+        return int(self.data.size)
+
+    def numel(self):
+        return int(self.data.size)
+
+    @property
+    def device(self):
+        """'cpu' (NumPy) or 'cuda' (CuPy)."""
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self):
+        """True for tensors not produced by a recorded op (the ones whose ``.grad`` fills)."""
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        """The ``Function`` that produced this tensor, or None for a leaf."""
+        return self._ctx
+
+    @property
+    def T(self):
+        """All axes reversed, as NumPy's ``.T``."""
+        return F.permute(self, tuple(range(self.ndim - 1, -1, -1)))
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.data.shape[0]
+
+    def __repr__(self):
+        body = np.array2string(backend.asnumpy(self.data), separator=", ", prefix="tensor(")
+        extra = ""
+        if self.dtype != backend.get_default_dtype() and self.dtype.kind == "f":
+            extra += f", dtype={self.dtype}"
+        if self.device != "cpu":
+            extra += f", device='{self.device}'"
+        if self._ctx is not None:
+            extra += f", grad_fn={type(self._ctx).__name__}"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"tensor({body}{extra})"
+
+    # ------------------------------------------------------------------------------------------
+    # leaving the graph, moving between devices and dtypes
+
+    def numpy(self):
+        """The values as a NumPy array (copied from the GPU if needed; shares memory on CPU)."""
+        return backend.asnumpy(self.data)
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item(): only one-element tensors convert to a Python number, "
+                             f"got shape {self.shape}")
+        return self.data.item()
+
+    def tolist(self):
+        return backend.asnumpy(self.data).tolist()
+
+    def detach(self):
+        """A new leaf tensor sharing ``data``, cut off from the graph."""
+        return Tensor._from_op(self.data)
+
+    def to(self, target):
+        """Move to a device ('cpu' / 'cuda') or cast to a dtype; differentiable either way."""
+        if isinstance(target, str) and target in ("cpu", "cuda"):
+            return F.to_device(self, target)
+        return F.astype(self, target)
+
+    def astype(self, dtype):
+        return F.astype(self, dtype)
+
+    def float(self):
+        return F.astype(self, np.float32)
+
+    def double(self):
+        return F.astype(self, np.float64)
+
+    def cpu(self):
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    # ------------------------------------------------------------------------------------------
+    # autograd
+
+    def zero_grad(self):
+        """Forget the accumulated gradient (sets ``grad`` to None, as PyTorch's default)."""
+        self.grad = None
+
+    def retain_grad(self):
+        """Also fill ``.grad`` of this non-leaf tensor during backward (leaves always get it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        self._retains_grad = True
+        return self
+
+    def register_hook(self, fn):
+        """Call ``fn(grad)`` with dL/d(this tensor) (a raw array) during backward.
+
+        If ``fn`` returns an array, it replaces the gradient (what flows on and what a leaf
+        accumulates). Returns a handle whose ``remove()`` unregisters the hook.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("cannot register a hook on a tensor that does not require grad")
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(fn)
+        return _HookHandle(self._hooks, fn)
+
+    def backward(self, grad=None, retain_graph=False):
+        """Compute dself/dleaf for every leaf that requires grad, accumulating into ``.grad``.
+
+        ``grad`` is dL/dself: required when self is not a scalar (then this computes the
+        vector-Jacobian product), default 1 for a scalar. The graph is freed as it is walked,
+        unless ``retain_graph=True``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward(): this tensor does not require grad and has no graph "
+                               "(did you create it under no_grad, or from leaves without "
+                               "requires_grad=True?)")
+        xp = backend.get_array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward(): grad can be implicitly created only for a "
+                                   f"scalar output, got shape {self.shape}; pass grad= with "
+                                   f"that shape")
+            dout = xp.ones_like(self.data)
+        else:
+            dout = grad.data if isinstance(grad, Tensor) else xp.asarray(grad)
+            if tuple(dout.shape) != self.shape:
+                raise ValueError(f"backward(): grad has shape {tuple(dout.shape)}, expected "
+                                 f"the tensor's shape {self.shape}")
+            dout = dout.astype(self.dtype, copy=False)
+        _run_backward(self, dout, retain_graph)
+
+    # ------------------------------------------------------------------------------------------
+    # arithmetic operators (each calls one op in tinyllm.functional)
+
+    def __add__(self, other):
+        return F.add(self, other)
+
+    def __radd__(self, other):
+        return F.add(other, self)
+
+    def __sub__(self, other):
+        return F.sub(self, other)
+
+    def __rsub__(self, other):
+        return F.sub(other, self)
+
+    def __mul__(self, other):
+        return F.mul(self, other)
+
+    def __rmul__(self, other):
+        return F.mul(other, self)
+
+    def __truediv__(self, other):
+        return F.div(self, other)
+
+    def __rtruediv__(self, other):
+        return F.div(other, self)
+
+    def __pow__(self, other):
+        return F.pow(self, other)
+
+    def __rpow__(self, other):
+        return F.pow(other, self)
+
+    def __neg__(self):
+        return F.neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __matmul__(self, other):
+        return F.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return F.matmul(other, self)
+
+    def __getitem__(self, index):
+        return F.getitem(self, index)
+
+    def __setitem__(self, index, value):
+        raise TypeError("Tensor does not support item assignment: an in-place write could "
+                        "silently change values saved for backward. Build the new tensor with "
+                        "tinyllm.where / masked_fill / concatenate, or write to .data under "
+                        "no_grad when you know nothing saved it")
+
+    # comparisons give boolean tensors (masks); they are not differentiable
+    def __lt__(self, other):
+        return F.compare(self, other, "lt")
+
+    def __le__(self, other):
+        return F.compare(self, other, "le")
+
+    def __gt__(self, other):
+        return F.compare(self, other, "gt")
+
+    def __ge__(self, other):
+        return F.compare(self, other, "ge")
+
+    def __eq__(self, other):
+        return F.compare(self, other, "eq")
+
+    def __ne__(self, other):
+        return F.compare(self, other, "ne")
+
+    __hash__ = object.__hash__   # tensors are hashed by identity, as in PyTorch
+
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
+                             f"ambiguous; use .any() / .all() on .data")
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    # ------------------------------------------------------------------------------------------
+    # method forms of the ops
+
+    def exp(self):
+        return F.exp(self)
+
+    def log(self):
+        return F.log(self)
+
+    def sqrt(self):
+        return F.sqrt(self)
+
+    def tanh(self):
+        return F.tanh(self)
+
+    def sigmoid(self):
+        return F.sigmoid(self)
+
+    def relu(self):
+        return F.relu(self)
+
+    def gelu(self, approximate="none"):
+        return F.gelu(self, approximate=approximate)
+
+    def sum(self, axis=None, keepdims=False):
+        return F.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return F.mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return F.max(self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, keepdims=False, ddof=0):
+        return F.var(self, axis=axis, keepdims=keepdims, ddof=ddof)
+
+    def reshape(self, *shape):
+        return F.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int)
+                         else shape)
+
+    view = reshape
+
+    def permute(self, *axes):
+        return F.permute(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int)
+                         else axes)
+
+    def transpose(self, *dims):
+        """``transpose(dim0, dim1)`` swaps two axes (PyTorch); ``transpose()`` reverses all."""
+        if len(dims) == 0:
+            return self.T
+        if len(dims) != 2:
+            raise TypeError(f"transpose takes two axes to swap (got {dims}); use permute(*axes) "
+                            "for a full permutation")
+        return F.swapaxes(self, dims[0], dims[1])
+
+    def swapaxes(self, axis1, axis2):
+        return F.swapaxes(self, axis1, axis2)
+
+    def flatten(self):
+        return F.reshape(self, (-1,))
+
+    def split(self, indices_or_sections, axis=0):
+        return F.split(self, indices_or_sections, axis=axis)
+
+    def masked_fill(self, mask, value):
+        return F.masked_fill(self, mask, value)
+
+    def softmax(self, axis=-1):
+        return F.softmax(self, axis=axis)
+
+    def log_softmax(self, axis=-1):
+        return F.log_softmax(self, axis=axis)
+
+    def matmul(self, other):
+        return F.matmul(self, other)
+
+
+class _HookHandle:
+    def __init__(self, hooks, fn):
+        self._hooks, self._fn = hooks, fn
+
+    def remove(self):
+        if self._fn in self._hooks:
+            self._hooks.remove(self._fn)
+
+
+# ----------------------------------------------------------------------------------------------
+# the backward walk
+
+def _topological_order(root):
+    """Tensors reachable from ``root`` that require grad, each after all of its inputs.
+
+    Depth-first with an explicit stack of (tensor, children_done) pairs instead of recursion:
+    a tensor is appended once every input below it has been appended.
+    """
+    order, seen = [], set()
+    stack = [(root, False)]
+    while stack:
+        t, children_done = stack.pop()
+        if children_done:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        ctx = t._ctx
+        if ctx is not None:
+            for p in getattr(ctx, "parents", ()):
+                if p.requires_grad and id(p) not in seen:
+                    stack.append((p, False))
+    return order
+
+
+def _run_backward(root, dout, retain_graph):
+    grads = {id(root): dout}                  # id(tensor) -> dL/dtensor summed so far
+    for t in reversed(_topological_order(root)):
+        dout = grads.pop(id(t), None)
+        if dout is None:                      # reachable, but no gradient flowed to it
+            continue
+        if t._hooks:
+            for hook in list(t._hooks):
+                replaced = hook(dout)
+                if replaced is not None:
+                    dout = replaced
+        ctx = t._ctx
+        if ctx is None or t._retains_grad:
+            # .grad is owned by this tensor (a private copy), so later += never touches an
+            # array that an op's backward handed to someone else too
+            if t.grad is None:
+                t.grad = dout.astype(t.dtype, copy=True)
+            else:
+                t.grad += dout
+        if ctx is None:
+            continue
+        if hasattr(ctx, "_released"):
+            raise RuntimeError(
+                f"backward through {ctx._released} a second time: its saved arrays were freed "
+                f"by the first backward. Call backward(retain_graph=True) the first time if you "
+                f"need to backward through the same graph again")
+        dparents = ctx.backward(dout)
+        if not isinstance(dparents, tuple):
+            dparents = (dparents,)
+        parents = ctx.parents
+        if len(dparents) != len(parents):
+            raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(dparents)} "
+                               f"gradients for {len(parents)} inputs")
+        for p, dp, needed in zip(parents, dparents, ctx.needs_input_grad):
+            if not needed or dp is None:
+                continue
+            if tuple(dp.shape) != p.shape:
+                raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
+                                   f"{tuple(dp.shape)} for an input of shape {p.shape}")
+            if dp.dtype != p.dtype:
+                dp = dp.astype(p.dtype)
+            key = id(p)
+            prev = grads.get(key)
+            grads[key] = dp if prev is None else prev + dp   # not +=: dp may be shared
+        if not retain_graph:
+            ctx.release()
+
+
+def _to_array(data, dtype, device):
+    """Turn ``data`` (Tensor, array, list, scalar) into a backend array.
+
+    Python numbers and lists of floats get the default dtype (float32), as in PyTorch; arrays
+    keep their dtype unless ``dtype`` is given. Integers stay integers, booleans booleans.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    xp_in = backend.get_array_module(data)
+    is_array = isinstance(data, np.ndarray) or xp_in is not np
+    arr = data if is_array else np.asarray(data)
+    if dtype is not None:
+        arr = arr.astype(np.dtype(dtype), copy=False)
+    elif not is_array and arr.dtype.kind == "f":
+        arr = arr.astype(backend.get_default_dtype(), copy=False)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"tensor: unsupported dtype {arr.dtype}; tinyllm tensors hold floating, "
+                        f"integer or boolean numbers")
+    target = device or ("cuda" if xp_in is not np else backend.default_device())
+    return backend.to_device(arr, target)

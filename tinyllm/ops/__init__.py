@@ -1,0 +1,12 @@
+"""Differentiable ops, one family per module; each op is a named ``Function`` subclass.
+
+elementwise  Add Sub Mul Div Pow Neg Exp Log Sqrt Tanh Sigmoid ReLU GELU Where Cast ToDevice
+reduce       Sum Mean Max Var
+movement     Reshape Permute GetItem Concatenate Stack (split is slices)
+matmul       MatMul
+softmax      Softmax LogSoftmax
+loss         CrossEntropy MSELoss
+norm         LayerNorm
+embedding    Embedding
+dropout      Dropout
+"""

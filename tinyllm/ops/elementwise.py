@@ -1,0 +1,374 @@
+"""Elementwise ops: arithmetic, exp/log, activations, where, casts.
+
+Binary ops broadcast exactly as NumPy. Their backward first computes the gradient for the
+broadcast shape, then ``unbroadcast`` sums it back to each input's own shape: an input element
+that was copied k times receives the sum of the k gradients (chain rule over every use).
+
+Shapes: any; x and y broadcastable; dout has the output's shape.
+"""
+import math
+
+import numpy as np
+
+from tinyllm import backend
+from tinyllm.autograd.function import Function, unbroadcast
+from tinyllm.autograd.tensor import Tensor
+from tinyllm.ops._util import as_tensor, operands
+
+
+# ----------------------------------------------------------------------------------------------
+# arithmetic
+
+class Add(Function):
+    """out = x + y.   dx = dout,  dy = dout   (d(x+y)/dx = 1), each summed to its shape."""
+
+    def forward(self, x, y):
+        self.x_shape, self.y_shape = x.shape, y.shape
+        return x + y
+
+    def backward(self, dout):
+        dx = unbroadcast(dout, self.x_shape) if self.needs_input_grad[0] else None
+        dy = unbroadcast(dout, self.y_shape) if self.needs_input_grad[1] else None
+        return dx, dy
+
+
+class Sub(Function):
+    """out = x - y.   dx = dout,  dy = -dout."""
+
+    def forward(self, x, y):
+        self.x_shape, self.y_shape = x.shape, y.shape
+        return x - y
+
+    def backward(self, dout):
+        dx = unbroadcast(dout, self.x_shape) if self.needs_input_grad[0] else None
+        dy = unbroadcast(-dout, self.y_shape) if self.needs_input_grad[1] else None
+        return dx, dy
+
+
+class Mul(Function):
+    """out = x * y.   dx = dout * y,  dy = dout * x   (product rule)."""
+
+    def forward(self, x, y):
+        self.x, self.y = x, y
+        return x * y
+
+    def backward(self, dout):
+        dx = unbroadcast(dout * self.y, self.x.shape) if self.needs_input_grad[0] else None
+        dy = unbroadcast(dout * self.x, self.y.shape) if self.needs_input_grad[1] else None
+        return dx, dy
+
+
+class Div(Function):
+    """out = x / y.   dx = dout / y,  dy = -dout * x / y^2   (quotient rule)."""
+
+    def forward(self, x, y):
+        self.x, self.y = x, y
+        return x / y
+
+    def backward(self, dout):
+        dx = unbroadcast(dout / self.y, self.x.shape) if self.needs_input_grad[0] else None
+        dy = (unbroadcast(-dout * self.x / (self.y * self.y), self.y.shape)
+              if self.needs_input_grad[1] else None)
+        return dx, dy
+
+
+class Pow(Function):
+    """out = x ** y.
+
+    dx = dout * y * x^(y-1)                     (power rule)
+    dy = dout * x^y * ln(x)                     (d a^y/dy = a^y ln a), taken as 0 where x == 0
+                                                 (there x^y is 0 for y > 0, so its slope in y is 0)
+    """
+
+    def forward(self, x, y):
+        self.x, self.y = x, y
+        self.out = x ** y
+        return self.out
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        x, y = self.x, self.y
+        dx = dy = None
+        if self.needs_input_grad[0]:
+            dx = unbroadcast(dout * y * x ** (y - 1), x.shape)
+        if self.needs_input_grad[1]:
+            log_x = xp.log(xp.where(x == 0, 1, x))
+            dy = unbroadcast(dout * self.out * log_x, y.shape)
+        return dx, dy
+
+
+class Neg(Function):
+    """out = -x.   dx = -dout."""
+
+    def forward(self, x):
+        return -x
+
+    def backward(self, dout):
+        return -dout
+
+
+# ----------------------------------------------------------------------------------------------
+# unary math
+
+class Exp(Function):
+    """out = e^x.   dx = dout * e^x = dout * out."""
+
+    def forward(self, x):
+        self.out = backend.get_array_module(x).exp(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out
+
+
+class Log(Function):
+    """out = ln x.   dx = dout / x."""
+
+    def forward(self, x):
+        self.x = x
+        return backend.get_array_module(x).log(x)
+
+    def backward(self, dout):
+        return dout / self.x
+
+
+class Sqrt(Function):
+    """out = sqrt(x).   dx = dout / (2 sqrt(x)) = dout / (2 out)."""
+
+    def forward(self, x):
+        self.out = backend.get_array_module(x).sqrt(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout / (2 * self.out)
+
+
+class Tanh(Function):
+    """out = tanh x.   dx = dout * (1 - tanh^2 x) = dout * (1 - out^2)."""
+
+    def forward(self, x):
+        self.out = backend.get_array_module(x).tanh(x)
+        return self.out
+
+    def backward(self, dout):
+        return dout * (1 - self.out * self.out)
+
+
+class Sigmoid(Function):
+    """out = s(x) = 1 / (1 + e^-x).   dx = dout * s(x) (1 - s(x)).
+
+    Forward is computed from e^-|x| so that no exp overflows: for x >= 0, s = 1/(1+e^-x); for
+    x < 0, s = e^x/(1+e^x), the same value with the large exponent avoided.
+    """
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        e = xp.exp(-xp.abs(x))
+        self.out = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        return self.out
+
+    def backward(self, dout):
+        return dout * self.out * (1 - self.out)
+
+
+class ReLU(Function):
+    """out = max(x, 0).   dx = dout * [x > 0]   (the subgradient 0 is used at x == 0)."""
+
+    def forward(self, x):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, dout):
+        return dout * self.mask
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class GELU(Function):
+    """Gaussian error linear unit, out = x * Phi(x), Phi the standard normal CDF.
+
+    approximate="none" (exact, BERT):
+        Phi(x) = (1 + erf(x / sqrt 2)) / 2,   phi(x) = e^(-x^2/2) / sqrt(2 pi)
+        dx = dout * (Phi(x) + x phi(x))                         (product rule, Phi' = phi)
+    approximate="tanh" (GPT-2):
+        u = sqrt(2/pi) (x + 0.044715 x^3),   out = x (1 + tanh u) / 2
+        dx = dout * ((1 + tanh u) / 2 + x (1 - tanh^2 u) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2))
+    """
+
+    def forward(self, x, approximate="none"):
+        xp = backend.get_array_module(x)
+        self.x, self.approximate = x, approximate
+        if approximate == "tanh":
+            self.t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+            return 0.5 * x * (1 + self.t)
+        if approximate == "none":
+            self.cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))
+            return x * self.cdf
+        raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        x = self.x
+        if self.approximate == "tanh":
+            t = self.t
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+        return dout * (self.cdf + x * pdf)
+
+
+# ----------------------------------------------------------------------------------------------
+# selection
+
+class Where(Function):
+    """out = x where cond else y   (cond: boolean array, broadcast with x and y).
+
+    dx = dout where cond else 0;  dy = dout where not cond else 0; each summed to its shape.
+    """
+
+    def forward(self, x, y, cond=None):
+        self.cond, self.x_shape, self.y_shape = cond, x.shape, y.shape
+        return backend.get_array_module(x).where(cond, x, y)
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        zero = xp.zeros((), dtype=dout.dtype)
+        dx = dy = None
+        if self.needs_input_grad[0]:
+            dx = unbroadcast(xp.where(self.cond, dout, zero), self.x_shape)
+        if self.needs_input_grad[1]:
+            dy = unbroadcast(xp.where(self.cond, zero, dout), self.y_shape)
+        return dx, dy
+
+
+# ----------------------------------------------------------------------------------------------
+# dtype and device moves
+
+class Cast(Function):
+    """out = x converted to ``dtype``.   dx = dout converted back to x's dtype."""
+
+    def forward(self, x, dtype=None):
+        self.in_dtype = x.dtype
+        return x.astype(dtype)
+
+    def backward(self, dout):
+        return dout.astype(self.in_dtype)
+
+
+class ToDevice(Function):
+    """out = x copied to ``device``.   dx = dout copied back to x's device."""
+
+    def forward(self, x, device=None):
+        self.in_device = backend.device_of(x)
+        return backend.to_device(x, device)
+
+    def backward(self, dout):
+        return backend.to_device(dout, self.in_device)
+
+
+# ----------------------------------------------------------------------------------------------
+# functional forms
+
+def add(x, y):
+    """x + y with NumPy broadcasting."""
+    return Add.apply(*operands(x, y))
+
+
+def sub(x, y):
+    """x - y with NumPy broadcasting."""
+    return Sub.apply(*operands(x, y))
+
+
+def mul(x, y):
+    """x * y with NumPy broadcasting."""
+    return Mul.apply(*operands(x, y))
+
+
+def div(x, y):
+    """x / y with NumPy broadcasting (true division)."""
+    return Div.apply(*operands(x, y))
+
+
+def pow(x, y):
+    """x ** y with NumPy broadcasting; x or y may be a Python number."""
+    return Pow.apply(*operands(x, y))
+
+
+def neg(x):
+    return Neg.apply(as_tensor(x))
+
+
+def exp(x):
+    return Exp.apply(as_tensor(x))
+
+
+def log(x):
+    return Log.apply(as_tensor(x))
+
+
+def sqrt(x):
+    return Sqrt.apply(as_tensor(x))
+
+
+def tanh(x):
+    return Tanh.apply(as_tensor(x))
+
+
+def sigmoid(x):
+    return Sigmoid.apply(as_tensor(x))
+
+
+def relu(x):
+    return ReLU.apply(as_tensor(x))
+
+
+def gelu(x, approximate="none"):
+    """GELU; ``approximate="tanh"`` for GPT-2's tanh form, "none" for the exact erf form."""
+    return GELU.apply(as_tensor(x), approximate=approximate)
+
+
+def where(cond, x, y):
+    """Elements of x where ``cond`` is true, else of y (cond: bool Tensor or array)."""
+    x, y = operands(x, y)
+    c = cond.data if isinstance(cond, Tensor) else cond
+    c = backend.to_device(np.asarray(c) if backend.get_array_module(c) is np else c, x.device)
+    if c.dtype != np.bool_:
+        raise TypeError(f"where: cond must be a boolean mask, got dtype {c.dtype}")
+    return Where.apply(x, y, cond=c)
+
+
+def masked_fill(x, mask, value):
+    """x with ``value`` written where ``mask`` is true (mask broadcasts to x's shape)."""
+    x = as_tensor(x)
+    return where(mask, as_tensor(value, x), x)
+
+
+def astype(x, dtype):
+    """x converted to ``dtype`` (differentiable between float dtypes)."""
+    x = as_tensor(x)
+    dtype = np.dtype(dtype)
+    if dtype == x.dtype:
+        return x
+    return Cast.apply(x, dtype=dtype)
+
+
+def to_device(x, device):
+    """x on ``device`` ('cpu' or 'cuda'); gradients flow back to the original device."""
+    x = as_tensor(x)
+    if x.device == device:
+        return x
+    return ToDevice.apply(x, device=device)
+
+
+_COMPARE = {"lt": "less", "le": "less_equal", "gt": "greater", "ge": "greater_equal",
+            "eq": "equal", "ne": "not_equal"}
+
+
+def compare(x, y, op):
+    """Elementwise comparison ('lt', 'le', 'gt', 'ge', 'eq', 'ne'): a boolean Tensor, no grad."""
+    x, y = operands(x, y)
+    xp = backend.get_array_module(x.data)
+    return Tensor._from_op(getattr(xp, _COMPARE[op])(x.data, y.data))

@@ -1,0 +1,45 @@
+"""Embedding lookup: rows of a weight matrix picked by integer ids."""
+from tinyllm import backend
+from tinyllm.autograd.function import Function
+from tinyllm.ops._util import as_tensor, int_array
+
+
+class Embedding(Function):
+    """out = W[idx]: row idx[...] of W for every id.
+
+    Equivalent to onehot(idx) @ W, so dW = onehot(idx)^T @ dout: row v of dW is the sum of the
+    dout rows of every position whose id is v. That is a scatter-add (ids repeat; each
+    occurrence adds its gradient), done without forming the one-hot matrix.
+
+    Shapes: W (V, C); idx (...) integers in [0, V); out (..., C).
+    """
+
+    def forward(self, w, idx=None):
+        self.idx, self.w_shape, self.w_dtype = idx, w.shape, w.dtype
+        return w[idx]
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        dw = xp.zeros(self.w_shape, dtype=self.w_dtype)
+        C = self.w_shape[1]
+        backend.scatter_add(dw, self.idx.reshape(-1), dout.reshape(-1, C))  # (..., C) -> (N, C)
+        return dw
+
+
+def embedding(idx, weight):
+    """Look up rows of ``weight`` (V, C) for integer ``idx`` of any shape; out (..., C).
+
+    Argument order as ``torch.nn.functional.embedding(input, weight)``.
+    """
+    weight = as_tensor(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num_embeddings, dim), got shape "
+                         f"{weight.shape}")
+    idx = int_array(idx, "embedding", "idx", weight.data)
+    V = weight.shape[0]
+    bad = (idx < 0) | (idx >= V)
+    if bad.any():
+        value = int(backend.asnumpy(idx[bad])[0])
+        raise IndexError(f"embedding: index {value} is out of range for {V} embeddings "
+                         f"(expected 0 <= idx < {V})")
+    return Embedding.apply(weight, idx=idx)

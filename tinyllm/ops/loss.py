@@ -1,0 +1,121 @@
+"""Losses: cross-entropy over class logits (fused with log-softmax) and mean squared error."""
+from tinyllm import backend
+from tinyllm.autograd.function import Function
+from tinyllm.ops._util import as_tensor, int_array, operands
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class CrossEntropy(Function):
+    """Cross-entropy of class logits against integer targets, with log-softmax fused in.
+
+    Per row n with logits z (C classes), target t, p = softmax(z), label smoothing e:
+        q = (1 - e) * onehot(t) + e / C                  (the target distribution)
+        loss_n = -sum_c q_c log p_c = (1 - e)(-log p_t) + e * mean_c(-log p_c)
+    Gradient (the famous p - y):
+        dloss_n/dz_c = p_c - q_c
+    since d(-log p_k)/dz_c = p_c - [c == k] and sum_c q_c = 1.
+    Rows whose target is ``ignore_index`` contribute 0 loss and 0 gradient, and are left out of
+    the count that reduction="mean" divides by (as PyTorch does; all rows ignored gives NaN).
+
+    Shapes: logits (N, C) after flattening (..., C); target (N,); out () or (...) for "none".
+    """
+
+    def forward(self, z, target=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+        xp = backend.get_array_module(z)
+        out_shape = z.shape[:-1]
+        C = z.shape[-1]
+        z = z.reshape(-1, C)                                          # (..., C) -> (N, C)
+        t = target.reshape(-1)                                        # (...) -> (N,)
+        N = z.shape[0]
+        valid = t != ignore_index                                     # (N,)
+        t = xp.where(valid, t, 0)
+        zc = z - z.max(axis=1, keepdims=True)
+        logp = zc - xp.log(xp.exp(zc).sum(axis=1, keepdims=True))    # (N, C)
+        rows = xp.arange(N)
+        loss = -logp[rows, t]                                         # (N,)
+        if label_smoothing:
+            loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
+        loss = loss * valid
+        self.p, self.t, self.valid, self.rows = xp.exp(logp), t, valid, rows
+        self.eps, self.reduction, self.out_shape = label_smoothing, reduction, out_shape
+        if reduction == "none":
+            return loss.reshape(out_shape)
+        if reduction == "sum":
+            return loss.sum()
+        self.n_valid = valid.sum().astype(z.dtype)                   # int count would promote
+        return loss.sum() / self.n_valid
+
+    def backward(self, dout):
+        dz = self.p.copy()                                            # (N, C)
+        dz[self.rows, self.t] -= 1 - self.eps
+        if self.eps:
+            dz -= self.eps / dz.shape[1]
+        dz *= self.valid[:, None]
+        if self.reduction == "none":
+            dz *= dout.reshape(-1, 1)                                 # (...) -> (N, 1)
+        elif self.reduction == "sum":
+            dz *= dout
+        else:
+            dz *= dout / self.n_valid
+        return dz.reshape(self.out_shape + (dz.shape[1],))            # (N, C) -> (..., C)
+
+
+class MSELoss(Function):
+    """Mean squared error: loss = reduce((x - y)^2).   dx = 2 (x - y) * dout / n,  dy = -dx."""
+
+    def forward(self, x, y, reduction="mean"):
+        self.diff, self.reduction = x - y, reduction
+        sq = self.diff * self.diff
+        if reduction == "none":
+            return sq
+        return sq.sum() if reduction == "sum" else sq.mean()
+
+    def backward(self, dout):
+        scale = 1.0 / self.diff.size if self.reduction == "mean" else 1.0
+        dx = 2 * scale * self.diff * dout
+        return (dx if self.needs_input_grad[0] else None,
+                -dx if self.needs_input_grad[1] else None)
+
+
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Cross-entropy between ``logits`` (..., C) and integer class ``target`` (...).
+
+    The class axis is the last one (PyTorch puts it at axis 1 for inputs of rank > 2; for the
+    usual LM call, ``cross_entropy(logits.reshape(-1, V), targets.reshape(-1))``, both agree).
+    Targets equal to ``ignore_index`` are skipped. ``reduction`` is "mean", "sum" or "none".
+    """
+    logits = as_tensor(logits)
+    if logits.ndim == 0:
+        raise ValueError("cross_entropy: logits must have a class axis, got a 0-d tensor")
+    t = int_array(target, "cross_entropy", "target", logits.data)
+    if tuple(t.shape) != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: target shape {tuple(t.shape)} does not match logits "
+                         f"shape {logits.shape} (expected target shape {logits.shape[:-1]})")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got "
+                         f"{reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got "
+                         f"{label_smoothing}")
+    C = logits.shape[-1]
+    bad = (t != ignore_index) & ((t < 0) | (t >= C))
+    if bad.any():
+        value = int(backend.asnumpy(t[bad])[0])
+        raise IndexError(f"cross_entropy: target value {value} is out of range for {C} "
+                         f"classes (expected 0 <= target < {C}, or ignore_index="
+                         f"{ignore_index})")
+    return CrossEntropy.apply(logits, target=t, ignore_index=ignore_index, reduction=reduction,
+                              label_smoothing=float(label_smoothing))
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Mean squared error between two tensors of the same shape."""
+    x, y = operands(input, target)
+    if x.shape != y.shape:
+        raise ValueError(f"mse_loss: input shape {x.shape} and target shape {y.shape} differ "
+                         f"(broadcasting here is almost always a bug)")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return MSELoss.apply(x, y, reduction=reduction)
+

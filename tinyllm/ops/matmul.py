@@ -1,0 +1,56 @@
+"""Matrix product with NumPy's ``matmul`` rules: 1-D, 2-D, batched and broadcast.
+
+Backprop through C = A @ B, with L a scalar and dC = dL/dC:
+    C_ij = sum_k A_ik B_kj   =>   dL/dA_ik = sum_j dC_ij B_kj,   dL/dB_kj = sum_i A_ik dC_ij
+i.e.  dA = dC @ B^T  and  dB = A^T @ dC.
+With batch axes the same holds per batch entry; where a batch axis was broadcast, the per-entry
+gradients are summed back (``unbroadcast``). A 1-D A is treated as a (1, K) row and a 1-D B as a
+(K, 1) column, as NumPy does, and the added axis is removed again from the gradient.
+"""
+from tinyllm import backend
+from tinyllm.autograd.function import Function, unbroadcast
+from tinyllm.ops._util import operands
+
+
+class MatMul(Function):
+    """out = a @ b.   da = dout @ b^T,  db = a^T @ dout   (see module docstring).
+
+    Shapes: a (..., M, K) or (K,);  b (..., K, N) or (K,);  out (broadcast(...), M, N) with the
+    1-D axes dropped.
+    """
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        a, b = self.a, self.b
+        a2 = a if a.ndim > 1 else a[None, :]          # (K,) -> (1, K)
+        b2 = b if b.ndim > 1 else b[:, None]          # (K,) -> (K, 1)
+        d = dout
+        if b.ndim == 1:
+            d = d[..., None]                          # (..., M) -> (..., M, 1)
+        if a.ndim == 1:
+            d = d[..., None, :]                       # (..., N) -> (..., 1, N)
+        da = db = None
+        if self.needs_input_grad[0]:
+            da = unbroadcast(d @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            db = unbroadcast(xp.swapaxes(a2, -1, -2) @ d, b2.shape).reshape(b.shape)
+        return da, db
+
+
+def matmul(a, b):
+    """Matrix product a @ b (NumPy rules: 1-D vectors, batched and broadcast batch axes)."""
+    a, b = operands(a, b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes "
+                         f"{a.shape} and {b.shape} (use * for scalars)")
+    k_a = a.shape[-1]
+    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if k_a != k_b:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
+                         f"a's last axis ({k_a}) must equal b's "
+                         f"{'only' if b.ndim == 1 else 'second-to-last'} axis ({k_b})")
+    return MatMul.apply(a, b)
