@@ -24,10 +24,13 @@ Rules for ``backward``:
 Keyword arguments of ``apply`` are passed to ``forward`` unchanged (axis, shape, p, ...); they are
 not differentiated.
 """
+import sys
+
 import numpy as np
 
 from tinyllm import backend
 from tinyllm.autograd import grad_mode
+from tinyllm.autograd.tensor import Tensor
 
 
 class Function:
@@ -47,7 +50,6 @@ class Function:
     @classmethod
     def apply(cls, *tensors, **kwargs):
         """Run ``forward`` on the tensors' arrays and record the op for backward."""
-        from tinyllm.autograd.tensor import Tensor   # tensor.py imports this module
         ctx = cls(*tensors)
         arrays = [t.data for t in tensors]
         _check_same_device(cls.__name__, tensors, arrays)
@@ -78,7 +80,7 @@ class Function:
 
 
 def _check_same_device(op, tensors, arrays):
-    if len(arrays) < 2:
+    if len(arrays) < 2 or "cupy" not in sys.modules:     # without CuPy everything is NumPy
         return
     first = backend.get_array_module(arrays[0])
     for t, a in zip(tensors[1:], arrays[1:]):

@@ -1,0 +1,46 @@
+"""Shared test setup.
+
+Backend: the suite runs on NumPy by default. ``TINYLLM_TEST_BACKEND=cupy`` runs it with CuPy as
+the default backend (factories create GPU arrays); tests compare through ``.numpy()`` so the same
+assertions hold on both. Tests that need a GPU whatever the backend are marked ``gpu`` and are
+skipped, with the reason, when CuPy sees no CUDA device.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import tinyllm
+from tinyllm import backend
+
+TEST_BACKEND = os.environ.get("TINYLLM_TEST_BACKEND", "numpy")
+
+
+def pytest_collection_modifyitems(config, items):
+    if backend.cuda_is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a CUDA device (none found)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    """Every test starts on the chosen backend, float32 default, grad mode on, seed 0."""
+    tinyllm.set_backend(TEST_BACKEND)
+    tinyllm.set_default_dtype(np.float32)
+    tinyllm.manual_seed(0)
+    yield
+    tinyllm.set_backend(TEST_BACKEND)
+    tinyllm.set_default_dtype(np.float32)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def t64(array, requires_grad=True):
+    """A float64 tensor from a NumPy array, on the test backend's device."""
+    return tinyllm.tensor(np.asarray(array, dtype=np.float64), requires_grad=requires_grad)

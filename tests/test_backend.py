@@ -1,0 +1,108 @@
+"""The backend module: array-module dispatch, lazy CuPy, devices, erf, scatter-add."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinyllm as tl
+from tinyllm import backend
+
+
+def test_import_has_no_side_effects_and_does_not_import_cupy():
+    code = ("import sys, tinyllm, tinyllm.functional; "
+            "x = tinyllm.randn(2, 2, requires_grad=True); (x @ x).sum().backward(); "
+            "print('cupy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False" and out.stderr == ""
+
+
+def test_get_array_module_on_numpy_and_scalars():
+    assert backend.get_array_module(np.zeros(2)) is np
+    assert backend.get_array_module(1.0, None) is np
+    assert backend.device_of(np.zeros(2)) == "cpu"
+
+
+def test_asnumpy_and_to_device_cpu():
+    a = np.arange(3.0)
+    assert backend.asnumpy(a) is a
+    assert backend.to_device(a, "cpu") is a
+    with pytest.raises(ValueError, match="device must be one of"):
+        backend.to_device(a, "tpu")
+
+
+def test_set_backend_validates():
+    with pytest.raises(ValueError, match="set_backend: expected one of"):
+        tl.set_backend("jax")
+    tl.set_backend("numpy")
+    assert tl.get_backend() == "numpy" and tl.randn(2).device == "cpu"
+
+
+@pytest.mark.skipif(backend.cuda_is_available(), reason="this machine has a GPU")
+def test_cupy_backend_without_gpu_fails_clearly():
+    with pytest.raises(RuntimeError, match="CuPy|CUDA"):
+        tl.set_backend("cupy")
+    with pytest.raises(RuntimeError, match="CuPy|CUDA"):
+        tl.tensor([1.0]).to("cuda")
+    assert not tl.cuda_is_available()
+
+
+def test_erf_matches_math_erf():
+    x = np.concatenate([np.linspace(-7, 7, 20001), [0.0, 2.5, -2.5, 30.0, -np.inf, np.inf]])
+    ref = np.array([math.erf(v) for v in x])
+    np.testing.assert_allclose(backend.erf(x), ref, rtol=0, atol=2e-15)
+    assert backend.erf(np.float32([0.5])).dtype == np.float32
+
+
+def test_scatter_add_adds_repeated_indices():
+    target = np.zeros(4)
+    backend.scatter_add(target, np.array([1, 1, 3, 1]), np.array([1.0, 2.0, 3.0, 4.0]))
+    np.testing.assert_array_equal(target, [0.0, 7.0, 0.0, 3.0])
+
+
+def test_generator_is_per_seed():
+    tl.manual_seed(5)
+    a = backend.get_generator().random(3)
+    tl.manual_seed(5)
+    b = backend.get_generator().random(3)
+    np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# on a GPU: the same ops on CuPy agree with NumPy
+
+@pytest.mark.gpu
+def test_tensor_to_cuda_and_back_is_differentiable():
+    x = tl.tensor([1.0, 2.0], requires_grad=True)
+    y = x.to("cuda")
+    assert y.device == "cuda"
+    (y * y).sum().backward()
+    assert x.grad.__class__ is np.ndarray
+    np.testing.assert_allclose(x.grad, [2.0, 4.0])
+
+
+@pytest.mark.gpu
+def test_ops_on_cupy_match_numpy():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    results = {}
+    for device in ("cpu", "cuda"):
+        x = tl.tensor(z, requires_grad=True, device=device)
+        w = tl.tensor(np.ones(5), requires_grad=True, device=device)
+        h = tl.layer_norm(tl.gelu(x), 5, w, None)
+        loss = tl.cross_entropy(h @ tl.tensor(np.eye(5), device=device), tl.tensor(t,
+                                device=device), label_smoothing=0.1)
+        loss.backward()
+        results[device] = (loss.item(), backend.asnumpy(x.grad), backend.asnumpy(w.grad))
+    for a, b in zip(results["cpu"], results["cuda"]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+def test_gradcheck_on_cupy():
+    x = tl.tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True,
+                  device="cuda")
+    assert tl.gradcheck(lambda x: tl.softmax(x) @ x.T, [x])

@@ -1,0 +1,377 @@
+"""Every op, declaratively: forward against a plain NumPy reference, backward by gradcheck.
+
+Each ``Case`` names an op, the tinyllm call, a NumPy reference and how to make its inputs. Four
+tests run on every case (in the spirit of Chainer's FunctionTestCase and tinygrad's
+helper_test_op):
+- forward in float64 equals the reference to ~1e-10;
+- forward in float32 stays float32 and equals the reference to float32 precision;
+- backward equals central finite differences (float64 ``gradcheck``, full mode);
+- backward in float32 gives float32 grads close to the float64 ones.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import tinyllm as tl
+from tinyllm import functional as F
+
+
+def _erf(x):
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _softmax(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax(x, axis):
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _cross_entropy(z, t, ignore_index=-100, reduction="mean", eps=0.0):
+    C = z.shape[-1]
+    logp = _log_softmax(z.reshape(-1, C), 1)
+    t = t.reshape(-1)
+    losses = []
+    for n in range(len(t)):
+        if t[n] == ignore_index:
+            losses.append(0.0)
+            continue
+        q = np.full(C, eps / C)
+        q[t[n]] += 1 - eps
+        losses.append(-(q * logp[n]).sum())
+    losses = np.array(losses)
+    if reduction == "none":
+        return losses.reshape(z.shape[:-1])
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / (t != ignore_index).sum()
+
+
+def _layer_norm(x, w, b, n_axes, eps=1e-5):
+    axes = tuple(range(x.ndim - n_axes, x.ndim))
+    mu = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+# ----------------------------------------------------------------------------------------------
+# input makers: rng -> array
+
+def normal(*shape):
+    return lambda rng: rng.standard_normal(shape)
+
+
+def positive(*shape):
+    return lambda rng: rng.uniform(0.5, 2.0, shape)
+
+
+def away_from_zero(*shape):
+    """Magnitudes in [0.2, 2] with random signs (keeps finite differences off kinks)."""
+    return lambda rng: rng.uniform(0.2, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def distinct(*shape):
+    """A random permutation of spread-out values: no ties for max."""
+    n = int(np.prod(shape))
+    return lambda rng: (rng.permutation(n).astype(np.float64) * 0.1 + 0.01).reshape(shape)
+
+
+def ints(high, *shape):
+    return lambda rng: rng.integers(0, high, shape)
+
+
+def const(value):
+    return lambda rng: np.asarray(value)
+
+
+class Case:
+    def __init__(self, name, fn, ref, inputs, tol64=1e-10, tol32=2e-5):
+        self.name, self.fn, self.ref, self.inputs = name, fn, ref, inputs
+        self.tol64, self.tol32 = tol64, tol32
+
+    def arrays(self, seed=0):
+        rng = np.random.default_rng(seed)
+        return [make(rng) for make in self.inputs]
+
+    def __repr__(self):
+        return self.name
+
+
+def C(name, fn, ref, *inputs, **kw):
+    return Case(name, fn, ref, list(inputs), **kw)
+
+
+MASK = np.array([[True, False, True, True], [False, False, True, False], [True, True, False,
+                                                                           False]])
+
+CASES = [
+    # ---- arithmetic, with broadcasting, size-1 axes and 0-d operands
+    C("add", lambda a, b: a + b, np.add, normal(3, 4), normal(3, 4)),
+    C("add_bcast_row", lambda a, b: a + b, np.add, normal(3, 4), normal(4)),
+    C("add_bcast_both", lambda a, b: a + b, np.add, normal(2, 1, 3), normal(4, 1)),
+    C("add_0d", lambda a, b: a + b, np.add, normal(), normal(3)),
+    C("add_size1", lambda a, b: a + b, np.add, normal(1), normal(2, 3)),
+    C("add_scalar_left", lambda a: 2.5 + a, lambda a: 2.5 + a, normal(3)),
+    C("sub", lambda a, b: a - b, np.subtract, normal(2, 3), normal(3, 1, 1)),
+    C("sub_scalar_left", lambda a: 1.0 - a, lambda a: 1.0 - a, normal(2, 2)),
+    C("mul", lambda a, b: a * b, np.multiply, normal(4, 1), normal(1, 5)),
+    C("mul_0d_both", lambda a, b: a * b, np.multiply, normal(), normal()),
+    C("mul_numpy_scalar", lambda a: a * np.float64(3.0), lambda a: a * 3.0, normal(3)),
+    C("div", lambda a, b: a / b, np.divide, normal(3, 4), away_from_zero(4)),
+    C("div_scalar_left", lambda a: 3.0 / a, lambda a: 3.0 / a, away_from_zero(5)),
+    C("pow_tensor", lambda a, b: a ** b, np.power, positive(3, 4), normal(4)),
+    C("pow_square", lambda a: a ** 2, lambda a: a ** 2, normal(3, 2)),
+    C("pow_neg_frac", lambda a: a ** -1.5, lambda a: a ** -1.5, positive(3)),
+    C("rpow", lambda a: 2.0 ** a, lambda a: 2.0 ** a, normal(3)),
+    C("neg", lambda a: -a, np.negative, normal(2, 3)),
+    # ---- unary math and activations
+    C("exp", F.exp, np.exp, normal(3, 4)),
+    C("log", F.log, np.log, positive(3, 4)),
+    C("sqrt", F.sqrt, np.sqrt, positive(2, 3)),
+    C("tanh", F.tanh, np.tanh, normal(3, 4)),
+    C("sigmoid", F.sigmoid, lambda a: 1 / (1 + np.exp(-a)), normal(3, 4)),
+    C("sigmoid_large", F.sigmoid, lambda a: 1 / (1 + np.exp(-a)),
+      const([-40.0, -5.0, 0.0, 5.0, 40.0])),
+    C("relu", F.relu, lambda a: np.maximum(a, 0), away_from_zero(3, 4)),
+    C("gelu_erf", F.gelu, lambda a: a * 0.5 * (1 + _erf(a / np.sqrt(2))), normal(3, 5)),
+    C("gelu_erf_wide", F.gelu, lambda a: a * 0.5 * (1 + _erf(a / np.sqrt(2))),
+      lambda rng: rng.uniform(-6, 6, (40,))),
+    C("gelu_tanh", lambda a: F.gelu(a, approximate="tanh"),
+      lambda a: 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3))),
+      normal(3, 5)),
+    # ---- selection
+    C("where", lambda a, b: F.where(MASK, a, b), lambda a, b: np.where(MASK, a, b),
+      normal(3, 4), normal(4)),
+    C("where_scalar", lambda a: F.where(MASK, a, 0.0), lambda a: np.where(MASK, a, 0.0),
+      normal(3, 4)),
+    C("masked_fill", lambda a: a.masked_fill(MASK[0], -5.0),
+      lambda a: np.where(MASK[0], -5.0, a), normal(3, 4)),
+    # ---- reductions
+    C("sum_all", lambda a: a.sum(), np.sum, normal(3, 4)),
+    C("sum_axis0", lambda a: a.sum(axis=0), lambda a: a.sum(axis=0), normal(3, 4)),
+    C("sum_axes_keep", lambda a: a.sum(axis=(0, 2), keepdims=True),
+      lambda a: a.sum(axis=(0, 2), keepdims=True), normal(2, 3, 4)),
+    C("sum_neg_axis", lambda a: a.sum(axis=-1), lambda a: a.sum(axis=-1), normal(2, 3, 4)),
+    C("sum_0d", lambda a: a.sum(), np.sum, normal()),
+    C("mean_all", lambda a: a.mean(), np.mean, normal(3, 4)),
+    C("mean_axis_keep", lambda a: a.mean(axis=1, keepdims=True),
+      lambda a: a.mean(axis=1, keepdims=True), normal(2, 3, 4)),
+    C("max_all", lambda a: a.max(), np.max, distinct(3, 4)),
+    C("max_axis", lambda a: a.max(axis=1), lambda a: a.max(axis=1), distinct(2, 3, 4)),
+    C("max_axes_keep", lambda a: a.max(axis=(0, -1), keepdims=True),
+      lambda a: a.max(axis=(0, -1), keepdims=True), distinct(2, 3, 4)),
+    C("var_all", lambda a: a.var(), np.var, normal(3, 4)),
+    C("var_axis_ddof1", lambda a: a.var(axis=0, ddof=1), lambda a: a.var(axis=0, ddof=1),
+      normal(4, 3)),
+    C("var_axis_keep", lambda a: a.var(axis=-1, keepdims=True),
+      lambda a: a.var(axis=-1, keepdims=True), normal(2, 5)),
+    # ---- movement
+    C("reshape", lambda a: a.reshape(4, 3), lambda a: a.reshape(4, 3), normal(3, 4)),
+    C("reshape_infer", lambda a: a.reshape(-1, 2), lambda a: a.reshape(-1, 2), normal(2, 3, 2)),
+    C("reshape_0d", lambda a: a.reshape(1, 1), lambda a: a.reshape(1, 1), normal()),
+    C("view", lambda a: a.view((6,)), lambda a: a.reshape(6), normal(2, 3)),
+    C("permute", lambda a: a.permute(2, 0, 1), lambda a: a.transpose(2, 0, 1), normal(2, 3, 4)),
+    C("transpose_swap", lambda a: a.transpose(1, 2), lambda a: a.swapaxes(1, 2),
+      normal(2, 3, 4)),
+    C("T", lambda a: a.T, lambda a: a.T, normal(2, 3, 4)),
+    C("swapaxes_neg", lambda a: F.swapaxes(a, 0, -1), lambda a: a.swapaxes(0, -1),
+      normal(2, 3, 4)),
+    C("getitem_slice", lambda a: a[1:, ::2], lambda a: a[1:, ::2], normal(3, 5)),
+    C("getitem_int", lambda a: a[1], lambda a: a[1], normal(3, 5)),
+    C("getitem_neg_step", lambda a: a[::-1, 2], lambda a: a[::-1, 2], normal(4, 3)),
+    C("getitem_none_ellipsis", lambda a: a[..., None, 1], lambda a: a[..., None, 1],
+      normal(2, 3, 4)),
+    C("getitem_int_array_repeats", lambda a: a[[0, 2, 0, 0]], lambda a: a[[0, 2, 0, 0]],
+      normal(3, 4)),
+    C("getitem_two_int_arrays", lambda a: a[np.array([0, 1, 1]), np.array([2, 2, 0])],
+      lambda a: a[np.array([0, 1, 1]), np.array([2, 2, 0])], normal(2, 3)),
+    C("getitem_bool_mask", lambda a: a[MASK], lambda a: a[MASK], normal(3, 4)),
+    C("getitem_tensor_index", lambda a: a[tl.tensor([1, 1, 0])], lambda a: a[[1, 1, 0]],
+      normal(2, 3)),
+    C("getitem_mixed", lambda a: a[1:, [0, 0, 2]], lambda a: a[1:, [0, 0, 2]], normal(3, 4)),
+    C("concatenate", lambda a, b: F.concatenate([a, b], axis=1),
+      lambda a, b: np.concatenate([a, b], axis=1), normal(2, 3), normal(2, 5)),
+    C("concatenate_three_neg_axis", lambda a, b, c: F.concatenate([a, b, c], axis=-1),
+      lambda a, b, c: np.concatenate([a, b, c], axis=-1), normal(2, 1), normal(2, 2),
+      normal(2, 3)),
+    C("stack", lambda a, b: F.stack([a, b], axis=1), lambda a, b: np.stack([a, b], axis=1),
+      normal(2, 3), normal(2, 3)),
+    C("stack_last", lambda a, b, c: F.stack([a, b, c], axis=-1),
+      lambda a, b, c: np.stack([a, b, c], axis=-1), normal(4), normal(4), normal(4)),
+    C("split_sections", lambda a: F.split(a, 3, axis=1)[1] * 2 + F.split(a, 3, axis=1)[2],
+      lambda a: np.split(a, 3, axis=1)[1] * 2 + np.split(a, 3, axis=1)[2], normal(2, 6)),
+    C("split_indices", lambda a: a.split([1, 3])[2] * a.split([1, 3])[0],
+      lambda a: np.split(a, [1, 3])[2] * np.split(a, [1, 3])[0], normal(4, 2)),
+    # ---- matmul: 1-D, 2-D, batched, broadcast
+    C("matmul_2d", lambda a, b: a @ b, np.matmul, normal(3, 4), normal(4, 5)),
+    C("matmul_vec_mat", lambda a, b: a @ b, np.matmul, normal(4), normal(4, 5)),
+    C("matmul_mat_vec", lambda a, b: a @ b, np.matmul, normal(3, 4), normal(4)),
+    C("matmul_vec_vec", lambda a, b: a @ b, np.matmul, normal(4), normal(4)),
+    C("matmul_batched", lambda a, b: a @ b, np.matmul, normal(2, 3, 4), normal(2, 4, 5)),
+    C("matmul_batch_bcast", lambda a, b: a @ b, np.matmul, normal(2, 3, 4), normal(4, 5)),
+    C("matmul_batch_bcast_4d", lambda a, b: a @ b, np.matmul, normal(2, 1, 3, 4),
+      normal(3, 4, 2)),
+    C("matmul_vec_batched", lambda a, b: a @ b, np.matmul, normal(4), normal(2, 4, 3)),
+    C("matmul_batched_vec", lambda a, b: a @ b, np.matmul, normal(2, 3, 4), normal(4)),
+    # ---- softmax family and losses
+    C("softmax_last", F.softmax, lambda a: _softmax(a, -1), normal(3, 5)),
+    C("softmax_axis1", lambda a: F.softmax(a, axis=1), lambda a: _softmax(a, 1), normal(2, 3, 4)),
+    C("softmax_large_logits", F.softmax, lambda a: _softmax(a, -1),
+      lambda rng: rng.standard_normal((3, 4)) * 1e4, tol32=1e-4),
+    C("softmax_masked", lambda a: F.softmax(a.masked_fill(MASK, float("-inf"))),
+      lambda a: _softmax(np.where(MASK, -np.inf, a), -1), normal(3, 4)),
+    C("log_softmax_last", F.log_softmax, lambda a: _log_softmax(a, -1), normal(3, 5)),
+    C("log_softmax_axis0", lambda a: F.log_softmax(a, axis=0), lambda a: _log_softmax(a, 0),
+      normal(4, 3)),
+    C("log_softmax_large_logits", F.log_softmax, lambda a: _log_softmax(a, -1),
+      lambda rng: rng.standard_normal((3, 4)) * 1e4, tol32=1e-4),
+    C("cross_entropy_mean", lambda z, t: F.cross_entropy(z, t), _cross_entropy,
+      normal(6, 5), ints(5, 6)),
+    C("cross_entropy_sum", lambda z, t: F.cross_entropy(z, t, reduction="sum"),
+      lambda z, t: _cross_entropy(z, t, reduction="sum"), normal(4, 3), ints(3, 4)),
+    C("cross_entropy_none_3d", lambda z, t: F.cross_entropy(z, t, reduction="none"),
+      lambda z, t: _cross_entropy(z, t, reduction="none"), normal(2, 3, 5), ints(5, 2, 3)),
+    C("cross_entropy_ignore", lambda z, t: F.cross_entropy(z, t, ignore_index=1),
+      lambda z, t: _cross_entropy(z, t, ignore_index=1), normal(8, 4), ints(4, 8)),
+    C("cross_entropy_smoothing", lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1),
+      lambda z, t: _cross_entropy(z, t, eps=0.1), normal(5, 4), ints(4, 5)),
+    C("cross_entropy_smooth_ignore_none",
+      lambda z, t: F.cross_entropy(z, t, ignore_index=0, label_smoothing=0.2, reduction="none"),
+      lambda z, t: _cross_entropy(z, t, ignore_index=0, reduction="none", eps=0.2),
+      normal(7, 3), ints(3, 7)),
+    C("cross_entropy_single_row", lambda z, t: F.cross_entropy(z, t), _cross_entropy,
+      normal(5), const(3)),
+    C("mse_mean", F.mse_loss, lambda a, b: ((a - b) ** 2).mean(), normal(3, 4), normal(3, 4)),
+    C("mse_sum", lambda a, b: F.mse_loss(a, b, reduction="sum"),
+      lambda a, b: ((a - b) ** 2).sum(), normal(5), normal(5)),
+    C("mse_none", lambda a, b: F.mse_loss(a, b, reduction="none"), lambda a, b: (a - b) ** 2,
+      normal(2, 3), normal(2, 3)),
+    # ---- normalization, embedding, dropout
+    C("layer_norm", lambda x, w, b: F.layer_norm(x, 5, w, b), lambda x, w, b:
+      _layer_norm(x, w, b, 1), normal(2, 3, 5), normal(5), normal(5), tol32=1e-4),
+    C("layer_norm_no_affine", lambda x: F.layer_norm(x, (5,)),
+      lambda x: _layer_norm(x, 1.0, 0.0, 1), normal(4, 5), tol32=1e-4),
+    C("layer_norm_two_axes", lambda x, w, b: F.layer_norm(x, (3, 4), w, b),
+      lambda x, w, b: _layer_norm(x, w, b, 2), normal(2, 3, 4), normal(3, 4), normal(3, 4),
+      tol32=1e-4),
+    C("embedding", lambda i, w: F.embedding(i, w), lambda i, w: w[i], ints(5, 3, 4),
+      normal(5, 3)),
+    C("embedding_repeats", lambda i, w: F.embedding(i, w), lambda i, w: w[i],
+      const([[1, 1, 1], [0, 1, 4]]), normal(6, 2)),
+    C("dropout", lambda x: F.dropout(x, 0.3, generator=np.random.default_rng(7)),
+      lambda x: x * (np.random.default_rng(7).random(x.shape) >= 0.3) / 0.7, normal(5, 6)),
+    C("dropout_eval", lambda x: F.dropout(x, 0.3, training=False), lambda x: x, normal(5)),
+    # ---- composites that exercise several ops in one graph
+    C("attention_head", lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) / 2.0) @ v,
+      lambda q, k, v: _softmax(q @ k.swapaxes(-2, -1) / 2.0, -1) @ v,
+      normal(2, 3, 4), normal(2, 3, 4), normal(2, 3, 4)),
+    C("mlp_tanh_ce", lambda x, w, t: F.cross_entropy((x @ w).tanh(), t),
+      lambda x, w, t: _cross_entropy(np.tanh(x @ w), t), normal(4, 3), normal(3, 5),
+      ints(5, 4)),
+]
+
+
+def _tensors(arrays, dtype):
+    """Float arrays become tensors of ``dtype`` requiring grad; integer arrays stay ints."""
+    out = []
+    for a in arrays:
+        if a.dtype.kind == "f":
+            out.append(tl.tensor(a.astype(dtype), requires_grad=True))
+        else:
+            out.append(tl.tensor(a))
+    return out
+
+
+def _check_dropout_device(case):
+    # The dropout cases draw masks from a NumPy Generator, which a CuPy array cannot use.
+    if case.name.startswith("dropout") and tl.get_backend() == "cupy":
+        pytest.skip("NumPy generator on the CuPy backend")
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_forward_float64_matches_reference(case):
+    _check_dropout_device(case)
+    arrays = case.arrays()
+    out = case.fn(*_tensors(arrays, np.float64))
+    expected = np.asarray(case.ref(*arrays), dtype=np.float64)
+    assert out.dtype == np.float64
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out.numpy(), expected, rtol=case.tol64, atol=case.tol64)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_forward_float32_matches_reference(case):
+    _check_dropout_device(case)
+    arrays = case.arrays()
+    out = case.fn(*_tensors(arrays, np.float32))
+    # the reference sees the same float32-rounded inputs, computed in float64
+    rounded = [a.astype(np.float32).astype(np.float64) if a.dtype.kind == "f" else a
+               for a in arrays]
+    expected = np.asarray(case.ref(*rounded), dtype=np.float64)
+    assert out.dtype == np.float32, f"{case.name} promoted float32 input to {out.dtype}"
+    scale = max(1.0, float(np.abs(expected[np.isfinite(expected)]).max(initial=0.0)))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=case.tol32, atol=case.tol32 * scale)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_backward_gradcheck_float64(case):
+    _check_dropout_device(case)
+    arrays = case.arrays()
+    assert tl.gradcheck(case.fn, _tensors(arrays, np.float64))
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_backward_float32_grads_match_float64(case):
+    _check_dropout_device(case)
+    arrays = case.arrays()
+    grads = {}
+    for dtype in (np.float32, np.float64):
+        xs = _tensors(arrays, dtype)
+        out = case.fn(*xs)
+        v = np.random.default_rng(5).standard_normal(out.shape) + 0.5
+        out.backward(tl.tensor(v.astype(dtype)))
+        grads[dtype] = [x.grad for x in xs if x.requires_grad]
+    for g32, g64 in zip(grads[np.float32], grads[np.float64]):
+        assert g32.dtype == np.float32
+        g32, g64 = tl.tensor(g32).numpy(), tl.tensor(g64).numpy()
+        scale = max(1.0, float(np.abs(g64).max()))
+        np.testing.assert_allclose(g32, g64, rtol=2e-3, atol=2e-4 * scale)
+
+
+def test_every_function_class_is_covered_by_a_case():
+    """A new op must come with a case here: its Function class must run in some case."""
+    from tinyllm.autograd.function import Function
+
+    seen = set()
+    original = Function.apply.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.add(cls.__name__)
+        return original(cls, *args, **kwargs)
+
+    Function.apply = classmethod(spy)
+    try:
+        for case in CASES:
+            if case.name.startswith("dropout") and tl.get_backend() == "cupy":
+                continue
+            case.fn(*_tensors(case.arrays(), np.float64))
+    finally:
+        Function.apply = classmethod(original)
+    ops = {cls.__name__ for cls in _all_subclasses(Function) if cls.__module__.startswith(
+        "tinyllm.ops")}
+    missing = ops - seen - {"Cast", "ToDevice"}     # tested in test_tensor / test_backend
+    assert not missing, f"ops without a test case: {sorted(missing)}"
+
+
+def _all_subclasses(cls):
+    out, stack = set(), [cls]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub not in out:
+                out.add(sub)
+                stack.append(sub)
+    return out
