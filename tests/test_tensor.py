@@ -70,7 +70,7 @@ def test_item_numpy_tolist_len_repr():
 def test_python_and_numpy_scalars_on_either_side_keep_float32():
     x = tl.tensor([1.0, 2.0])
     for y in (x + 1, 1 + x, x * 2.5, 2.5 * x, x - np.float64(1.0), np.float64(1.0) - x,
-              x / 2, 2 / x, x ** 2, 2 ** x, x + np.array(1.0)):
+              x / 2, 2 / x, x ** 2, 2 ** x, x + np.array(1.0), x + [1.0, 2.0], [3, 4] * x):
         assert y.dtype == np.float32
 
 
@@ -78,6 +78,13 @@ def test_int_tensor_with_float_scalar_becomes_default_float():
     y = tl.tensor([1, 2]) * 0.5
     assert y.dtype == np.float32
     np.testing.assert_array_equal(y.numpy(), [0.5, 1.0])
+
+
+def test_mean_and_var_of_ints_give_the_default_float_dtype():
+    assert tl.tensor([1, 2]).mean().dtype == np.float32
+    assert tl.tensor([1, 2]).mean().item() == 1.5
+    assert tl.tensor([[1, 2], [3, 5]]).var(axis=1).tolist() == [0.25, 1.0]
+    assert tl.tensor([1, 2]).sum().dtype == np.int64          # sums of ints stay ints
 
 
 def test_int_tensor_with_float_tensor_takes_the_float_dtype():

@@ -8,8 +8,8 @@ from tinyllm.autograd.tensor import Tensor
 def as_tensor(value, like=None):
     """``value`` as a Tensor on ``like``'s device; Tensors pass through unchanged.
 
-    Python and NumPy scalars (and 0-d arrays) are *weak*, as in PyTorch: ``x * 0.5`` keeps x's
-    float dtype. Arrays keep their own dtype.
+    Python and NumPy scalars (and 0-d arrays) and Python lists of numbers are *weak*, as in
+    PyTorch: ``x * 0.5`` and ``x + [1.0, 2.0]`` keep x's float dtype. Arrays keep their own dtype.
     """
     if isinstance(value, Tensor):
         return value
@@ -25,7 +25,14 @@ def as_tensor(value, like=None):
         else:
             dtype = np.asarray(value).dtype
         return Tensor._from_op(xp.asarray(value, dtype=dtype))
-    arr = np.asarray(value) if backend.get_array_module(value) is np else value
+    if isinstance(value, (list, tuple)):
+        arr = np.asarray(value)
+        if like.dtype.kind == "f" and arr.dtype.kind in "fiub":
+            arr = arr.astype(like.dtype)
+        elif arr.dtype.kind == "f":
+            arr = arr.astype(backend.get_default_dtype())
+    else:
+        arr = np.asarray(value) if backend.get_array_module(value) is np else value
     return Tensor._from_op(backend.to_device(arr, like.device))
 
 

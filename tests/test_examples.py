@@ -1,0 +1,133 @@
+"""The example scripts run end to end and do what they claim: examples/train_tiny.py learns.
+
+The scripts are not a package, so they are imported from their path. They need the tiny
+Shakespeare corpus: from $TINYLLM_DATA, else from the shared data directory beside the
+repository (../shared/data); without it these tests are skipped, with the reason.
+"""
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinyllm
+import tinyllm.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = "tinyshakespeare.txt"
+
+# small enough that one run takes well under a second
+TOY = {"steps": 30, "batch-size": 32, "lr": 3e-2, "block-size": 4, "n-embd": 8, "n-hidden": 32,
+       "eval-interval": 10, "eval-windows": 512, "sample-chars": 50, "seed": 0}
+
+
+def toy_argv(**changes):
+    """Command line for the toy run, with ``changes`` (n_hidden=64 -> --n-hidden 64)."""
+    options = dict(TOY, **{k.replace("_", "-"): v for k, v in changes.items()})
+    return [arg for k, v in options.items() for arg in (f"--{k}", str(v))]
+
+
+def _load(name):
+    path = REPO / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_tiny():
+    return _load("train_tiny")
+
+
+@pytest.fixture
+def data_dir(monkeypatch):
+    """A directory holding tinyshakespeare.txt, exported as TINYLLM_DATA (or skip)."""
+    candidates = [Path(os.environ["TINYLLM_DATA"])] if os.environ.get("TINYLLM_DATA") else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for d in candidates:
+        if (d / CORPUS).is_file():
+            monkeypatch.setenv("TINYLLM_DATA", str(d))
+            return d
+    pytest.skip(f"{CORPUS} not found in {[str(d) for d in candidates]}; set TINYLLM_DATA to "
+                f"the directory that holds it")
+
+
+@pytest.fixture
+def toy_run(train_tiny, data_dir):
+    return train_tiny.main(toy_argv())
+
+
+def test_train_tiny_loss_goes_down(toy_run):
+    losses = toy_run["losses"]
+    assert len(losses) == 30
+    first, last = losses[0], sum(losses[-5:]) / 5
+    assert 3.5 < first < 4.5, f"initial loss {first} should be near ln(65) = 4.17"
+    assert last < first - 0.5, f"loss went {first:.3f} -> {last:.3f} in 30 steps"
+    assert toy_run["val_loss"] < first - 0.5
+    assert toy_run["train_loss"] < first - 0.5
+
+
+def test_train_tiny_same_seed_same_losses(train_tiny, data_dir, toy_run):
+    again = train_tiny.main(toy_argv())
+    assert again["losses"] == toy_run["losses"]
+    assert again["val_loss"] == toy_run["val_loss"]
+    assert again["sample"] == toy_run["sample"]
+    other = train_tiny.main(toy_argv(seed=1))
+    assert other["losses"] != toy_run["losses"]
+
+
+def test_train_tiny_sample_uses_the_vocabulary(train_tiny, data_dir, toy_run):
+    text = (data_dir / CORPUS).read_text(encoding="utf-8")
+    assert toy_run["vocab"] == sorted(set(text))
+    assert len(toy_run["sample"]) == 50
+    assert set(toy_run["sample"]) <= set(toy_run["vocab"])
+
+
+def test_train_tiny_prompt_and_gelu(train_tiny, data_dir):
+    out = train_tiny.main(toy_argv(steps=5, activation="gelu", prompt="ROMEO:"))
+    assert len(out["losses"]) == 5
+    assert len(out["sample"]) == 50
+
+
+def test_train_tiny_without_data_says_where_to_put_it(train_tiny, tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("TINYLLM_DATA", str(empty))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit) as info:
+        train_tiny.main(toy_argv())
+    message = str(info.value.code)
+    assert "TINYLLM_DATA" in message
+    assert str(empty) in message
+    assert "tinyshakespeare" in message
+
+
+def test_train_tiny_corpus_falls_back_to_home_cache(train_tiny, data_dir, tmp_path, monkeypatch):
+    cache = tmp_path / "home" / ".cache" / "tinyllm"
+    cache.mkdir(parents=True)
+    (cache / CORPUS).symlink_to(data_dir / CORPUS)
+    monkeypatch.delenv("TINYLLM_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert train_tiny.find_corpus() == cache / CORPUS
+
+
+def test_train_tiny_rejects_prompt_outside_vocabulary(train_tiny, data_dir):
+    with pytest.raises(SystemExit, match="outside the vocabulary"):
+        train_tiny.main(toy_argv(prompt="\u00e9t\u00e9"))
+
+
+@pytest.mark.filterwarnings("ignore:gradcheck:UserWarning")      # float32 params, float64 check
+@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+def test_train_tiny_model_gradients_match_finite_differences(train_tiny, activation):
+    tinyllm.manual_seed(0)
+    params = train_tiny.init_params(vocab_size=11, block_size=3, n_embd=4, n_hidden=7)
+    rng = np.random.default_rng(0)
+    idx, y = rng.integers(0, 11, size=(5, 3)), rng.integers(0, 11, size=5)
+    names = list(params)
+
+    def loss(*tensors):
+        return F.cross_entropy(train_tiny.forward(dict(zip(names, tensors)), idx, activation), y)
+
+    assert tinyllm.gradcheck(loss, list(params.values()))
