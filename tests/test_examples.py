@@ -43,7 +43,12 @@ def train_tiny():
 
 @pytest.fixture
 def data_dir(monkeypatch):
-    """A directory holding tinyshakespeare.txt, exported as TINYLLM_DATA (or skip)."""
+    """A directory holding tinyshakespeare.txt, exported as TINYLLM_DATA (or skip).
+
+    The example is a CPU (NumPy) demonstration, so these tests pin the NumPy backend even when
+    the suite runs with TINYLLM_TEST_BACKEND=cupy.
+    """
+    tinyllm.set_backend("numpy")
     candidates = [Path(os.environ["TINYLLM_DATA"])] if os.environ.get("TINYLLM_DATA") else []
     candidates.append(REPO.parent / "shared" / "data")
     for d in candidates:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tinyllm as tl
-from tinyllm import Function
+from tinyllm import Function, backend
 from tests.conftest import t64
 
 
@@ -48,7 +48,7 @@ class SwapsPositions(Function):
     """
 
     def forward(self, x):
-        self.w = np.array([1.0, 2.0, 2.0, 1.0])
+        self.w = backend.get_array_module(x).asarray([1.0, 2.0, 2.0, 1.0])
         return x * self.w
 
     def backward(self, dout):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tinyllm as tl
+from tinyllm import backend
 
 torch = pytest.importorskip("torch", reason="PyTorch not installed (optional test oracle)")
 
@@ -26,7 +27,7 @@ def _both(fn_tl, fn_torch, *arrays, int_args=()):
             v = np.random.default_rng(0).standard_normal(tuple(out.shape))
         if engine == "tl":
             out.backward(v)
-            res.append((out.numpy(), [x.grad for x in xs]))
+            res.append((out.numpy(), [backend.asnumpy(x.grad) for x in xs]))
         else:
             out.backward(torch.tensor(v))
             res.append((out.detach().numpy(), [x.grad.numpy() for x in xs]))

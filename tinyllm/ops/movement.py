@@ -31,7 +31,7 @@ class Permute(Function):
     """
 
     def forward(self, x, axes=None):
-        self.inverse = tuple(np.argsort(axes))
+        self.inverse = tuple(int(i) for i in np.argsort(axes))
         return x.transpose(axes)
 
     def backward(self, dout):
@@ -68,7 +68,7 @@ class Concatenate(Function):
     def forward(self, *xs, axis=0):
         xp = backend.get_array_module(xs[0])
         self.axis = axis
-        self.bounds = np.cumsum([x.shape[axis] for x in xs])[:-1]
+        self.bounds = [int(b) for b in np.cumsum([x.shape[axis] for x in xs])[:-1]]
         return xp.concatenate(xs, axis=axis)
 
     def backward(self, dout):
