@@ -13,7 +13,6 @@ Also here: the default dtype (float32), the default backend for new tensors, the
 generators, and the few array operations whose spelling differs between the two libraries
 (scatter-add, erf).
 """
-import os
 import sys
 
 import numpy as np

@@ -20,7 +20,6 @@ Gradients of leaves accumulate across ``backward`` calls, as in PyTorch: call ``
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd import grad_mode
 
 
 class _LazyFunctional:

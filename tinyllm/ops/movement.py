@@ -14,7 +14,7 @@ from tinyllm.ops._util import as_tensor
 
 
 class Reshape(Function):
-    """out = x viewed with a new ``shape`` (same elements, same order).   dx = dout reshaped back."""
+    """out = x with a new ``shape`` (same elements, same order).   dx = dout reshaped back."""
 
     def forward(self, x, shape=None):
         self.in_shape = x.shape
