@@ -19,13 +19,16 @@ class _GradMode:
     """Context manager and decorator that sets grad mode to ``self.enabled`` and restores it."""
     enabled = True
 
+    def __init__(self):
+        self._prev = []             # a stack, so one instance can be entered re-entrantly
+
     def __enter__(self):
-        self._prev = is_grad_enabled()
+        self._prev.append(is_grad_enabled())
         _local.enabled = self.enabled
         return self
 
     def __exit__(self, *exc):
-        _local.enabled = self._prev
+        _local.enabled = self._prev.pop()
         return False
 
     def __call__(self, fn):

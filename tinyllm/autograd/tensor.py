@@ -146,6 +146,22 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return self.data.shape[0]
 
+    def __iter__(self):
+        """Iterate over the first axis (each item is a differentiable slice)."""
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.data.shape[0]))
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)``: the values, refused while the tensor is in a graph (as PyTorch),
+        because NumPy functions on them would silently drop the gradient."""
+        if self.requires_grad:
+            raise RuntimeError("cannot convert a tensor that requires grad to a NumPy array; "
+                               "use t.detach().numpy() (or t.numpy()) if dropping the gradient "
+                               "is intended")
+        arr = backend.asnumpy(self.data)
+        return arr if dtype is None else arr.astype(dtype)
+
     def __repr__(self):
         body = np.array2string(backend.asnumpy(self.data), separator=", ", prefix="tensor(")
         extra = ""
@@ -218,8 +234,10 @@ class Tensor:
     def register_hook(self, fn):
         """Call ``fn(grad)`` with dL/d(this tensor) (a raw array) during backward.
 
-        If ``fn`` returns an array, it replaces the gradient (what flows on and what a leaf
-        accumulates). Returns a handle whose ``remove()`` unregisters the hook.
+        If ``fn`` returns an array (of this tensor's shape), it replaces the gradient: what
+        flows on and what a leaf accumulates. Do not modify ``grad`` in place (it may be
+        shared, or a read-only broadcast view): return a new array. Returns a handle whose
+        ``remove()`` unregisters the hook.
         """
         if not self.requires_grad:
             raise RuntimeError("cannot register a hook on a tensor that does not require grad")
@@ -462,16 +480,14 @@ def _run_backward(root, dout, retain_graph):
         if dout is None:                      # reachable, but no gradient flowed to it
             continue
         if t._hooks:
-            for hook in list(t._hooks):
-                replaced = hook(dout)
-                if replaced is not None:
-                    dout = replaced
+            dout = _run_hooks(t, dout)
         ctx = t._ctx
         if ctx is None or t._retains_grad:
             # .grad is owned by this tensor (a private copy), so later += never touches an
             # array that an op's backward handed to someone else too
             if t.grad is None:
-                t.grad = dout.astype(t.dtype, copy=True)
+                xp = backend.get_array_module(dout)
+                t.grad = xp.array(dout, dtype=t.dtype, copy=True)   # ops on 0-d give scalars
             else:
                 t.grad += dout
         if ctx is None:
@@ -503,6 +519,19 @@ def _run_backward(root, dout, retain_graph):
             ctx.release()
 
 
+def _run_hooks(t, dout):
+    for hook in list(t._hooks):
+        replaced = hook(dout)
+        if replaced is None:
+            continue
+        if tuple(getattr(replaced, "shape", ())) != t.shape:
+            raise RuntimeError(f"hook {getattr(hook, '__name__', hook)!r} returned a gradient of "
+                               f"shape {tuple(getattr(replaced, 'shape', ()))}, expected the "
+                               f"tensor's shape {t.shape}")
+        dout = backend.get_array_module(dout).asarray(replaced, dtype=t.dtype)
+    return dout
+
+
 def _to_array(data, dtype, device):
     """Turn ``data`` (Tensor, array, list, scalar) into a backend array.
 
@@ -512,7 +541,7 @@ def _to_array(data, dtype, device):
     if isinstance(data, Tensor):
         data = data.data
     xp_in = backend.get_array_module(data)
-    is_array = isinstance(data, np.ndarray) or xp_in is not np
+    is_array = isinstance(data, (np.ndarray, np.generic)) or xp_in is not np
     arr = data if is_array else np.asarray(data)
     if dtype is not None:
         arr = arr.astype(np.dtype(dtype), copy=False)

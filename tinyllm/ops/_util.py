@@ -15,6 +15,7 @@ def as_tensor(value, like=None):
         return value
     if like is None:
         return Tensor(value)
+    _check_number_kind(value)
     xp = backend.get_array_module(like.data)
     if isinstance(value, (bool, int, float, np.generic)) or getattr(value, "ndim", 1) == 0:
         kind = np.asarray(value).dtype.kind if not isinstance(value, float) else "f"
@@ -34,6 +35,27 @@ def as_tensor(value, like=None):
     else:
         arr = np.asarray(value) if backend.get_array_module(value) is np else value
     return Tensor._from_op(backend.to_device(arr, like.device))
+
+
+def _check_number_kind(value):
+    if type(value) is float:                                 # the common case, no array needed
+        return
+    kind = np.asarray(value).dtype.kind if backend.get_array_module(value) is np else "f"
+    if kind not in "fiub":
+        raise TypeError(f"unsupported operand {value!r} of type {type(value).__name__}: expected "
+                        f"a Tensor, an array or a real number")
+
+
+def as_float(x):
+    """``x`` as a Tensor, integer/bool data converted to the default float dtype.
+
+    For ops whose result is real-valued whatever the input (exp, sqrt, division, softmax, ...):
+    NumPy would give float64 for integers; we keep the engine's float32 default, as PyTorch.
+    """
+    x = as_tensor(x)
+    if x.dtype.kind == "f":
+        return x
+    return Tensor._from_op(x.data.astype(backend.get_default_dtype()))
 
 
 def operands(x, y):
@@ -58,6 +80,9 @@ def normalize_axes(axis, ndim, op):
     """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
     if axis is None:
         return tuple(range(ndim))
+    if isinstance(axis, bool) or (isinstance(axis, tuple) and any(isinstance(a, bool)
+                                                                   for a in axis)):
+        raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
     for a in axes:

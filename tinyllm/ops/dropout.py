@@ -1,7 +1,7 @@
 """Dropout (Srivastava et al. 2014), "inverted": scaled at training time, identity at eval."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
-from tinyllm.ops._util import as_tensor
+from tinyllm.ops._util import as_float
 
 
 class Dropout(Function):
@@ -27,7 +27,7 @@ def dropout(x, p=0.5, training=True, generator=None):
     ``tinyllm.manual_seed``, so seeded runs repeat exactly. With ``training=False`` or p == 0
     this returns x itself.
     """
-    x = as_tensor(x)
+    x = as_float(x)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: probability p must be in [0, 1], got {p}")
     if not training or p == 0.0:

@@ -13,7 +13,7 @@ import numpy as np
 from tinyllm import backend
 from tinyllm.autograd.function import Function, unbroadcast
 from tinyllm.autograd.tensor import Tensor
-from tinyllm.ops._util import as_tensor, operands
+from tinyllm.ops._util import as_float, as_tensor, operands
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ class Div(Function):
 class Pow(Function):
     """out = x ** y.
 
-    dx = dout * y * x^(y-1)                     (power rule)
+    dx = dout * y * x^(y-1)                     (power rule; 0 where y == 0, also at x == 0)
     dy = dout * x^y * ln(x)                     (d a^y/dy = a^y ln a), taken as 0 where x == 0
                                                  (there x^y is 0 for y > 0, so its slope in y is 0)
     """
@@ -90,7 +90,8 @@ class Pow(Function):
         x, y = self.x, self.y
         dx = dy = None
         if self.needs_input_grad[0]:
-            dx = unbroadcast(dout * y * x ** (y - 1), x.shape)
+            # x^(y-1) with the exponent 1 where y == 0: avoids 0 * 0^-1 = 0 * inf = NaN
+            dx = unbroadcast(dout * y * x ** xp.where(y == 0, 1, y - 1), x.shape)
         if self.needs_input_grad[1]:
             log_x = xp.log(xp.where(x == 0, 1, x))
             dy = unbroadcast(dout * self.out * log_x, y.shape)
@@ -176,7 +177,7 @@ class ReLU(Function):
 
     def forward(self, x):
         self.mask = x > 0
-        return x * self.mask
+        return backend.get_array_module(x).where(self.mask, x, 0)    # x * mask: -inf * 0 = NaN
 
     def backward(self, dout):
         return dout * self.mask
@@ -288,8 +289,11 @@ def mul(x, y):
 
 
 def div(x, y):
-    """x / y with NumPy broadcasting (true division)."""
-    return Div.apply(*operands(x, y))
+    """x / y with NumPy broadcasting (true division: integers give the default float dtype)."""
+    x, y = operands(x, y)
+    if x.dtype.kind != "f":                       # both integer (operands matched the kinds)
+        x, y = as_float(x), as_float(y)
+    return Div.apply(x, y)
 
 
 def pow(x, y):
@@ -302,23 +306,23 @@ def neg(x):
 
 
 def exp(x):
-    return Exp.apply(as_tensor(x))
+    return Exp.apply(as_float(x))
 
 
 def log(x):
-    return Log.apply(as_tensor(x))
+    return Log.apply(as_float(x))
 
 
 def sqrt(x):
-    return Sqrt.apply(as_tensor(x))
+    return Sqrt.apply(as_float(x))
 
 
 def tanh(x):
-    return Tanh.apply(as_tensor(x))
+    return Tanh.apply(as_float(x))
 
 
 def sigmoid(x):
-    return Sigmoid.apply(as_tensor(x))
+    return Sigmoid.apply(as_float(x))
 
 
 def relu(x):
@@ -327,7 +331,7 @@ def relu(x):
 
 def gelu(x, approximate="none"):
     """GELU; ``approximate="tanh"`` for GPT-2's tanh form, "none" for the exact erf form."""
-    return GELU.apply(as_tensor(x), approximate=approximate)
+    return GELU.apply(as_float(x), approximate=approximate)
 
 
 def where(cond, x, y):

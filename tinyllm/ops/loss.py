@@ -16,7 +16,8 @@ class CrossEntropy(Function):
         dloss_n/dz_c = p_c - q_c
     since d(-log p_k)/dz_c = p_c - [c == k] and sum_c q_c = 1.
     Rows whose target is ``ignore_index`` contribute 0 loss and 0 gradient, and are left out of
-    the count that reduction="mean" divides by (as PyTorch does; all rows ignored gives NaN).
+    the count that reduction="mean" divides by. As in PyTorch, a batch whose rows are all ignored
+    has a NaN mean loss and a zero gradient.
 
     Shapes: logits (N, C) after flattening (..., C); target (N,); out () or (...) for "none".
     """
@@ -36,15 +37,16 @@ class CrossEntropy(Function):
         loss = -logp[rows, t]                                         # (N,)
         if label_smoothing:
             loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
-        loss = loss * valid
+        loss = xp.where(valid, loss, 0)                               # not * valid: inf * 0
         self.p, self.t, self.valid, self.rows = xp.exp(logp), t, valid, rows
         self.eps, self.reduction, self.out_shape = label_smoothing, reduction, out_shape
         if reduction == "none":
             return loss.reshape(out_shape)
         if reduction == "sum":
             return loss.sum()
-        self.n_valid = valid.sum().astype(z.dtype)                   # int count would promote
-        return loss.sum() / self.n_valid
+        n_valid = valid.sum().astype(z.dtype)                        # int count would promote
+        self.n_valid = xp.maximum(n_valid, 1)     # no ignored-only 0/0 in backward (rows are 0)
+        return xp.where(n_valid > 0, loss.sum() / self.n_valid, xp.nan)   # NaN as PyTorch
 
     def backward(self, dout):
         dz = self.p.copy()                                            # (N, C)

@@ -4,10 +4,8 @@ Each takes NumPy's ``axis`` (None = all, int, or tuple; negatives count from the
 ``keepdims``. In backward, the gradient of the reduced output is broadcast back over the reduced
 axes (``expand_reduced``): every input element that fed an output element gets its share.
 """
-from tinyllm import backend
 from tinyllm.autograd.function import Function
-from tinyllm.autograd.tensor import Tensor
-from tinyllm.ops._util import as_tensor, expand_reduced, normalize_axes
+from tinyllm.ops._util import as_float, as_tensor, expand_reduced, normalize_axes
 
 
 class Sum(Function):
@@ -80,15 +78,6 @@ def _count(shape, axes):
     return n
 
 
-def _floating(x):
-    """x, with integer or bool data converted to the default float dtype (NumPy would give
-    float64 for the mean of integers; we keep the engine's float32 default)."""
-    x = as_tensor(x)
-    if x.dtype.kind == "f":
-        return x
-    return Tensor._from_op(x.data.astype(backend.get_default_dtype()))
-
-
 def _reduce(cls, name, x, axis, keepdims, **kwargs):
     x = as_tensor(x)
     axes = normalize_axes(axis, x.ndim, name)
@@ -104,7 +93,7 @@ def sum(x, axis=None, keepdims=False):
 
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (None: all elements). Integer input gives the default float dtype."""
-    return _reduce(Mean, "mean", _floating(x), axis, keepdims)
+    return _reduce(Mean, "mean", as_float(x), axis, keepdims)
 
 
 def max(x, axis=None, keepdims=False):
@@ -117,7 +106,7 @@ def max(x, axis=None, keepdims=False):
 
 def var(x, axis=None, keepdims=False, ddof=0):
     """Variance over ``axis`` with ``ddof`` delta degrees of freedom (NumPy's default 0)."""
-    x = _floating(x)
+    x = as_float(x)
     n = _count(x.shape, normalize_axes(axis, x.ndim, "var")) if x.ndim else 1
     if n - ddof <= 0:
         raise ValueError(f"var: {n} elements per reduction with ddof={ddof} leaves no degrees "

@@ -5,11 +5,12 @@ subtracting m = max_j x_j makes every exponent <= 0, so nothing overflows, and t
 e^0 = 1, so the sum is >= 1 and the log never sees 0.
 
 Rows whose entries are all -inf (fully masked) have no valid distribution: softmax returns zeros
-for them (not NaN), so a fully padded query contributes nothing; log_softmax returns -inf there.
+for them (not NaN), so a fully padded query contributes nothing; log_softmax returns NaN there,
+as PyTorch does (log 0 - log 0).
 """
 from tinyllm import backend
 from tinyllm.autograd.function import Function
-from tinyllm.ops._util import as_tensor
+from tinyllm.ops._util import as_float
 
 
 def _row_max(x, axis):
@@ -67,11 +68,11 @@ def _axis(x, axis, op):
 
 def softmax(x, axis=-1):
     """softmax along ``axis`` (default last)."""
-    x = as_tensor(x)
+    x = as_float(x)
     return Softmax.apply(x, axis=_axis(x, axis, "softmax"))
 
 
 def log_softmax(x, axis=-1):
     """log of softmax along ``axis``, computed without forming softmax (no log(0) underflow)."""
-    x = as_tensor(x)
+    x = as_float(x)
     return LogSoftmax.apply(x, axis=_axis(x, axis, "log_softmax"))
