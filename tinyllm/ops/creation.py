@@ -16,7 +16,8 @@ def _shape(shape):
     return tuple(int(n) for n in shape)
 
 
-def _make(fill, shape, dtype, device, requires_grad):
+def _make(fill, dtype, device, requires_grad):
+    """A leaf tensor holding ``fill(xp, dtype)`` on ``device``."""
     device = device or backend.default_device()
     xp = backend.xp_for_device(device)
     dtype = np.dtype(dtype) if dtype is not None else backend.get_default_dtype()
@@ -38,38 +39,37 @@ def tensor(data, requires_grad=False, dtype=None, device=None):
 
 def zeros(*shape, dtype=None, device=None, requires_grad=False):
     shape = _shape(shape)
-    return _make(lambda xp, dt: xp.zeros(shape, dt), shape, dtype, device, requires_grad)
+    return _make(lambda xp, dt: xp.zeros(shape, dt), dtype, device, requires_grad)
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False):
     shape = _shape(shape)
-    return _make(lambda xp, dt: xp.ones(shape, dt), shape, dtype, device, requires_grad)
+    return _make(lambda xp, dt: xp.ones(shape, dt), dtype, device, requires_grad)
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False):
     shape = _shape((shape,))
-    return _make(lambda xp, dt: xp.full(shape, fill_value, dt), shape, dtype, device,
-                 requires_grad)
+    return _make(lambda xp, dt: xp.full(shape, fill_value, dt), dtype, device, requires_grad)
+
+
+def _random(draw, shape, dtype, device, requires_grad, generator):
+    """Fill ``shape`` with ``generator.<draw>(shape)`` (default: the seeded global generator)."""
+    device = device or backend.default_device()
+
+    def fill(xp, dt):
+        gen = generator or backend.get_generator(device)
+        return getattr(gen, draw)(shape).astype(dt)
+    return _make(fill, dtype, device, requires_grad)
 
 
 def randn(*shape, dtype=None, device=None, requires_grad=False, generator=None):
     """Samples from the standard normal distribution N(0, 1)."""
-    shape = _shape(shape)
-
-    def fill(xp, dt):
-        gen = generator or backend.get_generator(device or backend.default_device())
-        return gen.standard_normal(shape).astype(dt)
-    return _make(fill, shape, dtype, device, requires_grad)
+    return _random("standard_normal", _shape(shape), dtype, device, requires_grad, generator)
 
 
 def rand(*shape, dtype=None, device=None, requires_grad=False, generator=None):
     """Samples from the uniform distribution on [0, 1)."""
-    shape = _shape(shape)
-
-    def fill(xp, dt):
-        gen = generator or backend.get_generator(device or backend.default_device())
-        return gen.random(shape).astype(dt)
-    return _make(fill, shape, dtype, device, requires_grad)
+    return _random("random", _shape(shape), dtype, device, requires_grad, generator)
 
 
 def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad=False):
@@ -82,7 +82,7 @@ def arange(start, stop=None, step=1, dtype=None, device=None, requires_grad=Fals
         start, stop = 0, start
     if dtype is None and all(isinstance(v, (int, np.integer)) for v in (start, stop, step)):
         dtype = np.int64
-    return _make(lambda xp, dt: xp.arange(start, stop, step, dtype=dt), None, dtype, device,
+    return _make(lambda xp, dt: xp.arange(start, stop, step, dtype=dt), dtype, device,
                  requires_grad)
 
 
