@@ -163,6 +163,13 @@ def test_astype_is_differentiable():
     assert x.float() is x
 
 
+def test_cast_to_int_is_not_differentiable():
+    x = tl.tensor([1.5, 2.5], requires_grad=True)
+    i = x.astype(np.int64)
+    assert i.dtype == np.int64 and not i.requires_grad and i.grad_fn is None
+    assert i.tolist() == [1, 2]
+
+
 def test_unsupported_dtype():
     with pytest.raises(TypeError, match="unsupported dtype"):
         tl.tensor(np.array(["a", "b"]))

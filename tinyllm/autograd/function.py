@@ -61,11 +61,13 @@ class Function:
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             raise ValueError(f"{cls.__name__}: {e} (input shapes {shapes})") from e
         out = Tensor._from_op(out)
-        if ctx.requires_grad and grad_mode.is_grad_enabled():
-            out.requires_grad = True
+        if ctx.requires_grad and grad_mode.is_grad_enabled() and out.data.dtype.kind == "f":
+            out._requires_grad = True
             out._ctx = ctx
         else:
-            ctx.parents = ()                         # keep nothing alive in no_grad / constants
+            # no_grad, constant inputs, or an integer/bool result (a cast to int has no
+            # gradient): record nothing and keep no input alive
+            ctx.parents = ()
         return out
 
     def release(self):
