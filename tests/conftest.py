@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinyllm
-from tinyllm import backend
+from tinyllm import backend, kernels
 
 TEST_BACKEND = os.environ.get("TINYLLM_TEST_BACKEND", "numpy")
 
@@ -31,9 +31,11 @@ def _fresh_state():
     tinyllm.set_backend(TEST_BACKEND)
     tinyllm.set_default_dtype(np.float32)
     tinyllm.manual_seed(0)
+    kernels.set_impl(None)
     yield
     tinyllm.set_backend(TEST_BACKEND)
     tinyllm.set_default_dtype(np.float32)
+    kernels.set_impl(None)
 
 
 @pytest.fixture

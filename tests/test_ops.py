@@ -15,6 +15,7 @@ import pytest
 
 import tinyllm as tl
 from tinyllm import functional as F
+from tinyllm import kernels
 
 
 def _erf(x):
@@ -273,6 +274,14 @@ CASES = [
       lambda x, w, t: _cross_entropy(np.tanh(x @ w), t), normal(4, 3), normal(3, 5),
       ints(5, 4)),
 ]
+
+
+@pytest.fixture(params=["numpy", "numba"], autouse=True)
+def kernel_impl(request):
+    """Every case runs with the NumPy reference kernels and with the Numba kernels (where a
+    kernel exists for the op: softmax, cross-entropy, layer norm, GELU, matmul)."""
+    kernels.set_impl(request.param)
+    return request.param
 
 
 def _tensors(arrays, dtype):

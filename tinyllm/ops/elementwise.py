@@ -6,13 +6,12 @@ that was copied k times receives the sum of the k gradients (chain rule over eve
 
 Shapes: any; x and y broadcastable; dout has the output's shape.
 """
-import math
-
 import numpy as np
 
 from tinyllm import backend
 from tinyllm.autograd.function import Function, unbroadcast
 from tinyllm.autograd.tensor import Tensor
+from tinyllm.kernels.gelu import gelu_backward, gelu_forward
 from tinyllm.ops._util import as_float, as_tensor, operands
 
 
@@ -183,9 +182,6 @@ class ReLU(Function):
         return dout * self.mask
 
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 class GELU(Function):
@@ -197,28 +193,18 @@ class GELU(Function):
     approximate="tanh" (GPT-2):
         u = sqrt(2/pi) (x + 0.044715 x^3),   out = x (1 + tanh u) / 2
         dx = dout * ((1 + tanh u) / 2 + x (1 - tanh^2 u) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2))
+    Computed by tinyllm/kernels/gelu.py (NumPy reference or Numba, one pass per element);
+    backward recomputes tanh u / erf from the saved x.
     """
 
     def forward(self, x, approximate="none"):
-        xp = backend.get_array_module(x)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.x, self.approximate = x, approximate
-        if approximate == "tanh":
-            self.t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
-            return 0.5 * x * (1 + self.t)
-        if approximate == "none":
-            self.cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))
-            return x * self.cdf
-        raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        return gelu_forward(x, approximate)
 
     def backward(self, dout):
-        xp = backend.get_array_module(dout)
-        x = self.x
-        if self.approximate == "tanh":
-            t = self.t
-            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
-        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-        return dout * (self.cdf + x * pdf)
+        return gelu_backward(self.x, dout, self.approximate)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Losses: cross-entropy over class logits (fused with log-softmax) and mean squared error."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
+from tinyllm.kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from tinyllm.ops._util import as_tensor, int_array, operands
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -20,47 +21,38 @@ class CrossEntropy(Function):
     has a NaN mean loss and a zero gradient.
 
     Shapes: logits (N, C) after flattening (..., C); target (N,); out () or (...) for "none".
+    Computed by tinyllm/kernels/cross_entropy.py (NumPy reference or Numba), which saves only
+    the per-row log-sum-exp and recomputes p in backward.
     """
 
     def forward(self, z, target=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         xp = backend.get_array_module(z)
-        out_shape = z.shape[:-1]
+        self.in_shape = z.shape
         C = z.shape[-1]
-        z = z.reshape(-1, C)                                          # (..., C) -> (N, C)
-        t = target.reshape(-1)                                        # (...) -> (N,)
-        N = z.shape[0]
-        valid = t != ignore_index                                     # (N,)
-        t = xp.where(valid, t, 0)
-        zc = z - z.max(axis=1, keepdims=True)
-        logp = zc - xp.log(xp.exp(zc).sum(axis=1, keepdims=True))    # (N, C)
-        rows = xp.arange(N)
-        loss = -logp[rows, t]                                         # (N,)
-        if label_smoothing:
-            loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
-        loss = xp.where(valid, loss, 0)                               # not * valid: inf * 0
-        self.p, self.t, self.valid, self.rows = xp.exp(logp), t, valid, rows
-        self.eps, self.reduction, self.out_shape = label_smoothing, reduction, out_shape
+        self.z = z.reshape(-1, C)                                     # (..., C) -> (N, C)
+        self.t = target.reshape(-1)                                   # (...) -> (N,)
+        self.ignore_index, self.eps, self.reduction = ignore_index, label_smoothing, reduction
+        loss, self.lse = cross_entropy_forward(self.z, self.t, ignore_index, label_smoothing)
         if reduction == "none":
-            return loss.reshape(out_shape)
+            return loss.reshape(z.shape[:-1])
         if reduction == "sum":
             return loss.sum()
-        n_valid = valid.sum().astype(z.dtype)                        # int count would promote
+        n_valid = (self.t != ignore_index).sum().astype(z.dtype)     # int count would promote
         self.n_valid = xp.maximum(n_valid, 1)     # no ignored-only 0/0 in backward (rows are 0)
         return xp.where(n_valid > 0, loss.sum() / self.n_valid, xp.nan)   # NaN as PyTorch
 
     def backward(self, dout):
-        dz = self.p.copy()                                            # (N, C)
-        dz[self.rows, self.t] -= 1 - self.eps
-        if self.eps:
-            dz -= self.eps / dz.shape[1]
-        dz *= self.valid[:, None]
+        xp = backend.get_array_module(dout)
+        N = self.z.shape[0]
         if self.reduction == "none":
-            dz *= dout.reshape(-1, 1)                                 # (...) -> (N, 1)
+            dloss = dout.reshape(-1)                                  # (...) -> (N,)
         elif self.reduction == "sum":
-            dz *= dout
+            dloss = xp.broadcast_to(dout, (N,))
         else:
-            dz *= dout / self.n_valid
-        return dz.reshape(self.out_shape + (dz.shape[1],))            # (N, C) -> (..., C)
+            dloss = xp.broadcast_to(dout / self.n_valid, (N,))
+        dz = cross_entropy_backward(self.z, self.t, self.lse, dloss, self.ignore_index,
+                                    self.eps)
+        return dz.reshape(self.in_shape)                              # (N, C) -> (..., C)
 
 
 class MSELoss(Function):

@@ -1,6 +1,7 @@
 """Layer normalization (Ba, Kiros, Hinton 2016)."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
+from tinyllm.kernels.layernorm import layer_norm_backward, layer_norm_forward
 from tinyllm.ops._util import as_tensor
 
 
@@ -15,33 +16,24 @@ class LayerNorm(Function):
     The last line is the chain rule through mu and var: dxhat_j/dx_i = rstd ([i == j] - 1/n
     - xhat_i xhat_j / n); the two means over the normalized axes are those two correction terms.
 
-    Shapes: x (..., *S); w, b S (the normalized shape); y like x.
+    Shapes: x (..., *S); w, b S (the normalized shape); y like x. The kernels in
+    tinyllm/kernels/layernorm.py (NumPy reference or Numba) see x as (N, D), D = prod(S).
     """
 
     def forward(self, x, w, b, n_axes=1, eps=1e-5):
-        xp = backend.get_array_module(x)
-        axes = tuple(range(x.ndim - n_axes, x.ndim))
-        mu = x.mean(axis=axes, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=axes, keepdims=True)
-        self.rstd = 1.0 / xp.sqrt(var + eps)
-        self.xhat = xc * self.rstd
-        self.w, self.axes = w, axes
-        return self.xhat * w + b
+        D = w.size
+        x2 = x.reshape(-1, D)                                     # (..., *S) -> (N, D)
+        y2, self.mu, self.rstd = layer_norm_forward(x2, w.reshape(D), b.reshape(D), eps)
+        self.x2, self.w, self.in_shape, self.w_shape = x2, w, x.shape, w.shape
+        return y2.reshape(x.shape)                                # (N, D) -> (..., *S)
 
     def backward(self, dout):
-        lead = tuple(range(dout.ndim - len(self.axes)))
-        dx = dw = db = None
-        if self.needs_input_grad[0]:
-            dxhat = dout * self.w
-            dx = self.rstd * (dxhat - dxhat.mean(axis=self.axes, keepdims=True)
-                              - self.xhat * (dxhat * self.xhat).mean(axis=self.axes,
-                                                                     keepdims=True))
-        if self.needs_input_grad[1]:
-            dw = (dout * self.xhat).sum(axis=lead)
-        if self.needs_input_grad[2]:
-            db = dout.sum(axis=lead)
-        return dx, dw, db
+        D = self.w.size
+        dx, dw, db = layer_norm_backward(dout.reshape(-1, D), self.x2, self.w.reshape(D),
+                                         self.mu, self.rstd)
+        return (dx.reshape(self.in_shape) if self.needs_input_grad[0] else None,
+                dw.reshape(self.w_shape) if self.needs_input_grad[1] else None,
+                db.reshape(self.w_shape) if self.needs_input_grad[2] else None)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):

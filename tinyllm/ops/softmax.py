@@ -10,6 +10,7 @@ as PyTorch does (log 0 - log 0).
 """
 from tinyllm import backend
 from tinyllm.autograd.function import Function
+from tinyllm.kernels.softmax import softmax_backward, softmax_forward
 from tinyllm.ops._util import as_float
 
 
@@ -26,19 +27,16 @@ class Softmax(Function):
     Jacobian: dy_i/dx_j = y_i ([i == j] - y_j), so the vector-Jacobian product is
         dx_j = sum_i dout_i y_i ([i == j] - y_j) = y_j (dout_j - sum_i dout_i y_i).
     Shapes: x, y, dout, dx all the same; the sum runs over ``axis``.
+    Computed by tinyllm/kernels/softmax.py (NumPy reference or Numba kernel; same formulas).
     """
 
     def forward(self, x, axis=-1):
-        xp = backend.get_array_module(x)
-        e = xp.exp(x - _row_max(x, axis))
-        s = e.sum(axis=axis, keepdims=True)
         self.axis = axis
-        self.y = e / xp.where(s == 0, 1, s)          # all -inf rows: 0 / 1 = 0
+        self.y = softmax_forward(x, axis)
         return self.y
 
     def backward(self, dout):
-        y = self.y
-        return y * (dout - (dout * y).sum(axis=self.axis, keepdims=True))
+        return softmax_backward(self.y, dout, self.axis)
 
 
 class LogSoftmax(Function):

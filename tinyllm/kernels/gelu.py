@@ -1,0 +1,126 @@
+"""GELU forward and backward: NumPy reference, Numba kernel, dispatcher.
+
+    exact:  y = x Phi(x),  Phi(x) = (1 + erf(x / sqrt 2)) / 2,  dy/dx = Phi(x) + x phi(x)
+    tanh:   u = sqrt(2/pi) (x + 0.044715 x^3),  y = x (1 + tanh u) / 2
+            dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+(phi = e^(-x^2/2) / sqrt(2 pi), the standard normal density; see tinyllm/ops/elementwise.py.)
+
+The NumPy reference evaluates these as whole-array expressions, about eight temporaries of
+x's size per pass; the Numba kernel computes each element in registers in one pass over x (and
+dy), in parallel over the flattened array. Backward recomputes tanh u / erf from x instead of
+saving them, so forward saves only x.
+
+Shapes: x, y, dy, dx any shape (treated as flat).
+"""
+import math
+
+import numpy as np
+
+from tinyllm import backend
+from tinyllm.kernels._numba import choose, jit, prange
+
+AUTO_MIN_ELEMENTS = 4096          # measured crossover; see benchmarks/RESULTS.md
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_APPROXIMATIONS = ("none", "tanh")
+
+
+# ----------------------------------------------------------------------------------------------
+# reference (NumPy or CuPy)
+
+def gelu_forward_reference(x, approximate="none"):
+    xp = backend.get_array_module(x)
+    if approximate == "tanh":
+        return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+    return x * (0.5 * (1 + backend.erf(x * _INV_SQRT_2)))
+
+
+def gelu_backward_reference(x, dy, approximate="none"):
+    xp = backend.get_array_module(x)
+    if approximate == "tanh":
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+        return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+    cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))
+    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+    return dy * (cdf + x * pdf)
+
+
+# ----------------------------------------------------------------------------------------------
+# Numba (flat arrays; iteration i writes only y[i] / dx[i])
+
+@jit(parallel=True)
+def _gelu_tanh_forward_numba(x, y):
+    for i in prange(x.shape[0]):
+        v = x[i]
+        t = np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))
+        y[i] = 0.5 * v * (1 + t)
+
+
+@jit(parallel=True)
+def _gelu_tanh_backward_numba(x, dy, dx):
+    for i in prange(x.shape[0]):
+        v = x[i]
+        t = np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))
+        du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * v * v)
+        dx[i] = dy[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * du)
+
+
+@jit(parallel=True)
+def _gelu_erf_forward_numba(x, y):
+    for i in prange(x.shape[0]):
+        v = x[i]
+        y[i] = v * 0.5 * (1 + math.erf(v * _INV_SQRT_2))
+
+
+@jit(parallel=True)
+def _gelu_erf_backward_numba(x, dy, dx):
+    for i in prange(x.shape[0]):
+        v = x[i]
+        cdf = 0.5 * (1 + math.erf(v * _INV_SQRT_2))
+        dx[i] = dy[i] * (cdf + v * _INV_SQRT_2PI * math.exp(-0.5 * v * v))
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatch
+
+def _use_numba(impl, approximate, *arrays):
+    if approximate not in _APPROXIMATIONS:
+        raise ValueError(f"gelu: approximate must be one of {_APPROXIMATIONS}, got "
+                         f"{approximate!r}")
+    a = arrays[0]
+    if backend.get_array_module(*arrays) is not np:
+        if impl == "numba":
+            raise ValueError("gelu: impl='numba' needs NumPy arrays, got CuPy arrays")
+        return False
+    if a.dtype.kind != "f" or any(b.dtype != a.dtype for b in arrays) or a.size == 0:
+        if impl == "numba":
+            raise ValueError(f"gelu: impl='numba' needs float arrays of one dtype, got "
+                             f"{[b.dtype for b in arrays]}")
+        return False
+    return choose(impl, a.size >= AUTO_MIN_ELEMENTS) == "numba"
+
+
+def gelu_forward(x, approximate="none", impl=None):
+    """GELU of x; ``approximate`` "none" (erf) or "tanh"."""
+    if not _use_numba(impl, approximate, x):
+        return gelu_forward_reference(x, approximate)
+    x1 = np.ascontiguousarray(x).reshape(-1)                      # any shape -> (n,)
+    y1 = np.empty_like(x1)
+    kernel = _gelu_tanh_forward_numba if approximate == "tanh" else _gelu_erf_forward_numba
+    kernel(x1, y1)
+    return y1.reshape(x.shape)
+
+
+def gelu_backward(x, dy, approximate="none", impl=None):
+    """dx of GELU, from the input x and the upstream gradient dy."""
+    if not _use_numba(impl, approximate, x, dy):
+        return gelu_backward_reference(x, dy, approximate)
+    x1 = np.ascontiguousarray(x).reshape(-1)                      # any shape -> (n,)
+    dy1 = np.ascontiguousarray(dy).reshape(-1)
+    dx1 = np.empty_like(x1)
+    kernel = _gelu_tanh_backward_numba if approximate == "tanh" else _gelu_erf_backward_numba
+    kernel(x1, dy1, dx1)
+    return dx1.reshape(x.shape)

@@ -1,0 +1,126 @@
+"""Softmax over the last axis: NumPy reference, Numba kernel, dispatcher.
+
+    y_i = e^(x_i - m) / sum_j e^(x_j - m),   m = max_j x_j   (forward, per row)
+    dx_j = y_j (dy_j - sum_i dy_i y_i)                       (backward: the softmax Jacobian
+                                                               dy_i/dx_j = y_i([i==j] - y_j)
+                                                               applied to dy)
+Subtracting the row max keeps every exponent <= 0, so nothing overflows, even for logits of
+1e4. A row whose entries are all -inf (a fully masked query) has no distribution: both versions
+return zeros for it (not NaN), and its backward is zero.
+
+Shapes: x, y, dy, dx (..., C); the kernels see them as (N, C) rows, N = prod(...).
+
+The Numba kernels run rows in parallel (``prange``): each iteration reads and writes only its
+own row. Per row, forward makes three passes (max; exp and sum; scale), backward two (dot;
+combine). NumPy makes the same passes but as whole-array operations with temporaries the size
+of x; the kernels need none. Numba's ``exp`` is scalar on this machine (no SVML in PyPI's
+llvmlite), which caps the forward speed-up; the backward has no transcendental at all.
+"""
+import numpy as np
+
+from tinyllm import backend
+from tinyllm.kernels._numba import choose, jit, prange
+
+# "auto" uses Numba from this many elements on (below it, the parallel launch costs more than
+# it saves). Measured by benchmarks/kernels.py; see benchmarks/RESULTS.md.
+AUTO_MIN_ELEMENTS = 4096
+
+
+# ----------------------------------------------------------------------------------------------
+# reference (NumPy or CuPy)
+
+def softmax_forward_reference(x, axis=-1):
+    """y = softmax(x) along ``axis``, with all -inf rows giving zeros."""
+    xp = backend.get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)            # all -inf row: x - 0 stays -inf, e = 0
+    e = xp.exp(x - m)
+    s = e.sum(axis=axis, keepdims=True)
+    return e / xp.where(s == 0, 1, s)             # all -inf row: 0 / 1 = 0
+
+
+def softmax_backward_reference(y, dy, axis=-1):
+    """dx = y * (dy - sum(dy * y)) along ``axis``."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Numba (rows of a C-contiguous (N, C) array)
+
+@jit(parallel=True)
+def _softmax_forward_numba(x, y):
+    N, C = x.shape
+    for n in prange(N):
+        xr, yr = x[n], y[n]                       # 1-D row views: the loops vectorize
+        m = xr[0]
+        for c in range(1, C):
+            if xr[c] > m:
+                m = xr[c]
+        if m == -np.inf:                          # fully masked row
+            for c in range(C):
+                yr[c] = 0
+            continue
+        s = xr.dtype.type(0)
+        for c in range(C):
+            e = np.exp(xr[c] - m)
+            yr[c] = e
+            s += e
+        inv = 1 / s
+        for c in range(C):
+            yr[c] *= inv
+
+
+@jit(parallel=True)
+def _softmax_backward_numba(y, dy, dx):
+    N, C = y.shape
+    for n in prange(N):
+        yr, dyr, dxr = y[n], dy[n], dx[n]
+        dot = y.dtype.type(0)
+        for c in range(C):
+            dot += dyr[c] * yr[c]
+        for c in range(C):
+            dxr[c] = yr[c] * (dyr[c] - dot)
+
+
+# ----------------------------------------------------------------------------------------------
+# dispatch
+
+def _use_numba(impl, axis, *arrays):
+    """Numba needs NumPy float arrays of one dtype, reduced over the last axis."""
+    a = arrays[0]
+    if backend.get_array_module(*arrays) is not np:
+        if impl == "numba":
+            raise ValueError("softmax: impl='numba' needs NumPy arrays, got CuPy arrays")
+        return False
+    eligible = (a.dtype.kind == "f" and a.ndim >= 1 and axis in (-1, a.ndim - 1)
+                and all(b.dtype == a.dtype for b in arrays) and a.size > 0)
+    if not eligible:
+        if impl == "numba":
+            raise ValueError(f"softmax: impl='numba' needs float arrays of one dtype reduced "
+                             f"over the last axis, got dtype {a.dtype}, axis {axis}, shape "
+                             f"{a.shape}")
+        return False
+    return choose(impl, a.size >= AUTO_MIN_ELEMENTS) == "numba"
+
+
+def softmax_forward(x, axis=-1, impl=None):
+    """softmax of ``x`` along ``axis`` (default last). ``impl``: None, "numpy" or "numba"."""
+    if not _use_numba(impl, axis, x):
+        return softmax_forward_reference(x, axis)
+    C = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, C)                   # (..., C) -> (N, C)
+    y2 = np.empty_like(x2)
+    _softmax_forward_numba(x2, y2)
+    return y2.reshape(x.shape)
+
+
+def softmax_backward(y, dy, axis=-1, impl=None):
+    """dx for softmax, from its output ``y`` and upstream gradient ``dy``."""
+    if not _use_numba(impl, axis, y, dy):
+        return softmax_backward_reference(y, dy, axis)
+    C = y.shape[-1]
+    y2 = np.ascontiguousarray(y).reshape(-1, C)                   # (..., C) -> (N, C)
+    dy2 = np.ascontiguousarray(dy).reshape(-1, C)
+    dx2 = np.empty_like(y2)
+    _softmax_backward_numba(y2, dy2, dx2)
+    return dx2.reshape(y.shape)
