@@ -278,3 +278,32 @@ def test_missing_numba_falls_back_with_one_warning():
         print(len(msgs))
     """)
     assert out.stdout.strip() == "1"
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernels' own exp and tanh (tinyllm/kernels/_math.py)
+
+@pytest.mark.skipif(not kernels.NUMBA_AVAILABLE, reason="numba not installed")
+def test_fast_exp_and_tanh_accuracy():
+    from tinyllm.kernels._math import exp, tanh
+    from tinyllm.kernels._numba import jit
+
+    @jit()
+    def apply(x, e, t):
+        for i in range(x.shape[0]):
+            e[i] = exp(x[i])
+            t[i] = tanh(x[i])
+
+    x = np.concatenate([np.linspace(-87.3, 88.3, 400001), [-np.inf, -1e4, -88.0, 0.0]])
+    x32 = x.astype(np.float32)
+    e, t = np.empty_like(x32), np.empty_like(x32)
+    apply(x32, e, t)
+    ref = np.exp(x32.astype(np.float64))
+    normal = ref > np.finfo(np.float32).tiny
+    assert (np.abs(e[normal] - ref[normal]) / ref[normal]).max() < 5e-7     # ~4 ulp
+    assert (e[~normal] == 0).all() and e[-4] == 0.0                          # exp(-inf) == 0
+    assert np.abs(t - np.tanh(x32.astype(np.float64))).max() < 2e-7
+    e64, t64 = np.empty_like(x), np.empty_like(x)
+    apply(x, e64, t64)                              # float64: the C library's exp and tanh
+    np.testing.assert_allclose(e64, np.exp(x), rtol=4e-16, atol=0)
+    np.testing.assert_allclose(t64, np.tanh(x), rtol=4e-16, atol=1e-300)

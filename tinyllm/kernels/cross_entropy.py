@@ -19,6 +19,7 @@ dout / n_valid for every row), so one backward serves every reduction.
 import numpy as np
 
 from tinyllm import backend
+from tinyllm.kernels._math import exp
 from tinyllm.kernels._numba import choose, jit, prange
 
 AUTO_MIN_ELEMENTS = 4096          # measured crossover; see benchmarks/RESULTS.md
@@ -73,7 +74,7 @@ def _cross_entropy_forward_numba(z, t, ignore_index, eps, loss, lse):
         s = zr.dtype.type(0)
         total = zr.dtype.type(0)
         for c in range(C):
-            s += np.exp(zr[c] - m)
+            s += exp(zr[c] - m)                   # vectorizable exp (kernels/_math.py)
             total += zr[c]
         lse[n] = m + np.log(s)
         if t[n] == ignore_index:
@@ -95,7 +96,7 @@ def _cross_entropy_backward_numba(z, t, lse, dloss, ignore_index, eps, dz):
         g = dloss[n]
         off = eps / C
         for c in range(C):
-            dzr[c] = (np.exp(zr[c] - lse[n]) - off) * g
+            dzr[c] = (exp(zr[c] - lse[n]) - off) * g
         dzr[t[n]] -= (1 - eps) * g
 
 

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from tinyllm import backend
+from tinyllm.kernels._math import exp, tanh
 from tinyllm.kernels._numba import choose, jit, prange
 
 AUTO_MIN_ELEMENTS = 4096          # measured crossover; see benchmarks/RESULTS.md
@@ -33,14 +34,14 @@ _APPROXIMATIONS = ("none", "tanh")
 def gelu_forward_reference(x, approximate="none"):
     xp = backend.get_array_module(x)
     if approximate == "tanh":
-        return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
     return x * (0.5 * (1 + backend.erf(x * _INV_SQRT_2)))
 
 
 def gelu_backward_reference(x, dy, approximate="none"):
     xp = backend.get_array_module(x)
     if approximate == "tanh":
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
         du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
         return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
     cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))
@@ -53,19 +54,23 @@ def gelu_backward_reference(x, dy, approximate="none"):
 
 @jit(parallel=True)
 def _gelu_tanh_forward_numba(x, y):
+    k, a = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(0.044715)    # constants in x's dtype
+    half, one = x.dtype.type(0.5), x.dtype.type(1)
     for i in prange(x.shape[0]):
         v = x[i]
-        t = np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))
-        y[i] = 0.5 * v * (1 + t)
+        t = tanh(k * (v + a * v * v * v))
+        y[i] = half * v * (one + t)
 
 
 @jit(parallel=True)
 def _gelu_tanh_backward_numba(x, dy, dx):
+    k, a = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(0.044715)
+    a3, half, one = x.dtype.type(3 * 0.044715), x.dtype.type(0.5), x.dtype.type(1)
     for i in prange(x.shape[0]):
         v = x[i]
-        t = np.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v))
-        du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * v * v)
-        dx[i] = dy[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * du)
+        t = tanh(k * (v + a * v * v * v))
+        du = k * (one + a3 * v * v)
+        dx[i] = dy[i] * (half * (one + t) + half * v * (one - t * t) * du)
 
 
 @jit(parallel=True)
@@ -80,7 +85,7 @@ def _gelu_erf_backward_numba(x, dy, dx):
     for i in prange(x.shape[0]):
         v = x[i]
         cdf = 0.5 * (1 + math.erf(v * _INV_SQRT_2))
-        dx[i] = dy[i] * (cdf + v * _INV_SQRT_2PI * math.exp(-0.5 * v * v))
+        dx[i] = dy[i] * (cdf + v * _INV_SQRT_2PI * exp(-0.5 * v * v))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""Scalar math for the Numba kernels: an ``exp`` and a ``tanh`` that LLVM can vectorize.
+
+Why: Numba compiles ``np.exp`` on a float32 scalar to a call into the C math library, one
+element at a time (PyPI's llvmlite is built without Intel's SVML, and installing the SVML
+runtime does not change that). A loop with a call in it does not vectorize, so a Numba softmax
+was capped near 2x NumPy, whose own float32 exp is SIMD. Written as plain arithmetic, exp
+vectorizes: 16 float32 lanes per AVX-512 instruction.
+
+exp(x), float32 (the Cephes ``expf`` scheme, as in many SIMD math libraries):
+    k = round(x / ln 2)                   so x = k ln 2 + r with |r| <= ln(2) / 2
+    r = x - k * C1 - k * C2               ln 2 split in two (C1 exact in few bits) so that
+                                          k * C1 has no rounding error
+    e^r ~ 1 + r + r^2 P(r)                degree-5 minimax P: |relative error| < 3e-7
+    e^x = e^r * 2^k                       2^k built directly as float32 bits:
+                                          exponent field (k + 127) << 23
+Below x = -87.34 (where e^x leaves the normal float32 range) the result is exactly 0, so
+masked logits (-inf) give exact zeros, as np.exp does. Float64 inputs use the C library's exp:
+float64 kernels exist for gradient checks, where exactness matters more than speed.
+
+tanh(u) = 1 - 2 / (e^(2u) + 1), with the exp above: absolute error ~1e-7 (relative error grows
+as u -> 0, where tanh u ~ u; callers like GELU use 1 + tanh u, for which that does not matter).
+
+Each function has a Python body (what runs under NUMBA_DISABLE_JIT, and the plain statement of
+its value) and a Numba overload, which is what compiled kernels inline.
+"""
+import numpy as np
+
+from tinyllm.kernels._numba import FASTMATH, NUMBA_AVAILABLE
+
+
+def exp(x):
+    """e^x. Inside a Numba kernel, float32 takes the vectorizable polynomial below."""
+    return np.exp(x)
+
+
+def tanh(x):
+    """tanh x. Inside a Numba kernel, float32 uses 1 - 2 / (exp(2x) + 1) with the fast exp."""
+    return np.tanh(x)
+
+
+if NUMBA_AVAILABLE:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
+
+    @intrinsic
+    def _int32_bits_as_float32(typingctx, bits):
+        """Reinterpret the 32 bits of an int32 as a float32 (no conversion): one LLVM bitcast."""
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+        return types.float32(types.int32), codegen
+
+    _LO, _HI = np.float32(-87.33654), np.float32(88.37626)       # normal float32 range of e^x
+    _LOG2E = np.float32(1.44269504088896341)
+    _C1, _C2 = np.float32(0.693359375), np.float32(-2.12194440e-4)   # C1 + C2 = ln 2
+    _P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), \
+        np.float32(8.3334519073e-3)
+    _P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), \
+        np.float32(5.0000001201e-1)
+    _ONE, _TWO, _HALF = np.float32(1.0), np.float32(2.0), np.float32(0.5)
+
+    def _expf(x):
+        xc = min(max(x, _LO), _HI)
+        k = np.floor(xc * _LOG2E + _HALF)                        # nearest integer, as float
+        r = xc - k * _C1 - k * _C2
+        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        er = p * (r * r) + r + _ONE                               # e^r
+        two_k = _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+        return er * two_k if x > _LO else np.float32(0.0)
+
+    @overload(exp, inline="always", jit_options={"fastmath": set(FASTMATH)})
+    def _exp_overload(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+            return _expf
+        return lambda x: np.exp(x)
+
+    @overload(tanh, inline="always", jit_options={"fastmath": set(FASTMATH)})
+    def _tanh_overload(x):
+        if isinstance(x, types.Float) and x.bitwidth == 32:
+            return lambda x: _ONE - _TWO / (exp(_TWO * x) + _ONE)
+        return lambda x: np.tanh(x)
