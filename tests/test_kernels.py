@@ -11,7 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 
-import tinyllm as tl
 from tinyllm import kernels
 from tinyllm.kernels import cross_entropy as CE
 from tinyllm.kernels import gelu as G
@@ -239,7 +238,10 @@ def test_numba_disable_jit_runs_the_python_kernels_with_the_same_results():
         import numpy as np, numba
         from tinyllm.kernels import softmax as S, cross_entropy as CE, layernorm as LN
         from tinyllm.kernels import gelu as G, _numba
-        assert _numba.jit_disabled() and not hasattr(S._softmax_forward_numba, "py_func")
+        import types
+        k = S._softmax_forward_numba
+        assert _numba.jit_disabled() and k.parallel is k.py_func
+        assert isinstance(k.serial, types.FunctionType)        # plain Python, steppable
         rng = np.random.default_rng(0)
         x = rng.standard_normal((5, 6)); dy = rng.standard_normal((5, 6))
         t = np.array([0, 5, -100, 2, 1]); w = rng.standard_normal(6); b = rng.standard_normal(6)
@@ -307,3 +309,35 @@ def test_fast_exp_and_tanh_accuracy():
     apply(x, e64, t64)                              # float64: the C library's exp and tanh
     np.testing.assert_allclose(e64, np.exp(x), rtol=4e-16, atol=0)
     np.testing.assert_allclose(t64, np.tanh(x), rtol=4e-16, atol=1e-300)
+
+
+def test_conformance_report_stays_within_tolerance():
+    """benchmarks/conformance.py: every kernel, every implementation, against NumPy float64."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "conformance", os.path.join(REPO, "benchmarks", "conformance.py"))
+    conformance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conformance)
+    rows = conformance.report()
+    assert {name for name, _, _ in rows} >= {"softmax", "cross_entropy", "layer_norm",
+                                             "gelu_tanh", "gelu_erf"}
+    for name, tag, err in rows:
+        assert err <= conformance.TOLERANCE[tag.split("-")[1]], (name, tag, err)
+
+
+@pytest.mark.skipif(not kernels.NUMBA_AVAILABLE, reason="numba not installed")
+def test_parallel_and_serial_variants_are_distinct_compilations():
+    """Regression: both variants once shared one Numba cache entry, so 'parallel' ran serial
+    code. The parallel variant must start Numba's thread pool; both must agree."""
+    code = """
+        import numpy as np, numba
+        from tinyllm.kernels import softmax as S
+        x = np.random.default_rng(0).standard_normal((300, 40)).astype(np.float32)
+        y1, y2 = np.empty_like(x), np.empty_like(x)
+        S._softmax_forward_numba.serial(x, y1)
+        S._softmax_forward_numba.parallel(x, y2)
+        assert np.allclose(y1, y2, rtol=1e-6, atol=1e-7)
+        print(numba.threading_layer())
+    """
+    for _ in range(2):                 # the second run loads both variants from the cache
+        assert _run(code).stdout.strip() in ("workqueue", "omp", "tbb")

@@ -43,6 +43,8 @@ if NUMBA_AVAILABLE:
     from numba import types
     from numba.extending import intrinsic, overload
 
+    _JIT_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy"}   # as _numba.jit
+
     @intrinsic
     def _int32_bits_as_float32(typingctx, bits):
         """Reinterpret the 32 bits of an int32 as a float32 (no conversion): one LLVM bitcast."""
@@ -68,13 +70,13 @@ if NUMBA_AVAILABLE:
         two_k = _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
         return er * two_k if x > _LO else np.float32(0.0)
 
-    @overload(exp, inline="always", jit_options={"fastmath": set(FASTMATH)})
+    @overload(exp, inline="always", jit_options=_JIT_OPTIONS)
     def _exp_overload(x):
         if isinstance(x, types.Float) and x.bitwidth == 32:
             return _expf
         return lambda x: np.exp(x)
 
-    @overload(tanh, inline="always", jit_options={"fastmath": set(FASTMATH)})
+    @overload(tanh, inline="always", jit_options=_JIT_OPTIONS)
     def _tanh_overload(x):
         if isinstance(x, types.Float) and x.bitwidth == 32:
             return lambda x: _ONE - _TWO / (exp(_TWO * x) + _ONE)

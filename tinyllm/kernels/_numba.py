@@ -24,13 +24,27 @@ Compilation choices (measured on this project's 2-core AVX-512 machine):
 - fastmath as the flag set {'nsz', 'arcp', 'contract', 'afn', 'reassoc'} and never the full
   set: full fastmath also assumes no NaN and no infinity (``nnan``, ``ninf``), and causal or
   padding masks put -inf into softmax, whose max and exp then come out wrong.
+- ``error_model="numpy"``: a float division by zero gives inf/NaN as in NumPy, instead of
+  Python's ZeroDivisionError. The check behind that exception is a branch in every division,
+  and it kept loops with a division (tanh, GELU) from vectorizing: 8.7 ms -> 3.3 ms for a
+  float32 tanh over 1M elements.
+- Each row kernel is compiled twice (``Kernel``): serial, and parallel over rows. A parallel
+  launch has a fixed cost (measured per call: ~30 us with OpenMP spinning, ~100 us with OpenMP
+  passive waiting, ~450 us with the workqueue layer), so inputs below PARALLEL_MIN_ELEMENTS
+  run serially, with no thread launch at all.
 - threading layer "workqueue" unless NUMBA_THREADING_LAYER is set: when Numba's parallel
-  threads and OpenBLAS's threads take turns (a kernel, then a matmul), OpenMP threads that spin
-  while waiting steal the cores from the other pool; workqueue threads do not spin.
-- ``parallel=True`` kernels split over rows, and each ``prange`` iteration writes only its own
-  rows (reductions across rows go through per-chunk partial buffers), so there are no races.
+  threads and OpenBLAS's threads take turns (a kernel, then a matmul), OpenMP threads that keep
+  spinning after a kernel steal the cores from BLAS (a loop alternating them ran 2.35x slower,
+  benchmarks/threading_layers.py); workqueue threads do not spin. OpenMP with
+  OMP_WAIT_POLICY=passive avoids both the spinning and most of workqueue's launch cost, but
+  it is an environment setting of the whole process (it changes PyTorch's OpenMP too), so
+  tinyllm never sets it: an entry point that owns the process may export it before Python
+  starts, together with NUMBA_THREADING_LAYER=omp.
+- parallel kernels split over rows, and each ``prange`` iteration writes only its own rows
+  (reductions across rows go through per-chunk partial buffers), so there are no races.
 """
 import os
+import types
 import warnings
 
 try:
@@ -43,6 +57,9 @@ except ImportError:              # pragma: no cover - exercised in a subprocess 
     NUMBA_AVAILABLE = False
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+# Row kernels run in parallel from this many elements on, serially below (measured crossover
+# with the workqueue layer; see benchmarks/RESULTS.md).
+PARALLEL_MIN_ELEMENTS = 1 << 22
 IMPLS = ("numpy", "numba", "auto")
 
 _state = {"impl": None, "warned": False}
@@ -55,8 +72,45 @@ def jit(parallel=False):
             return fn
         if "NUMBA_THREADING_LAYER" not in os.environ and parallel:
             numba.config.THREADING_LAYER = "workqueue"
-        return numba.njit(cache=True, fastmath=set(FASTMATH), parallel=parallel)(fn)
+        return numba.njit(cache=True, fastmath=set(FASTMATH), parallel=parallel,
+                          error_model="numpy")(fn)
     return decorate
+
+
+class Kernel:
+    """A kernel compiled twice from one Python function: ``parallel`` and ``serial``.
+
+    ``kernel.run(n, *args)`` launches the parallel version when the work covers at least
+    PARALLEL_MIN_ELEMENTS elements, else the serial one (``prange`` is a plain ``range`` there).
+    ``kernel.py_func`` is the Python source, for reading and stepping through.
+    """
+
+    def __init__(self, fn):
+        self.py_func = fn
+        self.parallel = jit(parallel=True)(fn)
+        # Numba's on-disk cache keys a function by its qualified name and signature, not by
+        # the ``parallel`` flag: compiling ``fn`` itself twice would let one variant load the
+        # other's machine code. The serial variant is compiled from a renamed copy instead.
+        self.serial = jit(parallel=False)(_renamed(fn, "_serial"))
+
+    def run(self, n_elements, *args):
+        kernel = self.parallel if n_elements >= PARALLEL_MIN_ELEMENTS else self.serial
+        return kernel(*args)
+
+
+def _renamed(fn, suffix):
+    """A copy of function ``fn`` (same code, globals, defaults) under another name."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                              fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+def kernel(fn):
+    """Decorator: ``@kernel`` makes a ``Kernel`` (serial + parallel) of a row-loop function."""
+    return Kernel(fn)
 
 
 def jit_disabled():

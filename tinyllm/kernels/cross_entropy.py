@@ -20,9 +20,9 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.kernels._math import exp
-from tinyllm.kernels._numba import choose, jit, prange
+from tinyllm.kernels._numba import choose, kernel, prange
 
-AUTO_MIN_ELEMENTS = 4096          # measured crossover; see benchmarks/RESULTS.md
+AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ def cross_entropy_backward_reference(z, t, lse, dloss, ignore_index=-100, label_
 # ----------------------------------------------------------------------------------------------
 # Numba (rows in parallel; each iteration writes only its own row)
 
-@jit(parallel=True)
+@kernel
 def _cross_entropy_forward_numba(z, t, ignore_index, eps, loss, lse):
     N, C = z.shape
     for n in prange(N):
@@ -84,7 +84,7 @@ def _cross_entropy_forward_numba(z, t, ignore_index, eps, loss, lse):
             loss[n] = (1 - eps) * nll + eps * (lse[n] - total / C)
 
 
-@jit(parallel=True)
+@kernel
 def _cross_entropy_backward_numba(z, t, lse, dloss, ignore_index, eps, dz):
     N, C = z.shape
     for n in prange(N):
@@ -126,8 +126,9 @@ def cross_entropy_forward(z, t, ignore_index=-100, label_smoothing=0.0, impl=Non
     z = np.ascontiguousarray(z)
     loss = np.empty(z.shape[0], z.dtype)
     lse = np.empty(z.shape[0], z.dtype)
-    _cross_entropy_forward_numba(z, np.ascontiguousarray(t, dtype=np.int64), ignore_index,
-                                 z.dtype.type(label_smoothing), loss, lse)
+    t = np.ascontiguousarray(t, dtype=np.int64)
+    _cross_entropy_forward_numba.run(z.size, z, t, ignore_index, z.dtype.type(label_smoothing),
+                                     loss, lse)
     return loss, lse
 
 
@@ -138,7 +139,8 @@ def cross_entropy_backward(z, t, lse, dloss, ignore_index=-100, label_smoothing=
         return cross_entropy_backward_reference(z, t, lse, dloss, ignore_index, label_smoothing)
     z = np.ascontiguousarray(z)
     dz = np.empty_like(z)
-    _cross_entropy_backward_numba(z, np.ascontiguousarray(t, dtype=np.int64), lse,
-                                  np.ascontiguousarray(dloss, dtype=z.dtype), ignore_index,
-                                  z.dtype.type(label_smoothing), dz)
+    t = np.ascontiguousarray(t, dtype=np.int64)
+    dloss = np.ascontiguousarray(dloss, dtype=z.dtype)
+    _cross_entropy_backward_numba.run(z.size, z, t, lse, dloss, ignore_index,
+                                      z.dtype.type(label_smoothing), dz)
     return dz

@@ -18,9 +18,9 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.kernels._math import exp, tanh
-from tinyllm.kernels._numba import choose, jit, prange
+from tinyllm.kernels._numba import choose, kernel, prange
 
-AUTO_MIN_ELEMENTS = 4096          # measured crossover; see benchmarks/RESULTS.md
+AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -52,7 +52,7 @@ def gelu_backward_reference(x, dy, approximate="none"):
 # ----------------------------------------------------------------------------------------------
 # Numba (flat arrays; iteration i writes only y[i] / dx[i])
 
-@jit(parallel=True)
+@kernel
 def _gelu_tanh_forward_numba(x, y):
     k, a = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(0.044715)    # constants in x's dtype
     half, one = x.dtype.type(0.5), x.dtype.type(1)
@@ -62,7 +62,7 @@ def _gelu_tanh_forward_numba(x, y):
         y[i] = half * v * (one + t)
 
 
-@jit(parallel=True)
+@kernel
 def _gelu_tanh_backward_numba(x, dy, dx):
     k, a = x.dtype.type(_SQRT_2_OVER_PI), x.dtype.type(0.044715)
     a3, half, one = x.dtype.type(3 * 0.044715), x.dtype.type(0.5), x.dtype.type(1)
@@ -73,14 +73,14 @@ def _gelu_tanh_backward_numba(x, dy, dx):
         dx[i] = dy[i] * (half * (one + t) + half * v * (one - t * t) * du)
 
 
-@jit(parallel=True)
+@kernel
 def _gelu_erf_forward_numba(x, y):
     for i in prange(x.shape[0]):
         v = x[i]
         y[i] = v * 0.5 * (1 + math.erf(v * _INV_SQRT_2))
 
 
-@jit(parallel=True)
+@kernel
 def _gelu_erf_backward_numba(x, dy, dx):
     for i in prange(x.shape[0]):
         v = x[i]
@@ -114,8 +114,8 @@ def gelu_forward(x, approximate="none", impl=None):
         return gelu_forward_reference(x, approximate)
     x1 = np.ascontiguousarray(x).reshape(-1)                      # any shape -> (n,)
     y1 = np.empty_like(x1)
-    kernel = _gelu_tanh_forward_numba if approximate == "tanh" else _gelu_erf_forward_numba
-    kernel(x1, y1)
+    launch = _gelu_tanh_forward_numba if approximate == "tanh" else _gelu_erf_forward_numba
+    launch.run(x1.size, x1, y1)
     return y1.reshape(x.shape)
 
 
@@ -126,6 +126,6 @@ def gelu_backward(x, dy, approximate="none", impl=None):
     x1 = np.ascontiguousarray(x).reshape(-1)                      # any shape -> (n,)
     dy1 = np.ascontiguousarray(dy).reshape(-1)
     dx1 = np.empty_like(x1)
-    kernel = _gelu_tanh_backward_numba if approximate == "tanh" else _gelu_erf_backward_numba
-    kernel(x1, dy1, dx1)
+    launch = _gelu_tanh_backward_numba if approximate == "tanh" else _gelu_erf_backward_numba
+    launch.run(x1.size, x1, dy1, dx1)
     return dx1.reshape(x.shape)

@@ -20,9 +20,9 @@ Shapes: x, y, dy, dx (N, D); w, b, dw, db (D,); mu, rstd (N,).
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._numba import choose, jit, prange
+from tinyllm.kernels._numba import choose, kernel, prange
 
-AUTO_MIN_ELEMENTS = 4096          # measured crossover; see benchmarks/RESULTS.md
+AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 _CHUNKS = 16                      # partial buffers for dw, db: enough to keep 2-16 cores busy
 
 
@@ -50,7 +50,7 @@ def layer_norm_backward_reference(dy, x, w, mu, rstd):
 # ----------------------------------------------------------------------------------------------
 # Numba
 
-@jit(parallel=True)
+@kernel
 def _layer_norm_forward_numba(x, w, b, eps, y, mu, rstd):
     N, D = x.shape
     for n in prange(N):
@@ -69,7 +69,7 @@ def _layer_norm_forward_numba(x, w, b, eps, y, mu, rstd):
         rstd[n] = r
 
 
-@jit(parallel=True)
+@kernel
 def _layer_norm_backward_numba(dy, x, w, mu, rstd, dx, dw_part, db_part):
     N, D = x.shape
     chunks = dw_part.shape[0]
@@ -119,8 +119,8 @@ def layer_norm_forward(x, w, b, eps=1e-5, impl=None):
     y = np.empty_like(x)
     mu = np.empty(x.shape[0], x.dtype)
     rstd = np.empty(x.shape[0], x.dtype)
-    _layer_norm_forward_numba(x, np.ascontiguousarray(w), np.ascontiguousarray(b, dtype=x.dtype),
-                              x.dtype.type(eps), y, mu, rstd)
+    w, b = np.ascontiguousarray(w), np.ascontiguousarray(b, dtype=x.dtype)
+    _layer_norm_forward_numba.run(x.size, x, w, b, x.dtype.type(eps), y, mu, rstd)
     return y, mu, rstd
 
 
@@ -134,6 +134,6 @@ def layer_norm_backward(dy, x, w, mu, rstd, impl=None):
     chunks = min(_CHUNKS, N)
     dw_part = np.zeros((chunks, D), x.dtype)
     db_part = np.zeros((chunks, D), x.dtype)
-    _layer_norm_backward_numba(np.ascontiguousarray(dy, dtype=x.dtype), x,
-                               np.ascontiguousarray(w), mu, rstd, dx, dw_part, db_part)
+    dy, w = np.ascontiguousarray(dy, dtype=x.dtype), np.ascontiguousarray(w)
+    _layer_norm_backward_numba.run(x.size, dy, x, w, mu, rstd, dx, dw_part, db_part)
     return dx, dw_part.sum(axis=0), db_part.sum(axis=0)

@@ -18,7 +18,7 @@ both operands are read contiguously and LLVM vectorizes the k loop as a reductio
 2. Split C into blocks of MB rows; ``prange`` runs one row block per iteration, which writes
    only its own rows of C (no races).
 3. Inside a row block, loop over K-blocks (KC deep) and column blocks (NB wide): the (NB, KC)
-   slab of B^T (NB*KC*4 bytes = 64 KiB for float32) stays in L2 while every 4-row strip of A
+   slab of B^T (NB*KC*4 bytes = 96 KiB for float32) stays in L2 while every 4-row strip of A
    (4*KC*4 = 4 KiB) sits in L1.
 4. Micro-kernel (``_block_dot``): 4 rows of A times 3 rows of B^T, 12 scalar accumulators
    over the KC-long k loop. LLVM turns each accumulator into vector registers, so every
@@ -30,23 +30,33 @@ both operands are read contiguously and LLVM vectorizes the k loop as a reductio
 The batched kernel (``_matmul_batched_numba``) runs ``prange`` over the batch: iteration p
 transposes B[p] into its own scratch and writes only C[p]. Small matrices need no K/N blocking.
 
-Measured (2-core Xeon icelake-server, AVX-512, shared machine; float32, medians of interleaved
-runs, ``python benchmarks/bench_matmul.py``; NumPy 2.4 with OpenBLAS 0.3.31 picking its
-Haswell/AVX2 kernels). LLVM emits 256-bit (ymm) vectors on this CPU (it prefers 256 over 512
-bits on icelake-server), the same width as OpenBLAS's AVX2 kernels.
+Measured (2-core Xeon icelake-server, AVX-512, shared with other work; float32; medians of 7
+interleaved rounds, ``python benchmarks/bench_matmul.py``). NumPy 2.4.6's scipy-openblas 0.3.31
+already selects its AVX-512 "SkylakeX" kernels on this CPU (``OPENBLAS_CORETYPE=SkylakeX``
+measures the same). LLVM emits 256-bit (ymm) vectors here: it prefers 256 over 512 bits on
+icelake-server, so the Numba kernel has half the vector width of BLAS to begin with.
 
-    shape                          numpy GF/s   numba GF/s   numba / numpy
-    (see _MEASURED below, filled from the benchmark)
+    shape                              numpy GF/s   numba GF/s   numba / numpy
+    (128, 128) @ (128, 128)                  99          15          0.15x
+    (256, 256) @ (256, 256)                 151          33          0.22x
+    (512, 512) @ (512, 512)                 155          36          0.23x
+    (1024, 1024) @ (1024, 1024)             172          37          0.21x
+    (1024, 128) @ (128, 384)                154          33          0.21x
+    (512, 64, 64) @ (512, 64, 64)            70          34          0.49x
+    (64, 128, 64) @ (64, 64, 128)            68          26          0.39x
+    (64, 64, 32) @ (64, 32, 64)              71          13          0.18x
 
-Crossover rule (``_auto_numba``), what impl="auto" picks:
-- 2-D: NumPy always. OpenBLAS wins at every size measured: its hand-written micro-kernels
-  reach ~1.5-2x this kernel, and below ~256 a Numba ``prange`` launch (~40 us with the
-  workqueue layer) costs as much as the whole BLAS call.
-- batched, small matrices: Numba when the batch has at least ``_AUTO_MIN_BATCH`` entries and
-  each entry is at most ``_AUTO_MAX_ENTRY_FLOPS`` (M*N*K). There NumPy's matmul loops over the
-  batch calling BLAS on each small matrix, with per-call overhead and no threading across
-  entries, while the Numba kernel spreads the entries over the cores.
-- anything else (mixed or integer dtypes, CuPy arrays, empty arrays): the reference.
+Where the time goes: the micro-kernel alone, one core, data in L1/L2, reaches ~50-70 GF/s
+(OpenBLAS single-threaded ~60-85 on the same blocks); packing B^T costs ~1 ms at 512; and a
+``prange`` call under the workqueue threading layer (the shim's default) costs ~0.1-0.5 ms and
+scaled poorly on kernels of a few ms (a test loop: 2 threads no faster than 1 at 6 ms of work,
+2x at 50 ms; the omp layer scaled 2x at 0.1 ms).
+
+Crossover rule (``_auto_numba``), what impl="auto" picks: NumPy everywhere. The Numba kernels
+lost at every shape measured, 2-D and batched, so "auto" never picks them; impl="numba" still
+runs them (for teaching, tests and profiling). Rerun the benchmark on a new machine before
+changing the rule: it is the one place that would flip to Numba for batched small matrices.
+Mixed or integer dtypes, 1-D operands, empty arrays and CuPy arrays always take the reference.
 """
 import numpy as np
 
@@ -54,15 +64,15 @@ from tinyllm.backend import get_array_module
 from tinyllm.kernels._numba import choose, jit, prange
 
 # Block sizes (elements). KC: depth of a K-block; NB: columns of B^T per L2 slab; MB: rows of C
-# per prange iteration. Chosen by benchmarks/bench_matmul.py on this machine.
+# per prange iteration. From a few trials on this machine; not finely tuned (the noise of the
+# shared machine was larger than the differences between nearby choices).
 KC = 256
 NB = 96
 MB = 32
 
-# impl="auto" picks Numba for batched products of at least this many entries ...
-_AUTO_MIN_BATCH = 16
-# ... each entry at most this many multiply-adds (M*N*K; 128*128*128 ~ 2.1M).
-_AUTO_MAX_ENTRY_FLOPS = 128 * 128 * 128
+# Batched entries up to this many multiply-adds (M*N*K) take the parallel-over-batch kernel;
+# larger ones take the blocked 2-D kernel one entry at a time.
+_BATCHED_MAX_ENTRY_FLOPS = 256 * 256 * 256
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +269,7 @@ def _matmul_batched(a, b):
     """Numba path for C-contiguous a (P, M, K), b (P, K, N) of one float dtype."""
     P, M, K = a.shape
     N = b.shape[2]
-    if P < 2 or M * N * K > 4 * _AUTO_MAX_ENTRY_FLOPS:
+    if P < 2 or M * N * K > _BATCHED_MAX_ENTRY_FLOPS:
         # few or large entries: parallelism and cache blocking inside each entry pay more
         return np.stack([_matmul_2d(a[p], b[p]) for p in range(P)]).reshape(P, M, N)
     c = np.empty((P, M, N), dtype=a.dtype)
@@ -270,9 +280,21 @@ def _matmul_batched(a, b):
 # ----------------------------------------------------------------------------------------------
 # Dispatcher
 
+def _contiguous(x, shape):
+    """x broadcast to ``shape``, C-contiguous and writeable (read-only arrays, e.g. from
+    np.broadcast_to, are a separate Numba type: one more compile of every kernel)."""
+    if x.shape != shape:
+        x = np.broadcast_to(x, shape)
+    x = np.ascontiguousarray(x)
+    return x if x.flags.writeable else x.copy()
+
+
 def _auto_numba(batch, M, K, N):
-    """impl="auto": True where the Numba kernel measured faster than NumPy (module docstring)."""
-    return batch >= _AUTO_MIN_BATCH and M * N * K <= _AUTO_MAX_ENTRY_FLOPS
+    """impl="auto": True where the Numba kernel measured faster than NumPy (module docstring).
+
+    Nowhere on the machine measured: BLAS won every 2-D and batched shape, so this is False.
+    """
+    return False
 
 
 def matmul(a, b, impl=None):
@@ -311,8 +333,8 @@ def matmul(a, b, impl=None):
     if which == "numpy" or not numba_ok:
         return matmul_reference(a, b)
     if shared_b:                                          # rows of every batch entry at once
-        a2 = np.ascontiguousarray(a).reshape(P * M, K)
-        return _matmul_2d(a2, np.ascontiguousarray(b)).reshape(batch_shape + (M, N))
-    a3 = np.ascontiguousarray(np.broadcast_to(a, batch_shape + (M, K))).reshape(P, M, K)
-    b3 = np.ascontiguousarray(np.broadcast_to(b, batch_shape + (K, N))).reshape(P, K, N)
+        a2 = _contiguous(a, a.shape).reshape(P * M, K)
+        return _matmul_2d(a2, _contiguous(b, b.shape)).reshape(batch_shape + (M, N))
+    a3 = _contiguous(a, batch_shape + (M, K)).reshape(P, M, K)
+    b3 = _contiguous(b, batch_shape + (K, N)).reshape(P, K, N)
     return _matmul_batched(a3, b3).reshape(batch_shape + (M, N))

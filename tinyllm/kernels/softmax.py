@@ -20,11 +20,9 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.kernels._math import exp
-from tinyllm.kernels._numba import choose, jit, prange
+from tinyllm.kernels._numba import choose, kernel, prange
 
-# "auto" uses Numba from this many elements on (below it, the parallel launch costs more than
-# it saves). Measured by benchmarks/kernels.py; see benchmarks/RESULTS.md.
-AUTO_MIN_ELEMENTS = 4096
+AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 
 
 # ----------------------------------------------------------------------------------------------
@@ -48,7 +46,7 @@ def softmax_backward_reference(y, dy, axis=-1):
 # ----------------------------------------------------------------------------------------------
 # Numba (rows of a C-contiguous (N, C) array)
 
-@jit(parallel=True)
+@kernel
 def _softmax_forward_numba(x, y):
     N, C = x.shape
     for n in prange(N):
@@ -71,7 +69,7 @@ def _softmax_forward_numba(x, y):
             yr[c] *= inv
 
 
-@jit(parallel=True)
+@kernel
 def _softmax_backward_numba(y, dy, dx):
     N, C = y.shape
     for n in prange(N):
@@ -111,7 +109,7 @@ def softmax_forward(x, axis=-1, impl=None):
     C = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, C)                   # (..., C) -> (N, C)
     y2 = np.empty_like(x2)
-    _softmax_forward_numba(x2, y2)
+    _softmax_forward_numba.run(x2.size, x2, y2)
     return y2.reshape(x.shape)
 
 
@@ -123,5 +121,5 @@ def softmax_backward(y, dy, axis=-1, impl=None):
     y2 = np.ascontiguousarray(y).reshape(-1, C)                   # (..., C) -> (N, C)
     dy2 = np.ascontiguousarray(dy).reshape(-1, C)
     dx2 = np.empty_like(y2)
-    _softmax_backward_numba(y2, dy2, dx2)
+    _softmax_backward_numba.run(y2.size, y2, dy2, dx2)
     return dx2.reshape(y.shape)

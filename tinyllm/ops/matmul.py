@@ -9,6 +9,7 @@ gradients are summed back (``unbroadcast``). A 1-D A is treated as a (1, K) row 
 """
 from tinyllm import backend
 from tinyllm.autograd.function import Function, unbroadcast
+from tinyllm.kernels.matmul import matmul as matmul_kernel
 from tinyllm.ops._util import operands
 
 
@@ -16,12 +17,15 @@ class MatMul(Function):
     """out = a @ b.   da = dout @ b^T,  db = a^T @ dout   (see module docstring).
 
     Shapes: a (..., M, K) or (K,);  b (..., K, N) or (K,);  out (broadcast(...), M, N) with the
-    1-D axes dropped.
+    1-D axes dropped. All three products go through tinyllm/kernels/matmul.py (BLAS, or the
+    Numba kernels when selected).
     """
 
     def forward(self, a, b):
         self.a, self.b = a, b
-        return a @ b
+        if a.ndim == 1 or b.ndim == 1:
+            return a @ b                              # vector cases: BLAS directly
+        return matmul_kernel(a, b)
 
     def backward(self, dout):
         xp = backend.get_array_module(dout)
@@ -35,9 +39,11 @@ class MatMul(Function):
             d = d[..., None, :]                       # (..., N) -> (..., 1, N)
         da = db = None
         if self.needs_input_grad[0]:
-            da = unbroadcast(d @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            da = unbroadcast(matmul_kernel(d, xp.swapaxes(b2, -1, -2)), a2.shape)
+            da = da.reshape(a.shape)
         if self.needs_input_grad[1]:
-            db = unbroadcast(xp.swapaxes(a2, -1, -2) @ d, b2.shape).reshape(b.shape)
+            db = unbroadcast(matmul_kernel(xp.swapaxes(a2, -1, -2), d), b2.shape)
+            db = db.reshape(b.shape)
         return da, db
 
 
