@@ -5,7 +5,8 @@
 A training step alternates Numba kernels and BLAS matmuls. If the pool that just finished keeps
 its threads spinning (OpenMP's default active wait), the other pool runs on fewer cores. Each
 configuration runs in its own process (the layer is fixed at Numba's first parallel launch):
-a loop of softmax (Numba, parallel) -> matmul (OpenBLAS) -> softmax backward (Numba), against
+a loop of softmax (Numba, 4M elements: the parallel variant) -> matmul (OpenBLAS) -> softmax
+backward (Numba), against
 the same loop with the NumPy softmax, so the ratio isolates the cost of alternating.
 """
 import json
@@ -18,9 +19,9 @@ import time, statistics, numpy as np
 from tinyllm.kernels import softmax as S
 import numba
 rng = np.random.default_rng(0)
-x = rng.standard_normal((4096, 256)).astype(np.float32)
+x = rng.standard_normal((16384, 256)).astype(np.float32)
 w = rng.standard_normal((256, 256)).astype(np.float32)
-def loop(impl, n=30):
+def loop(impl, n=10):
     t0 = time.perf_counter()
     for _ in range(n):
         y = S.softmax_forward(x, impl=impl)

@@ -57,9 +57,12 @@ except ImportError:              # pragma: no cover - exercised in a subprocess 
     NUMBA_AVAILABLE = False
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
-# Row kernels run in parallel from this many elements on, serially below (measured crossover
-# with the workqueue layer; see benchmarks/RESULTS.md).
-PARALLEL_MIN_ELEMENTS = 1 << 22
+# Row kernels run in parallel from this many elements on, serially below, per threading layer
+# (measured on the 2-core machine; see benchmarks/RESULTS.md). Under workqueue two threads
+# were never faster than one on these memory-bound kernels up to 16M elements (a launch costs
+# ~450 us and the work did not scale). OpenMP scaled 2.3x at 1M elements with its default
+# spinning wait (which slows BLAS when they alternate) and not at all with a passive wait.
+PARALLEL_MIN_ELEMENTS = {"workqueue": 1 << 24, "omp": 1 << 20, "tbb": 1 << 20}
 IMPLS = ("numpy", "numba", "auto")
 
 _state = {"impl": None, "warned": False}
@@ -81,7 +84,7 @@ class Kernel:
     """A kernel compiled twice from one Python function: ``parallel`` and ``serial``.
 
     ``kernel.run(n, *args)`` launches the parallel version when the work covers at least
-    PARALLEL_MIN_ELEMENTS elements, else the serial one (``prange`` is a plain ``range`` there).
+    ``parallel_min_elements()`` elements, else the serial one (``prange`` is a plain ``range`` there).
     ``kernel.py_func`` is the Python source, for reading and stepping through.
     """
 
@@ -94,8 +97,14 @@ class Kernel:
         self.serial = jit(parallel=False)(_renamed(fn, "_serial"))
 
     def run(self, n_elements, *args):
-        kernel = self.parallel if n_elements >= PARALLEL_MIN_ELEMENTS else self.serial
+        kernel = self.parallel if n_elements >= parallel_min_elements() else self.serial
         return kernel(*args)
+
+
+def parallel_min_elements():
+    """The serial/parallel crossover for the threading layer Numba is configured to use."""
+    layer = str(numba.config.THREADING_LAYER).lower() if NUMBA_AVAILABLE else "workqueue"
+    return PARALLEL_MIN_ELEMENTS.get(layer, PARALLEL_MIN_ELEMENTS["workqueue"])
 
 
 def _renamed(fn, suffix):
