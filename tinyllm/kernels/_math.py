@@ -28,6 +28,32 @@ import numpy as np
 from tinyllm.kernels._numba import FASTMATH, NUMBA_AVAILABLE
 
 
+def row_max(r):
+    """max of the 1-D array ``r``, kept as 8 running maxima over interleaved elements.
+
+    A single running max is a loop-carried compare-and-select, which LLVM vectorizes only when
+    told there are no NaNs (fastmath ``nnan``, which the kernels do not use). Eight independent
+    maxima need no such promise: they fill one vector register, and are combined at the end.
+    Measured: softmax forward (16384, 256) float32 11.8 -> 7.7 ms. -inf entries are fine.
+    """
+    n = r.shape[0]
+    n8 = n - n % 8
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = r.dtype.type(-np.inf)
+    for c in range(0, n8, 8):
+        m0 = r[c] if r[c] > m0 else m0
+        m1 = r[c + 1] if r[c + 1] > m1 else m1
+        m2 = r[c + 2] if r[c + 2] > m2 else m2
+        m3 = r[c + 3] if r[c + 3] > m3 else m3
+        m4 = r[c + 4] if r[c + 4] > m4 else m4
+        m5 = r[c + 5] if r[c + 5] > m5 else m5
+        m6 = r[c + 6] if r[c + 6] > m6 else m6
+        m7 = r[c + 7] if r[c + 7] > m7 else m7
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for c in range(n8, n):
+        m = r[c] if r[c] > m else m
+    return m
+
+
 def exp(x):
     """e^x. Inside a Numba kernel, float32 takes the vectorizable polynomial below."""
     return np.exp(x)
@@ -39,6 +65,7 @@ def tanh(x):
 
 
 if NUMBA_AVAILABLE:
+    import numba
     from llvmlite import ir
     from numba import types
     from numba.extending import intrinsic, overload
@@ -69,6 +96,8 @@ if NUMBA_AVAILABLE:
         er = p * (r * r) + r + _ONE                               # e^r
         two_k = _int32_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
         return er * two_k if x > _LO else np.float32(0.0)
+
+    row_max = numba.njit(inline="always", **_JIT_OPTIONS)(row_max)
 
     @overload(exp, inline="always", jit_options=_JIT_OPTIONS)
     def _exp_overload(x):

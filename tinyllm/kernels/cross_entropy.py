@@ -19,7 +19,7 @@ dout / n_valid for every row), so one backward serves every reduction.
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._math import exp
+from tinyllm.kernels._math import exp, row_max
 from tinyllm.kernels._numba import choose, kernel, prange
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
@@ -65,10 +65,7 @@ def _cross_entropy_forward_numba(z, t, ignore_index, eps, loss, lse):
     N, C = z.shape
     for n in prange(N):
         zr = z[n]
-        m = zr[0]
-        for c in range(1, C):
-            if zr[c] > m:
-                m = zr[c]
+        m = row_max(zr)
         if m == -np.inf:
             m = zr.dtype.type(0)
         s = zr.dtype.type(0)

@@ -19,7 +19,7 @@ library call here (no SVML in PyPI's llvmlite), which kept the loop from vectori
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._math import exp
+from tinyllm.kernels._math import exp, row_max
 from tinyllm.kernels._numba import choose, kernel, prange
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
@@ -51,10 +51,7 @@ def _softmax_forward_numba(x, y):
     N, C = x.shape
     for n in prange(N):
         xr, yr = x[n], y[n]                       # 1-D row views: the loops vectorize
-        m = xr[0]
-        for c in range(1, C):
-            if xr[c] > m:
-                m = xr[c]
+        m = row_max(xr)
         if m == -np.inf:                          # fully masked row
             for c in range(C):
                 yr[c] = 0
