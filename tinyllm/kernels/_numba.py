@@ -84,7 +84,7 @@ class Kernel:
     """A kernel compiled twice from one Python function: ``parallel`` and ``serial``.
 
     ``kernel.run(n, *args)`` launches the parallel version when the work covers at least
-    ``parallel_min_elements()`` elements, else the serial one (``prange`` is a plain ``range`` there).
+    ``parallel_min_elements()`` elements, else the serial one (where ``prange`` is ``range``).
     ``kernel.py_func`` is the Python source, for reading and stepping through.
     """
 
