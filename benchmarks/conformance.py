@@ -12,6 +12,7 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.kernels import cross_entropy as CE
+from tinyllm.kernels import embedding as E
 from tinyllm.kernels import gelu as G
 from tinyllm.kernels import layernorm as LN
 from tinyllm.kernels import softmax as S
@@ -61,8 +62,12 @@ def _kernels():
                     G.gelu_backward(v["h"], v["dh"], approximate, impl=impl))
         return run
 
+    def embedding_backward(v, impl):
+        return (E.embedding_backward(v["t"] % 65, v["z"], 65, impl=impl),)
+
     table = {"softmax": softmax, "cross_entropy": cross_entropy, "layer_norm": layer_norm,
-             "gelu_tanh": gelu("tanh"), "gelu_erf": gelu("none")}
+             "gelu_tanh": gelu("tanh"), "gelu_erf": gelu("none"),
+             "embedding_bwd": embedding_backward}
     try:
         from tinyllm.kernels import matmul as MM
     except ImportError:

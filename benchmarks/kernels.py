@@ -52,6 +52,7 @@ def compare(name, shape, make, target, rounds, number, tol):
 
 def cases(quick):
     from tinyllm.kernels import cross_entropy as CE
+    from tinyllm.kernels import embedding as E
     from tinyllm.kernels import gelu as G
     from tinyllm.kernels import layernorm as LN
     from tinyllm.kernels import softmax as S
@@ -118,6 +119,19 @@ def cases(quick):
             return run, lambda: (res["y"], res["dx"])
         return make
 
+    def embedding(N, C, V):
+        idx = rng.integers(0, V, N)
+        dout = rng.standard_normal((N, C)).astype(f32)
+
+        def make(impl):
+            res = {}
+
+            def run():
+                res["dw"] = E.embedding_backward(idx, dout, V, impl=impl)
+            run()
+            return run, lambda: (res["dw"],)
+        return make
+
     # (name, shape, maker, target speed-up from the issue or None, calls per round, tolerance)
     return [
         ("softmax fwd+bwd", (16384, 256), softmax((16384, 256)), 3.0, 3, 1e-5),
@@ -131,6 +145,8 @@ def cases(quick):
         ("gelu tanh fwd+bwd", (1024, 512), gelu((1024, 512), "tanh"), None, 10, 1e-5),
         ("gelu tanh fwd+bwd", (4096, 1536), gelu((4096, 1536), "tanh"), None, 2, 1e-5),
         ("gelu erf fwd+bwd", (1024, 512), gelu((1024, 512), "none"), None, 10, 1e-5),
+        ("embedding bwd (V=65)", (1024, 128), embedding(1024, 128, 65), None, 20, 1e-5),
+        ("embedding bwd (V=6282)", (8192, 384), embedding(8192, 384, 6282), None, 2, 1e-5),
     ]
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from tinyllm import kernels
 from tinyllm.kernels import cross_entropy as CE
+from tinyllm.kernels import embedding as E
 from tinyllm.kernels import gelu as G
 from tinyllm.kernels import layernorm as LN
 from tinyllm.kernels import softmax as S
@@ -188,6 +189,30 @@ def test_gelu_backward_kernel_equals_finite_differences(approximate):
     dx = G.gelu_backward(x, v, approximate, impl="numba")
     np.testing.assert_allclose(dx, _fd(lambda a: G.gelu_forward(a, approximate, impl="numba"),
                                        x, v), rtol=1e-6, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# embedding backward (scatter-add)
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,C,V", [(1, 1, 1), (7, 3, 2), (300, 33, 17), (64, 5, 1000)])
+def test_embedding_backward_numba_equals_reference(N, C, V, dtype):
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, V, N)
+    idx[: N // 2] = idx[0]                                 # many repeats of one id
+    dout = _x((N, C), dtype)
+    ref = E.embedding_backward(idx, dout, V, impl="numpy")
+    _close(E.embedding_backward(idx, dout, V, impl="numba"), ref, dtype, scale=N)
+    strided = _x((N, 2 * C), dtype)[:, ::2]                # non-contiguous dout
+    _close(E.embedding_backward(idx, strided, V, impl="numba"),
+           E.embedding_backward(idx, strided, V, impl="numpy"), dtype, scale=N)
+
+
+def test_embedding_backward_kernel_equals_finite_differences():
+    idx = np.array([2, 0, 2, 2, 1])
+    w, v = _x((4, 3), np.float64), _x((5, 3), np.float64, seed=1)
+    dw = E.embedding_backward(idx, v, 4, impl="numba")
+    np.testing.assert_allclose(dw, _fd(lambda a: a[idx], w, v), rtol=1e-6, atol=1e-8)
 
 
 # ----------------------------------------------------------------------------------------------

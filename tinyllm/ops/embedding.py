@@ -1,6 +1,7 @@
 """Embedding lookup: rows of a weight matrix picked by integer ids."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
+from tinyllm.kernels.embedding import embedding_backward
 from tinyllm.ops._util import as_tensor, int_array
 
 
@@ -11,7 +12,8 @@ class Embedding(Function):
     dout rows of every position whose id is v. That is a scatter-add (ids repeat; each
     occurrence adds its gradient), done without forming the one-hot matrix.
 
-    Shapes: W (V, C); idx (...) integers in [0, V); out (..., C).
+    Shapes: W (V, C); idx (...) integers in [0, V); out (..., C). The scatter-add runs in
+    tinyllm/kernels/embedding.py (np.add.at reference, or a Numba row-add kernel).
     """
 
     def forward(self, w, idx=None):
@@ -19,11 +21,9 @@ class Embedding(Function):
         return w[idx]
 
     def backward(self, dout):
-        xp = backend.get_array_module(dout)
-        dw = xp.zeros(self.w_shape, dtype=self.w_dtype)
-        C = self.w_shape[1]
-        backend.scatter_add(dw, self.idx.reshape(-1), dout.reshape(-1, C))  # (..., C) -> (N, C)
-        return dw
+        V, C = self.w_shape
+        dw = embedding_backward(self.idx.reshape(-1), dout.reshape(-1, C), V)   # (..., C) -> (N, C)
+        return dw.astype(self.w_dtype, copy=False)
 
 
 def embedding(idx, weight):
