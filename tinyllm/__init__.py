@@ -10,7 +10,8 @@ Importing tinyllm has no side effects: no printing, no backend probing, no CuPy 
 from tinyllm import functional
 from tinyllm.autograd.function import Function
 from tinyllm.autograd.grad_mode import enable_grad, is_grad_enabled, no_grad
-from tinyllm.autograd.gradcheck import GradcheckError, gradcheck, numerical_grad
+from tinyllm.autograd.gradcheck import (GradcheckError, gradcheck, gradcheck_module,
+                                        numerical_grad)
 from tinyllm.autograd.tensor import Tensor
 from tinyllm.backend import (cuda_is_available, get_backend, get_default_dtype, manual_seed,
                              set_backend, set_default_dtype)
@@ -20,6 +21,6 @@ from tinyllm.functional import __all__ as _functional_all
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "functional", "no_grad", "enable_grad", "is_grad_enabled",
-           "gradcheck", "numerical_grad", "GradcheckError", "set_backend", "get_backend",
+           "gradcheck", "gradcheck_module", "numerical_grad", "GradcheckError", "set_backend", "get_backend",
            "set_default_dtype", "get_default_dtype", "manual_seed", "cuda_is_available"
            ] + list(_functional_all)

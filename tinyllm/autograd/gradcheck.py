@@ -43,16 +43,48 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full", seed=0,
     Returns True; on failure raises ``GradcheckError`` (or returns False when
     ``raise_exception=False``) with a message naming the input, the worst element, both values.
     """
-    if mode not in ("full", "directional"):
-        raise ValueError(f"gradcheck: mode must be 'full' or 'directional', got {mode!r}")
     inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
     xs = _float64_copies(inputs)
-    checked = [i for i, x in enumerate(xs) if isinstance(x, Tensor) and x.requires_grad]
-    if not checked:
+    targets = [(f"input {i}", x) for i, x in enumerate(xs)
+               if isinstance(x, Tensor) and x.requires_grad]
+    if not targets:
         raise ValueError("gradcheck: no input requires grad, nothing to check")
-    rng = np.random.default_rng(seed)
+    return _check(lambda: fn(*xs), targets, eps, atol, rtol, mode, seed, raise_exception)
 
-    outputs = _as_tuple(fn(*xs))
+
+def gradcheck_module(module, *inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full", seed=0,
+                     raise_exception=True):
+    """Check the gradients of every trainable parameter of ``module`` (and of every input
+    Tensor that requires grad) for ``module(*inputs)``, perturbing them in place.
+
+    The module must already be float64 (``module.double()``): its parameters are the
+    tensors being checked, so they cannot be silently copied. Failures name the parameter
+    ("parameter 'h.0.attn.c_attn.weight'"). Use ``mode="directional"`` for whole models,
+    and ``module.eval()`` (or seeded dropout) for determinism.
+    """
+    targets = [(f"parameter {name!r}", p) for name, p in module.named_parameters()
+               if p.requires_grad]
+    targets += [(f"input {i}", x) for i, x in enumerate(inputs)
+                if isinstance(x, Tensor) and x.requires_grad]
+    for name, t in targets:
+        if t.dtype != np.float64:
+            raise TypeError(f"gradcheck_module: {name} is {t.dtype}; call module.double() and "
+                            f"pass float64 inputs (finite differences need float64)")
+        if not t.data.flags.c_contiguous:
+            raise ValueError(f"gradcheck_module: {name} is not C-contiguous")
+    if not targets:
+        raise ValueError("gradcheck_module: nothing requires grad, nothing to check")
+    return _check(lambda: module(*inputs), targets, eps, atol, rtol, mode, seed,
+                  raise_exception)
+
+
+def _check(run, targets, eps, atol, rtol, mode, seed, raise_exception):
+    """Compare analytic and numeric gradients of L = sum_k sum(y_k * v_k), y = run(), with
+    respect to each (name, tensor) in ``targets`` (float64 leaves that ``run`` uses)."""
+    if mode not in ("full", "directional"):
+        raise ValueError(f"gradcheck: mode must be 'full' or 'directional', got {mode!r}")
+    rng = np.random.default_rng(seed)
+    outputs = _as_tuple(run())
     cotangents = []
     for y in outputs:
         xp = backend.get_array_module(y.data)
@@ -60,23 +92,22 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full", seed=0,
         cotangents.append(xp.asarray(v, dtype=np.float64))
 
     def objective():
-        """L(inputs) = sum_k sum(y_k * v_k), as a Python float, without recording a graph."""
+        """L as a Python float, without recording a graph."""
         with no_grad():
-            ys = _as_tuple(fn(*xs))
+            ys = _as_tuple(run())
         return float(sum(float((y.data.astype(np.float64) * v).sum())
                          for y, v in zip(ys, cotangents)))
 
-    analytic = _analytic(outputs, cotangents, xs, checked)
+    analytic = _analytic(outputs, cotangents, [t for _, t in targets])
 
-    for i in checked:
-        x, a = xs[i], analytic[i]
+    for (name, x), a in zip(targets, analytic):
         if mode == "full":
             n = _numeric_full(objective, x, eps)
             err = np.abs(a - n) - (atol + rtol * np.abs(n))
             if not (err <= 0).all():                       # a NaN on either side fails too
                 j = np.unravel_index(int(np.argmax(np.where(np.isfinite(err), err, np.inf))),
                                      a.shape)
-                msg = (f"gradcheck failed for input {i} (shape {x.shape}) at index "
+                msg = (f"gradcheck failed for {name} (shape {x.shape}) at index "
                        f"{tuple(int(k) for k in j)}: analytic {a[j]:.10g} vs numeric "
                        f"{n[j]:.10g} (|diff| {abs(a[j] - n[j]):.3g} > atol {atol:g} + rtol "
                        f"{rtol:g} * |numeric|); max |diff| over this input "
@@ -88,7 +119,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, mode="full", seed=0,
             n = _numeric_directional(objective, x, u, eps)
             d = float((a * u).sum())
             if not abs(d - n) <= atol + rtol * abs(n):
-                msg = (f"gradcheck (directional) failed for input {i} (shape {x.shape}): "
+                msg = (f"gradcheck (directional) failed for {name} (shape {x.shape}): "
                        f"analytic grad . u = {d:.10g} vs numeric {n:.10g} "
                        f"(|diff| {abs(d - n):.3g} > atol {atol:g} + rtol {rtol:g} * |numeric|)")
                 return _fail(msg, raise_exception)
@@ -140,17 +171,20 @@ def _as_tuple(y):
     return ys
 
 
-def _analytic(outputs, cotangents, xs, checked):
-    for i in checked:
-        xs[i].grad = None
+def _analytic(outputs, cotangents, tensors):
+    """Backward with the cotangents; returns each tensor's .grad as float64 NumPy, and leaves
+    the tensors' .grad as it found it."""
+    saved = [t.grad for t in tensors]
+    for t in tensors:
+        t.grad = None
     live = [(y, v) for y, v in zip(outputs, cotangents) if y.requires_grad]
     for k, (y, v) in enumerate(live):
         y.backward(grad=v, retain_graph=k < len(live) - 1)
-    grads = {}
-    for i in checked:
-        g = xs[i].grad
-        grads[i] = np.zeros(xs[i].shape) if g is None else backend.asnumpy(g).astype(np.float64)
-        xs[i].grad = None
+    grads = []
+    for t, g0 in zip(tensors, saved):
+        g = t.grad
+        grads.append(np.zeros(t.shape) if g is None else backend.asnumpy(g).astype(np.float64))
+        t.grad = g0
     return grads
 
 

@@ -16,20 +16,24 @@ class Embedding(Function):
     tinyllm/kernels/embedding.py (np.add.at reference, or a Numba row-add kernel).
     """
 
-    def forward(self, w, idx=None):
+    def forward(self, w, idx=None, padding_idx=None):
         self.idx, self.w_shape, self.w_dtype = idx, w.shape, w.dtype
+        self.padding_idx = padding_idx
         return w[idx]
 
     def backward(self, dout):
         V, C = self.w_shape
         dw = embedding_backward(self.idx.reshape(-1), dout.reshape(-1, C), V)   # (..., C) -> (N, C)
+        if self.padding_idx is not None:
+            dw[self.padding_idx] = 0                  # padding rows never receive gradient
         return dw.astype(self.w_dtype, copy=False)
 
 
-def embedding(idx, weight):
+def embedding(idx, weight, padding_idx=None):
     """Look up rows of ``weight`` (V, C) for integer ``idx`` of any shape; out (..., C).
 
-    Argument order as ``torch.nn.functional.embedding(input, weight)``.
+    Argument order as ``torch.nn.functional.embedding(input, weight)``. Row ``padding_idx``
+    (if given) receives no gradient.
     """
     weight = as_tensor(weight)
     if weight.ndim != 2:
@@ -42,4 +46,4 @@ def embedding(idx, weight):
         value = int(backend.asnumpy(idx[bad])[0])
         raise IndexError(f"embedding: index {value} is out of range for {V} embeddings "
                          f"(expected 0 <= idx < {V})")
-    return Embedding.apply(weight, idx=idx)
+    return Embedding.apply(weight, idx=idx, padding_idx=padding_idx)
