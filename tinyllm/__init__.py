@@ -21,6 +21,6 @@ from tinyllm.functional import __all__ as _functional_all
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "functional", "no_grad", "enable_grad", "is_grad_enabled",
-           "gradcheck", "gradcheck_module", "numerical_grad", "GradcheckError", "set_backend", "get_backend",
-           "set_default_dtype", "get_default_dtype", "manual_seed", "cuda_is_available"
-           ] + list(_functional_all)
+           "gradcheck", "gradcheck_module", "numerical_grad", "GradcheckError", "set_backend",
+           "get_backend", "set_default_dtype", "get_default_dtype", "manual_seed",
+           "cuda_is_available"] + list(_functional_all)

@@ -2,8 +2,15 @@
 
 Imports flow one way: nn uses ops (through ``tinyllm.functional``) and never the reverse.
 """
+from tinyllm.nn.attention import (FeedForward, LearnedPositionalEmbedding, MultiHeadAttention,
+                                  SinusoidalPositionalEncoding, TransformerDecoderLayer,
+                                  TransformerEncoderLayer, causal_mask,
+                                  scaled_dot_product_attention, sinusoidal_positions)
 from tinyllm.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, Tanh
 from tinyllm.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
-           "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU", "Tanh"]
+           "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU", "Tanh", "MultiHeadAttention",
+           "FeedForward", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
+           "TransformerEncoderLayer", "TransformerDecoderLayer", "causal_mask",
+           "scaled_dot_product_attention", "sinusoidal_positions"]

@@ -1,0 +1,176 @@
+"""GPT: a decoder-only Transformer language model in GPT-2's architecture (as nanoGPT).
+
+    idx (B, T) -> wte[idx] + wpe[:T] -> dropout -> n_layer x Block -> ln_f -> lm_head -> logits
+    Block: x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))            (pre-LN residual stream)
+
+Parameter names and layouts are GPT-2's, so a GPT-2 checkpoint maps one-to-one:
+``transformer.wte.weight`` (V, C), ``transformer.wpe.weight`` (block_size, C),
+``transformer.h.{i}.ln_1``, ``.attn.c_attn`` (C, 3C), ``.attn.c_proj`` (C, C), ``.ln_2``,
+``.mlp.c_fc`` (C, 4C), ``.mlp.c_proj`` (4C, C), ``transformer.ln_f``, and ``lm_head.weight``
+(V, C), the same Parameter as wte (weight tying: the output projection is the transposed input
+embedding). Linear weights are (in, out), as GPT-2's Conv1D stores them.
+
+The language-model objective (the chain rule of probability): log p(x_1..x_T) =
+sum_t log p(x_t | x_<t). The causal mask makes position t see only x_<=t, so one forward pass
+gives all T next-token predictions, and the loss is the mean cross-entropy of logits[:, t]
+against idx[:, t + 1].
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyllm import backend
+from tinyllm import functional as F
+from tinyllm.autograd.tensor import Tensor
+from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
+from tinyllm.nn.attention import causal_mask, scaled_dot_product_attention
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024      # longest context, the number of learned positions (GPT-2: 1024)
+    vocab_size: int = 50304     # GPT-2's 50257 rounded up to a multiple of 64 (nanoGPT)
+    n_layer: int = 12           # Transformer blocks (GPT-2 small: 12)
+    n_head: int = 12            # attention heads per block; n_embd must divide by it
+    n_embd: int = 768           # width of the residual stream C
+    dropout: float = 0.0        # dropout on embeddings, attention weights and residuals
+    bias: bool = True           # biases in Linear and LayerNorm (GPT-2: True)
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head "
+                             f"{self.n_head}")
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention with GPT-2's fused projection c_attn (C, 3C)."""
+
+    def __init__(self, config):
+        super().__init__()
+        C = config.n_embd
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.c_attn = Linear(C, 3 * C, bias=config.bias)
+        self.c_proj = Linear(C, C, bias=config.bias)
+        self.resid_dropout = Dropout(config.dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        H = self.n_head
+        q, k, v = F.split(self.c_attn(x), 3, axis=2)                   # 3 x (B, T, C)
+        q = q.reshape(B, T, H, C // H).transpose(1, 2)                 # (B, H, T, D)
+        k = k.reshape(B, T, H, C // H).transpose(1, 2)
+        v = v.reshape(B, T, H, C // H).transpose(1, 2)
+        y, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, T, x.device),
+                                            self.dropout, self.training)
+        y = y.transpose(1, 2).reshape(B, T, C)                         # (B, H, T, D) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(Module):
+    """c_fc (C, 4C) -> GELU (tanh form, as GPT-2) -> c_proj (4C, C) -> dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(Module):
+    """Pre-LN Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class TiedLMHead(Module):
+    """logits = x @ W^T with W the token embedding (V, C): registered as ``lm_head.weight`` so
+    the state_dict carries GPT-2's key, while ``parameters()`` holds W once."""
+
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, x):
+        return x @ self.weight.T                                       # (B, T, C) -> (B, T, V)
+
+
+class GPT(Module):
+    """GPT-2 style language model. ``model(idx)`` -> logits (B, T, vocab_size);
+    ``model(idx, targets)`` -> (logits, loss) with loss the mean next-token cross-entropy
+    (targets equal to -100 are ignored)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = ModuleDict({
+            "wte": Embedding(config.vocab_size, config.n_embd),
+            "wpe": Embedding(config.block_size, config.n_embd),
+            "drop": Dropout(config.dropout),
+            "h": ModuleList([Block(config) for _ in range(config.n_layer)]),
+            "ln_f": LayerNorm(config.n_embd, bias=config.bias),
+        })
+        self.lm_head = TiedLMHead(self.transformer.wte.weight)
+        self._init_weights()
+
+    def _init_weights(self):
+        """GPT-2's init: N(0, 0.02) for Linear and Embedding weights, zero biases, and the
+        projections into the residual stream (c_proj) scaled by 1/sqrt(2 n_layer), since each
+        block adds two of them to the stream."""
+        gen = backend.get_generator(backend.default_device())
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                std = proj_std
+            elif name.endswith(".weight") and p.ndim == 2:
+                std = 0.02
+            else:
+                continue                                # LayerNorm ones/zeros, biases below
+            p.data[...] = (gen.standard_normal(p.shape) * std).astype(p.dtype)
+        for name, p in self.named_parameters():
+            if name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
+                p.data[...] = 0
+
+    def forward(self, idx, targets=None):
+        idx = _ids(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {idx.shape}")
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"GPT: sequence length {T} exceeds block_size "
+                             f"{self.config.block_size}")
+        tr = self.transformer
+        pos = backend.xp_for_device(tr.wte.weight.device).arange(T)
+        x = tr.drop(tr.wte(idx) + tr.wpe(pos))                         # (B, T, C)
+        for block in tr.h:
+            x = block(x)
+        logits = self.lm_head(tr.ln_f(x))                              # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.reshape(B * T, -1),
+                               _ids(targets).reshape(B * T), ignore_index=-100)
+        return logits, loss
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; by default without the position embeddings (nanoGPT's convention;
+        the token embeddings count, since they are also the output layer)."""
+        n = self.num_parameters()
+        return n - self.transformer.wpe.weight.size if non_embedding else n
+
+
+def _ids(t):
+    """Token ids as an array (from a Tensor, array or nested list)."""
+    t = t.data if isinstance(t, Tensor) else t
+    return np.asarray(t) if backend.get_array_module(t) is np else t
