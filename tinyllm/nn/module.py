@@ -207,11 +207,22 @@ class Module:
     # ------------------------------------------------------------------------------------------
     # state
 
+    def _all_named_modules(self):
+        """Like named_modules, but a module registered under several names (a shared
+        embedding) is visited under each of them, as the state_dict needs."""
+        stack = [("", self)]
+        while stack:
+            name, module = stack.pop()
+            yield name, module
+            stack.extend(reversed([(f"{name}.{k}" if name else k, m)
+                                   for k, m in module._modules.items() if m is not None]))
+
     def state_dict(self):
         """OrderedDict of dotted name -> Tensor (parameters and persistent buffers), sharing
-        memory with the module. Tied parameters appear under each of their names."""
+        memory with the module. Tied parameters and shared modules appear under each of their
+        names (as in PyTorch)."""
         out = OrderedDict()
-        for mod_name, module in self.named_modules():
+        for mod_name, module in self._all_named_modules():
             for table in ("_parameters", "_buffers"):
                 for name, t in getattr(module, table).items():
                     if t is None or (table == "_buffers" and name in module._non_persistent):

@@ -1,0 +1,139 @@
+"""Encoder-decoder Transformer for sequence-to-sequence tasks (translation), Vaswani et al.
+
+    src (B, S) -> embed * sqrt(C) + PE -> N x EncoderLayer            -> memory (B, S, C)
+    tgt_in (B, T) -> embed * sqrt(C) + PE -> N x DecoderLayer(memory) -> Linear -> logits (B, T, V)
+
+The decoder's self-attention is causal, and it cross-attends to the encoder output. Padding
+(``pad_id``) is masked on both sides: padded source tokens are never attended to (by the encoder
+or by cross-attention), padded target tokens never attended to by the decoder. Training uses
+teacher forcing: ``tgt_in`` is the target shifted right (starting with BOS), ``tgt_out`` the
+target itself, and the loss is the mean cross-entropy over non-pad positions.
+
+Embeddings are multiplied by sqrt(d_model) (as in the paper) so that they are on the scale of
+the sinusoidal positions added to them.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinyllm import backend
+from tinyllm import functional as F
+from tinyllm.autograd.tensor import Tensor
+from tinyllm.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList,
+                        SinusoidalPositionalEncoding, TransformerDecoderLayer,
+                        TransformerEncoderLayer)
+
+
+@dataclass
+class Seq2SeqConfig:
+    src_vocab_size: int = 1000          # source vocabulary (all of it when shared)
+    tgt_vocab_size: int = 0             # target vocabulary; 0 = share the source vocabulary
+    d_model: int = 128                  # width of both stacks (the paper's base model: 512)
+    n_heads: int = 4                    # attention heads; d_model must divide by it
+    num_encoder_layers: int = 2         # encoder depth (paper: 6)
+    num_decoder_layers: int = 2         # decoder depth (paper: 6)
+    d_ff: int = 512                     # feed-forward inner width (paper: 4 x d_model)
+    dropout: float = 0.1                # on embeddings, attention weights, sublayer outputs
+    max_len: int = 256                  # longest sequence the positional table covers
+    pad_id: int = 0                     # padding token id, masked everywhere, ignored by loss
+    norm_first: bool = False            # False: post-LN as in the paper; True: pre-LN
+    activation: str = "relu"            # feed-forward activation: "relu", "gelu", "gelu_tanh"
+    tie_output: bool = True             # output layer = transposed target embedding
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"Seq2SeqConfig: d_model {self.d_model} is not divisible by "
+                             f"n_heads {self.n_heads}")
+
+    @property
+    def shared_vocab(self):
+        return self.tgt_vocab_size in (0, self.src_vocab_size)
+
+
+class Seq2SeqTransformer(Module):
+    """``model(src, tgt_in)`` -> logits (B, T, V_tgt); ``model(src, tgt_in, tgt_out)`` ->
+    (logits, loss). ``encode``/``decode`` run the two halves separately (for decoding)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = c = config
+        V_tgt = c.src_vocab_size if c.shared_vocab else c.tgt_vocab_size
+        self.src_embed = Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.tgt_embed = self.src_embed if c.shared_vocab else \
+            Embedding(V_tgt, c.d_model, padding_idx=c.pad_id)
+        self.pos = SinusoidalPositionalEncoding(c.d_model, c.max_len)
+        self.drop = Dropout(c.dropout)
+        self.encoder = ModuleList([TransformerEncoderLayer(c.d_model, c.n_heads, c.d_ff,
+                                                           c.dropout, c.activation, c.norm_first)
+                                   for _ in range(c.num_encoder_layers)])
+        self.decoder = ModuleList([TransformerDecoderLayer(c.d_model, c.n_heads, c.d_ff,
+                                                           c.dropout, c.activation, c.norm_first)
+                                   for _ in range(c.num_decoder_layers)])
+        if c.norm_first:                     # pre-LN stacks end un-normalized: add a final LN
+            self.encoder_norm = LayerNorm(c.d_model)
+            self.decoder_norm = LayerNorm(c.d_model)
+        if not c.tie_output:
+            self.generator = Linear(c.d_model, V_tgt)
+        self._init_weights()
+
+    def _init_weights(self):
+        """Embeddings N(0, 1/d_model) (so that embed * sqrt(d_model) has unit scale); Linear
+        layers keep their default (PyTorch's) uniform init."""
+        gen = backend.get_generator(backend.default_device())
+        for emb in {id(e): e for e in (self.src_embed, self.tgt_embed)}.values():
+            w = gen.standard_normal(emb.weight.shape) / math.sqrt(self.config.d_model)
+            w[self.config.pad_id] = 0
+            emb.weight.data[...] = w.astype(emb.weight.dtype)
+
+    def _embed(self, embed, ids):
+        x = embed(ids) * math.sqrt(self.config.d_model)                # (B, T, C)
+        return self.drop(self.pos(x))
+
+    def pad_mask(self, ids):
+        """(B, T) boolean, True at padding: the key_padding_mask for these ids."""
+        return _ids(ids) == self.config.pad_id
+
+    def encode(self, src):
+        """memory (B, S, C) and the source padding mask (B, S)."""
+        src = _ids(src)
+        src_mask = self.pad_mask(src)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder:
+            x = layer(x, key_padding_mask=src_mask)
+        if self.config.norm_first:
+            x = self.encoder_norm(x)
+        return x, src_mask
+
+    def decode(self, tgt_in, memory, src_mask):
+        """logits (B, T, V) for decoder inputs ``tgt_in`` (B, T) given the encoder output."""
+        tgt_in = _ids(tgt_in)
+        x = self._embed(self.tgt_embed, tgt_in)
+        tgt_mask = self.pad_mask(tgt_in)
+        for layer in self.decoder:
+            x = layer(x, memory, tgt_key_padding_mask=tgt_mask,
+                      memory_key_padding_mask=src_mask)
+        if self.config.norm_first:
+            x = self.decoder_norm(x)
+        if self.config.tie_output:
+            return x @ self.tgt_embed.weight.T                         # (B, T, C) -> (B, T, V)
+        return self.generator(x)
+
+    def forward(self, src, tgt_in, tgt_out=None):
+        memory, src_mask = self.encode(src)
+        logits = self.decode(tgt_in, memory, src_mask)
+        if tgt_out is None:
+            return logits
+        B, T, V = logits.shape
+        loss = F.cross_entropy(logits.reshape(B * T, V), _ids(tgt_out).reshape(B * T),
+                               ignore_index=self.config.pad_id)
+        return logits, loss
+
+
+def _ids(t):
+    """Token ids as an integer array (from a Tensor, array or nested list)."""
+    t = t.data if isinstance(t, Tensor) else t
+    t = np.asarray(t) if backend.get_array_module(t) is np else t
+    if t.ndim != 2:
+        raise ValueError(f"Seq2SeqTransformer: token ids must be (B, T), got shape {t.shape}")
+    return t
