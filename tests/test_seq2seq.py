@@ -105,7 +105,7 @@ def test_learns_to_reverse_sequences():
     tgt_in = np.concatenate([np.ones((16, 1), int), tgt], axis=1)
     tgt_out = np.concatenate([tgt, np.full((16, 1), 2)], axis=1)
     opt = AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(200):
+    for _ in range(200):
         _, loss = m(src, tgt_in, tgt_out)
         opt.zero_grad()
         loss.backward()
