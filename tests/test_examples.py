@@ -136,3 +136,26 @@ def test_train_tiny_model_gradients_match_finite_differences(train_tiny, activat
         return F.cross_entropy(train_tiny.forward(dict(zip(names, tensors)), idx, activation), y)
 
     assert tinyllm.gradcheck(loss, list(params.values()))
+
+
+# ----------------------------------------------------------------------------------------------
+# examples/train_toy_models.py: each Transformer masters its toy task
+
+@pytest.fixture(scope="module")
+def toy_models():
+    return _load("train_toy_models")
+
+
+@pytest.mark.parametrize("name", ["gpt", "seq2seq"])
+def test_toy_model_masters_its_task(toy_models, name):
+    tinyllm.set_backend("numpy")
+    r = toy_models.main(["--model", name])[name]
+    assert r["first_loss"] > 2.0 and r["last_loss"] < 0.05
+    assert r["accuracy"] >= 0.95
+
+
+def test_toy_models_are_deterministic(toy_models):
+    tinyllm.set_backend("numpy")
+    a = toy_models.main(["--model", "gpt", "--steps", "20"])["gpt"]["losses"]
+    b = toy_models.main(["--model", "gpt", "--steps", "20"])["gpt"]["losses"]
+    assert a == b
