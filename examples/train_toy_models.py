@@ -10,7 +10,9 @@
   training, greedy decoding (one token at a time, feeding back its own output) to evaluate.
 - BERT (encoder): masked-LM pretraining on the same counting sequences (predict the masked
   tokens from both sides), then sequence classification ("is this sequence counting or
-  shuffled?") with the pretrained encoder frozen and a new head on top.
+  shuffled?") fine-tuned two ways from the pretrained weights: the encoder frozen with a new
+  head on top, and everything trained. (Only MLM is pretrained here, so the pooler that feeds
+  the head is untrained, and the frozen variant is clearly weaker.)
 
 Each task reports its first and last loss and an accuracy on fresh examples. Everything is
 seeded: the same command prints the same numbers.
@@ -21,7 +23,8 @@ import time
 import numpy as np
 
 import tinyllm as tl
-from tinyllm.models import GPT, GPTConfig, Seq2SeqConfig, Seq2SeqTransformer
+from tinyllm.models import (GPT, BertConfig, BertForPreTraining, BertForSequenceClassification,
+                            GPTConfig, Seq2SeqConfig, Seq2SeqTransformer, mask_tokens)
 from tinyllm.optim import AdamW
 
 
@@ -107,8 +110,74 @@ def train_seq2seq(steps, seed):
 
 
 # ----------------------------------------------------------------------------------------------
+# BERT: masked-LM pretraining, then classification with the base frozen
 
-TASKS = {"gpt": (train_gpt, 300), "seq2seq": (train_seq2seq, 300)}
+B_PAD, B_CLS, B_SEP, B_MASK, B_FIRST = 0, 1, 2, 3, 4        # special ids, then 16 content ids
+
+
+def bert_sequences(rng, B, T, shuffled=False):
+    """[CLS] followed by T content tokens counting up modulo 16 (or the same, shuffled)."""
+    seq = B_FIRST + (rng.integers(0, 16, (B, 1)) + np.arange(T)) % 16      # (B, T)
+    if shuffled:
+        seq = np.stack([rng.permutation(row) for row in seq])
+    return np.concatenate([np.full((B, 1), B_CLS), seq], axis=1)           # (B, T + 1)
+
+
+def train_bert(steps, seed):
+    tl.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    T = 10
+    config = BertConfig(vocab_size=B_FIRST + 16, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, max_position_embeddings=T + 1)
+    # 1. pretraining: predict masked tokens from their context on both sides
+    pre = BertForPreTraining(config)
+    opt = AdamW(pre.parameters(), lr=3e-3, weight_decay=0.0)
+    specials = (B_PAD, B_CLS, B_SEP, B_MASK)
+    losses = []
+    for _ in range(steps):
+        masked, labels = mask_tokens(bert_sequences(rng, 32, T), rng, config.vocab_size, B_MASK,
+                                     specials, mlm_probability=0.3)
+        _, _, loss = pre(masked, labels=labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # 2. fine-tuning: counting (1) or shuffled (0)? Two ways, from the same pretrained weights:
+    #    the encoder frozen and only a new classifier head trained, or everything trained.
+    def labelled_batch(r, B):
+        ids = np.concatenate([bert_sequences(r, B // 2, T),
+                              bert_sequences(r, B // 2, T, shuffled=True)])
+        return ids, np.repeat([1, 0], B // 2)
+
+    results = {}
+    for mode, lr in (("frozen", 1e-2), ("full", 1e-3)):
+        clf = BertForSequenceClassification(config, num_labels=2)
+        clf.bert.load_state_dict(pre.bert.state_dict())
+        if mode == "frozen":
+            clf.freeze_base()
+        ft_opt = AdamW([p for p in clf.parameters() if p.requires_grad], lr=lr,
+                       weight_decay=0.0)
+        for _ in range(steps // 3):
+            ids, y = labelled_batch(rng, 32)
+            _, loss = clf(ids, labels=y)
+            ft_opt.zero_grad()
+            loss.backward()
+            ft_opt.step()
+        clf.eval()
+        ids, y = labelled_batch(np.random.default_rng(seed + 1), 128)
+        with tl.no_grad():
+            results[mode] = float((clf(ids).numpy().argmax(-1) == y).mean())
+        results[mode + "_trainable"] = clf.num_parameters(trainable_only=True)
+    return {"model": "bert", "params": pre.num_parameters(), "first_loss": losses[0],
+            "last_loss": losses[-1], "accuracy": results["full"],
+            "frozen_accuracy": results["frozen"], "losses": losses,
+            "frozen_trainable": results["frozen_trainable"]}
+
+
+# ----------------------------------------------------------------------------------------------
+
+TASKS = {"gpt": (train_gpt, 300), "seq2seq": (train_seq2seq, 300), "bert": (train_bert, 600)}
 
 
 def main(argv=None):
@@ -125,8 +194,12 @@ def main(argv=None):
         r = fn(args.steps or default_steps, args.seed)
         r["seconds"] = time.perf_counter() - t0
         results[name] = r
+        extra = (f" (classifier: full fine-tune; frozen base + new head "
+                 f"{r['frozen_accuracy']:.3f} training {r['frozen_trainable']} params)"
+                 if name == "bert" else "")
         print(f"{name:<8} {r['params']:>7,} params | loss {r['first_loss']:.3f} -> "
-              f"{r['last_loss']:.4f} | accuracy {r['accuracy']:.3f} | {r['seconds']:.1f} s")
+              f"{r['last_loss']:.4f} | accuracy {r['accuracy']:.3f}{extra} | "
+              f"{r['seconds']:.1f} s")
     return results
 
 

@@ -154,6 +154,15 @@ def test_toy_model_masters_its_task(toy_models, name):
     assert r["accuracy"] >= 0.95
 
 
+def test_toy_bert_pretrains_and_fine_tunes_both_ways(toy_models):
+    tinyllm.set_backend("numpy")
+    r = toy_models.main(["--model", "bert"])["bert"]
+    assert r["first_loss"] > 2.5 and r["last_loss"] < 0.5          # masked-LM learned
+    assert r["accuracy"] >= 0.95                                   # full fine-tuning
+    assert 0.6 < r["frozen_accuracy"] <= r["accuracy"]             # frozen base + new head
+    assert r["frozen_trainable"] == 32 * 2 + 2                     # only the classifier trains
+
+
 def test_toy_models_are_deterministic(toy_models):
     tinyllm.set_backend("numpy")
     a = toy_models.main(["--model", "gpt", "--steps", "20"])["gpt"]["losses"]
