@@ -1,0 +1,366 @@
+"""Checkpoints: save a model (and its optimizer, step and random state) and resume training
+bit for bit.
+
+    save_checkpoint("runs/shakespeare", model, optimizer, step=step, extra={"data_rng": rng})
+    ...
+    meta = load_checkpoint("runs/shakespeare", model, optimizer)
+    step, rng = meta["step"], meta["extra"]["data_rng"]
+
+A checkpoint is a directory::
+
+    path/
+      meta.json                     the commit record: format and tinyllm versions, the step,
+                                    the config, the optimizer's scalars, the random states, the
+                                    names of the two files below and the tied-weight aliases
+      model-<token>.safetensors     the weights, each array once (on the CPU)
+      optim-<token>.safetensors     the optimizer's arrays (exp_avg, ...), only with an optimizer
+
+Weights use safetensors (https://github.com/huggingface/safetensors): a JSON header and raw
+little-endian arrays, readable by any framework and, unlike pickle, unable to run code on load.
+Names are the model's ``state_dict`` names, GPT-2's for ``GPT``.
+
+Tied weights. ``GPT.lm_head.weight`` is the same Parameter as ``transformer.wte.weight``, so
+``state_dict`` lists one array under two names. safetensors refuses arrays that share memory,
+so the array is stored once, under its first name, and meta.json maps every other name to it
+(``"aliases": {"lm_head.weight": "transformer.wte.weight"}``). Loading copies the array to all
+of its names; a model built by its own ``__init__`` (as ``GPT`` ties its head) keeps its ties.
+
+Atomic saves. Every file is written to a temporary name in the same directory and then renamed
+with ``os.replace``, which is atomic on POSIX and Windows: a reader sees the old file or the new
+one, never half of one. Two renames are not atomic together, though, so the data files get a
+fresh ``<token>`` in their names each save and never overwrite the files the current meta.json
+names. meta.json is replaced last: that one rename is the commit. A save that fails (disk full,
+Ctrl-C, an exception) before it leaves the previous checkpoint intact and removes what it wrote;
+a successful save then deletes the data files the old meta.json named. One writer per directory.
+
+Resuming exactly. Training is deterministic given the weights, the optimizer state and every
+random state in play: tinyllm's generator (dropout masks, ``randn``) is saved and restored here,
+and a data-sampling ``numpy.random.Generator`` passed in ``extra`` comes back as a Generator in
+the same state. Then steps after a resume equal those of an uninterrupted run, bit for bit, on
+the CPU (tests/test_checkpoint.py). The GPU's (CuPy) generator is not saved.
+"""
+import dataclasses
+import json
+import os
+import secrets
+import tempfile
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from tinyllm import __version__, backend
+
+FORMAT_VERSION = 1              # bump when the layout changes; loading refuses newer formats
+META_NAME = "meta.json"
+_GENERATOR_TAG = "__numpy_generator__"      # how a numpy Generator in ``extra`` is stored
+
+
+# ----------------------------------------------------------------------------------------------
+# saving
+
+def save_checkpoint(path, model, optimizer=None, step=None, config=None, extra=None):
+    """Write a checkpoint directory at ``path`` (created if needed; a previous one is replaced).
+
+    Args:
+        path: the checkpoint directory.
+        model: a Module; its ``state_dict()`` is saved (arrays copied to the CPU first).
+        optimizer: an Optimizer whose ``state_dict()`` is saved too, or None.
+        step: the training step (an int), or None.
+        config: a dataclass (e.g. GPTConfig) saved with its class name; by default
+            ``model.config`` when that is a dataclass.
+        extra: a dict of JSON-serializable values, saved as is, except that a
+            ``numpy.random.Generator`` value (e.g. the data sampler's) is saved as its state and
+            loaded back as a Generator.
+    Returns ``path``.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"save_checkpoint: {path!r} exists and is not a directory "
+                              f"(a checkpoint is a directory)")
+    os.makedirs(path, exist_ok=True)
+    if config is None and dataclasses.is_dataclass(getattr(model, "config", None)):
+        config = model.config
+
+    weights, aliases = _split_ties(model.state_dict())
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tinyllm_version": __version__,
+        "step": step,
+        "config": _config_to_json(config),
+        "aliases": aliases,
+        "rng": {"seed": backend._state["seed"],
+                "cpu": backend.get_generator("cpu").bit_generator.state},
+        "extra": _extra_to_json(extra or {}),
+        "files": {},
+        "optimizer": None,
+    }
+    optim_arrays = None
+    if optimizer is not None:
+        meta["optimizer"], optim_arrays = _split_optimizer_state(optimizer.state_dict())
+
+    old_files = _referenced_files(path)
+    token = secrets.token_hex(4)
+    written = []                    # data files of this save, removed again if it fails
+    try:
+        name = f"model-{token}.safetensors"
+        _atomic_write(os.path.join(path, name), lambda tmp: save_file(weights, tmp))
+        written.append(name)
+        meta["files"]["model"] = name
+        if optim_arrays is not None:
+            name = f"optim-{token}.safetensors"
+            _atomic_write(os.path.join(path, name), lambda tmp: save_file(optim_arrays, tmp))
+            written.append(name)
+            meta["files"]["optim"] = name
+        text = json.dumps(meta, indent=1)
+        _atomic_write(os.path.join(path, META_NAME), lambda tmp: _write_text(tmp, text))
+    except BaseException:
+        for name in written:
+            _remove(os.path.join(path, name))
+        raise
+    for name in old_files - set(written):       # committed: the old data files are unreferenced
+        _remove(os.path.join(path, name))
+    return path
+
+
+def _split_ties(state_dict):
+    """({name: CPU array}, {alias: name}): each shared array once, under its first name."""
+    first_name = {}                 # id(array) -> first name it appeared under
+    weights, aliases = {}, {}
+    for name, t in state_dict.items():
+        key = id(t.data)            # state_dict's tensors share their arrays with the module
+        if key in first_name:
+            aliases[name] = first_name[key]
+            continue
+        first_name[key] = name
+        weights[name] = np.ascontiguousarray(backend.asnumpy(t.data))
+    return weights, aliases
+
+
+def _split_optimizer_state(state_dict):
+    """Optimizer.state_dict() -> (JSON part, {"state.<index>.<key>": array})."""
+    arrays, state = {}, {}
+    for index, entry in state_dict["state"].items():
+        state[str(index)] = {}
+        for k, v in entry.items():
+            if _is_array(v):
+                arrays[f"state.{index}.{k}"] = np.ascontiguousarray(backend.asnumpy(v))
+            else:
+                state[str(index)][k] = _scalar(v, f"optimizer state {index}.{k}")
+    groups = [{k: (v if k == "params" else _scalar(v, f"param group {i} {k!r}"))
+               for k, v in g.items()} for i, g in enumerate(state_dict["param_groups"])]
+    return {"state": state, "param_groups": groups}, arrays
+
+
+def _config_to_json(config):
+    if config is None:
+        return None
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"save_checkpoint: config must be a dataclass instance (e.g. GPTConfig), "
+                        f"got {type(config).__name__}")
+    return {"class": type(config).__name__, "fields": dataclasses.asdict(config)}
+
+
+def _extra_to_json(extra):
+    out = {}
+    for k, v in extra.items():
+        if isinstance(v, np.random.Generator):
+            out[k] = {_GENERATOR_TAG: v.bit_generator.state}
+            continue
+        try:
+            json.dumps(v)
+        except TypeError as e:
+            raise TypeError(f"save_checkpoint: extra[{k!r}] is not JSON-serializable ({e}); "
+                            f"extra holds JSON values and numpy Generators") from None
+        out[k] = v
+    return out
+
+
+def _scalar(v, what):
+    """A JSON value for an optimizer hyperparameter or counter (tuples become lists)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (tuple, list)):
+        return [_scalar(x, what) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"save_checkpoint: {what} is a {type(v).__name__}, which a checkpoint "
+                    f"cannot store (arrays, numbers, strings, lists only)")
+
+
+def _is_array(v):
+    return isinstance(v, np.ndarray) or backend.get_array_module(v) is not np
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+def _atomic_write(final_path, write):
+    """Call ``write(tmp)`` on a temporary file beside ``final_path``, then rename it into place.
+
+    The temporary file sits in the same directory (a rename across file systems is a copy, not
+    atomic) and is fsync'ed before the rename, so the renamed file is complete on disk.
+    """
+    directory, base = os.path.split(final_path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final_path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def _write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _fsync_directory(directory):
+    """Make a rename durable (POSIX); directories cannot be opened for this on Windows."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _referenced_files(path):
+    """The data files the current meta.json in ``path`` names (empty without one)."""
+    try:
+        with open(os.path.join(path, META_NAME), encoding="utf-8") as f:
+            return set(json.load(f).get("files", {}).values())
+    except (FileNotFoundError, ValueError):
+        return set()
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+def load_checkpoint(path, model, optimizer=None, strict=True):
+    """Load a checkpoint written by ``save_checkpoint`` into ``model`` (and ``optimizer``).
+
+    Weights are copied in place with ``model.load_state_dict(..., strict)``, so a model of
+    another shape fails with its error, which names each mismatched tensor and both shapes; when
+    the saved config differs from ``model.config`` the error lists the differing fields too.
+    Also restores tinyllm's CPU random generator (and its seed), so dropout masks continue as in
+    the saved run.
+
+    Returns a dict: ``step``, ``config`` (the saved ``{"class", "fields"}`` or None), ``extra``
+    (numpy Generators rebuilt), ``format_version``, ``tinyllm_version``, ``missing_keys`` and
+    ``unexpected_keys`` (non-empty only with ``strict=False``).
+    """
+    path = os.fspath(path)
+    meta_path = os.path.join(path, META_NAME)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"load_checkpoint: no checkpoint at {path!r} (missing "
+                                f"{META_NAME}; save_checkpoint writes a directory)")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"load_checkpoint: {path!r} has checkpoint format "
+                         f"{meta['format_version']}, newer than this tinyllm "
+                         f"({__version__}) reads (format {FORMAT_VERSION})")
+
+    weights = load_file(os.path.join(path, meta["files"]["model"]))
+    for alias, name in meta["aliases"].items():
+        weights[alias] = weights[name]
+    _check_ties(model, meta["aliases"], strict)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=strict)
+    except RuntimeError as e:
+        differences = _config_differences(meta["config"], getattr(model, "config", None))
+        if differences:
+            raise RuntimeError(f"{e}\nThe checkpoint was saved from a model with another "
+                               f"config: {differences}") from e
+        raise
+
+    if optimizer is not None:
+        if meta["optimizer"] is None:
+            raise ValueError(f"load_checkpoint: {path!r} holds no optimizer state (it was saved "
+                             f"without an optimizer)")
+        arrays = load_file(os.path.join(path, meta["files"]["optim"]))
+        optimizer.load_state_dict(_join_optimizer_state(meta["optimizer"], arrays))
+
+    rng = meta["rng"]
+    if rng["seed"] is not None:
+        backend.manual_seed(rng["seed"])
+    backend.get_generator("cpu").bit_generator.state = rng["cpu"]
+
+    return {
+        "step": meta["step"],
+        "config": meta["config"],
+        "extra": {k: _extra_from_json(v) for k, v in meta["extra"].items()},
+        "format_version": meta["format_version"],
+        "tinyllm_version": meta["tinyllm_version"],
+        "missing_keys": missing,
+        "unexpected_keys": unexpected,
+    }
+
+
+def _check_ties(model, aliases, strict):
+    """With ``strict``, refuse a model that keeps separate what the checkpoint tied (or ties
+    what it kept separate): training it would diverge from the saved run."""
+    if not strict:
+        return
+    _, own_aliases = _split_ties(model.state_dict())
+    if own_aliases != aliases:
+        raise RuntimeError(f"load_checkpoint: tied weights differ: the checkpoint ties "
+                           f"{_describe(aliases)}, the model ties {_describe(own_aliases)}")
+
+
+def _describe(aliases):
+    return ", ".join(f"{a} to {n}" for a, n in aliases.items()) or "nothing"
+
+
+def _config_differences(saved, config):
+    """'n_embd: checkpoint 8, model 16; ...' or '' when the configs agree (or are unknown)."""
+    if saved is None or not dataclasses.is_dataclass(config):
+        return ""
+    own = dataclasses.asdict(config)
+    out = []
+    if saved["class"] != type(config).__name__:
+        out.append(f"class: checkpoint {saved['class']}, model {type(config).__name__}")
+    for k in sorted(set(saved["fields"]) | set(own)):
+        a, b = saved["fields"].get(k, "<absent>"), own.get(k, "<absent>")
+        if a != b:
+            out.append(f"{k}: checkpoint {a}, model {b}")
+    return "; ".join(out)
+
+
+def _join_optimizer_state(packed, arrays):
+    """Inverse of ``_split_optimizer_state``: Optimizer.state_dict()'s layout again."""
+    state = {}
+    for index, entry in packed["state"].items():
+        state[_key(index)] = dict(entry)
+    for name, array in arrays.items():
+        _, index, k = name.split(".", 2)
+        state.setdefault(_key(index), {})[k] = array
+    groups = [{k: (tuple(v) if isinstance(v, list) and k != "params" else v)
+               for k, v in g.items()} for g in packed["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _key(index):
+    """JSON object keys are strings; parameter indices were ints."""
+    return int(index) if index.lstrip("-").isdigit() else index
+
+
+def _extra_from_json(value):
+    if isinstance(value, dict) and set(value) == {_GENERATOR_TAG}:
+        state = value[_GENERATOR_TAG]
+        gen = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        gen.bit_generator.state = state
+        return gen
+    return value
