@@ -331,6 +331,12 @@ def matmul(a, b, impl=None):
     numba_ok = (get_array_module(a, b) is np and a.dtype == b.dtype
                 and a.dtype in (np.float32, np.float64) and min(P, M, K, N) > 0)
     if which == "numpy" or not numba_ok:
+        if shared_b and a.ndim > 2:
+            # (..., M, K) @ (K, N) as ONE (P*M, K) @ (K, N) GEMM: NumPy's matmul would loop
+            # over the P batch entries with small GEMMs (measured 1.4x slower for a GPT layer,
+            # (12, 64, 128) @ (128, 384))
+            a2 = a.reshape(P * M, K)                      # a view when a is contiguous
+            return matmul_reference(a2, b).reshape(batch_shape + (M, N))
         return matmul_reference(a, b)
     if shared_b:                                          # rows of every batch entry at once
         a2 = _contiguous(a, a.shape).reshape(P * M, K)

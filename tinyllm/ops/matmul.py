@@ -42,8 +42,14 @@ class MatMul(Function):
             da = unbroadcast(matmul_kernel(d, xp.swapaxes(b2, -1, -2)), a2.shape)
             da = da.reshape(a.shape)
         if self.needs_input_grad[1]:
-            db = unbroadcast(matmul_kernel(xp.swapaxes(a2, -1, -2), d), b2.shape)
-            db = db.reshape(b.shape)
+            if b.ndim == 2 and a.ndim > 2:
+                # dB = sum over the batch of A_p^T dC_p = (all rows of A)^T (all rows of dC):
+                # one (K, P*M) @ (P*M, N) GEMM instead of P small ones and a sum
+                K, N = b.shape
+                db = matmul_kernel(a.reshape(-1, K).T, d.reshape(-1, N))   # (K, N)
+            else:
+                db = unbroadcast(matmul_kernel(xp.swapaxes(a2, -1, -2), d), b2.shape)
+                db = db.reshape(b.shape)
         return da, db
 
 
