@@ -17,10 +17,11 @@ from tinyllm.backend import (cuda_is_available, get_backend, get_default_dtype, 
                              set_backend, set_default_dtype)
 from tinyllm.functional import *  # noqa: F401,F403  (tinyllm.exp, tinyllm.matmul, ... as torch.*)
 from tinyllm.functional import __all__ as _functional_all
+from tinyllm import nn, optim  # noqa: E402,I001  (tinyllm.nn / tinyllm.optim, as torch.nn)
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "Function", "functional", "no_grad", "enable_grad", "is_grad_enabled",
            "gradcheck", "gradcheck_module", "numerical_grad", "GradcheckError", "set_backend",
            "get_backend", "set_default_dtype", "get_default_dtype", "manual_seed",
-           "cuda_is_available"] + list(_functional_all)
+           "cuda_is_available", "nn", "optim"] + list(_functional_all)
