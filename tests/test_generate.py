@@ -93,3 +93,23 @@ def test_generate_from_a_trained_gpt():
         opt.step()
     out = generate(model, np.array([[3, 4]]), 12, greedy=True)      # past block_size: cropped
     np.testing.assert_array_equal(out[0], (3 + np.arange(14)) % 10)
+
+
+def test_kv_cache_gives_the_same_logits_and_tokens_as_recomputing():
+    from tinyllm.models import GPT, GPTConfig
+    tl.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=20, n_layer=2, n_head=2, n_embd=16)).double()
+    m.eval()
+    idx = np.random.default_rng(0).integers(0, 20, (3, 6))
+    full = m(idx).numpy()
+    cache = m.new_cache()
+    parts = [m(idx[:, :2], cache=cache).numpy()]                       # a prompt, then 1 by 1
+    parts += [m(idx[:, t:t + 1], cache=cache).numpy() for t in range(2, 6)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-13)
+    assert cache[0]["k"].shape == (3, 2, 6, 8)
+    with pytest.raises(ValueError, match="sequence length 17 exceeds block_size 16"):
+        m(np.zeros((3, 11), dtype=np.int64), cache=cache)
+    for kwargs in ({"greedy": True}, {"top_k": 5}):                    # runs past block_size
+        a = generate(m, idx, 20, rng=np.random.default_rng(2), **kwargs)
+        b = generate(m, idx, 20, rng=np.random.default_rng(2), use_cache=False, **kwargs)
+        np.testing.assert_array_equal(a, b)

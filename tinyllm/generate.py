@@ -9,8 +9,10 @@ A language model gives p(x_t | x_<t). Generation picks x_t, appends it, and asks
 - top-p (nucleus, Holtzman et al. 2020): keep the smallest set of most likely tokens whose
   probabilities sum to at least p, renormalize, draw.
 
-Everything here runs under ``no_grad`` on NumPy arrays of logits. The model is called on the
-last ``block_size`` tokens each step (no KV cache yet: each step recomputes the whole window).
+Everything here runs under ``no_grad`` on NumPy arrays of logits. Models with a KV cache
+(``model.new_cache()``, as GPT) process the prompt once and then one new token per step; once
+the sequence outgrows ``block_size`` (learned positions end there) each step recomputes the
+last ``block_size`` tokens, as nanoGPT does.
 """
 import numpy as np
 
@@ -59,7 +61,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None, greedy=Fal
 
 @no_grad()
 def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, top_p=None,
-             greedy=False, eos_id=None, block_size=None):
+             greedy=False, eos_id=None, block_size=None, use_cache=True):
     """Extend prompts ``idx`` (B, T0) by ``max_new_tokens`` tokens; returns (B, T0 + n).
 
     ``model(ids)`` must return logits (B, T, V) (GPT does). After a row emits ``eos_id`` it
@@ -75,10 +77,15 @@ def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, 
     if hasattr(model, "eval"):
         model.eval()
     finished = np.zeros(out.shape[0], dtype=bool)
+    cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
     try:
         for _ in range(max_new_tokens):
-            window = out if block_size is None else out[:, -block_size:]
-            logits = model(window)                                        # (B, T, V)
+            if cache is not None and (block_size is None or out.shape[1] <= block_size):
+                fresh = out if "k" not in cache[0] else out[:, -1:]       # prompt, then 1 token
+                logits = model(fresh, cache=cache)                        # (B, T, V)
+            else:
+                window = out if block_size is None else out[:, -block_size:]
+                logits = model(window)                                    # (B, T, V)
             nxt = sample_next(logits.data[:, -1], rng, temperature, top_k, top_p, greedy)
             if eos_id is not None:
                 nxt = np.where(finished, eos_id, nxt)

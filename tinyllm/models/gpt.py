@@ -54,14 +54,23 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(C, C, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """x (B, T, C) -> (B, T, C). With ``cache`` (a dict, for decoding) the keys and values
+        of earlier positions are read from it and this call's are appended: the T new queries
+        attend to all T_past + T keys, each only to positions up to its own."""
         B, T, C = x.shape
         H = self.n_head
         q, k, v = F.split(self.c_attn(x), 3, axis=2)                   # 3 x (B, T, C)
         q = q.reshape(B, T, H, C // H).transpose(1, 2)                 # (B, H, T, D)
         k = k.reshape(B, T, H, C // H).transpose(1, 2)
         v = v.reshape(B, T, H, C // H).transpose(1, 2)
-        y, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, T, x.device),
+        if cache is not None:
+            if "k" in cache:
+                k = F.concatenate([cache["k"], k], axis=2)             # (B, H, T_past + T, D)
+                v = F.concatenate([cache["v"], v], axis=2)
+            cache["k"], cache["v"] = k, v
+        T_k = k.shape[2]
+        y, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, T_k, x.device),
                                             self.dropout, self.training)
         y = y.transpose(1, 2).reshape(B, T, C)                         # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -90,8 +99,8 @@ class Block(Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, cache=None):
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -143,19 +152,28 @@ class GPT(Module):
             if name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
                 p.data[...] = 0
 
-    def forward(self, idx, targets=None):
+    def new_cache(self):
+        """An empty KV cache for ``forward(idx, cache=...)``: one dict per block, filled with
+        each block's keys and values (B, H, T, D) as positions are processed."""
+        return [{} for _ in self.transformer.h]
+
+    def forward(self, idx, targets=None, cache=None):
+        """Logits (B, T, V) for ids (B, T). With ``cache`` (from ``new_cache()``), ``idx`` holds
+        only the new positions: earlier ones are read from the cache, which is extended
+        (decoding one token at a time costs one position's work instead of the window's)."""
         idx = _ids(idx)
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {idx.shape}")
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"GPT: sequence length {T} exceeds block_size "
+        past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"GPT: sequence length {past + T} exceeds block_size "
                              f"{self.config.block_size}")
         tr = self.transformer
-        pos = backend.xp_for_device(tr.wte.weight.device).arange(T)
+        pos = backend.xp_for_device(tr.wte.weight.device).arange(past, past + T)
         x = tr.drop(tr.wte(idx) + tr.wpe(pos))                         # (B, T, C)
-        for block in tr.h:
-            x = block(x)
+        for i, block in enumerate(tr.h):
+            x = block(x, None if cache is None else cache[i])
         logits = self.lm_head(tr.ln_f(x))                              # (B, T, V)
         if targets is None:
             return logits
