@@ -113,3 +113,84 @@ def test_kv_cache_gives_the_same_logits_and_tokens_as_recomputing():
         a = generate(m, idx, 20, rng=np.random.default_rng(2), **kwargs)
         b = generate(m, idx, 20, rng=np.random.default_rng(2), use_cache=False, **kwargs)
         np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# beam search
+
+from tinyllm.generate import (apply_repetition_penalty, beam_search,  # noqa: E402
+                              block_repeated_ngrams, length_penalty)
+
+
+def table_model(table, V):
+    """next_logits from a dict: last token -> probabilities over V (log taken); default uniform."""
+    def next_logits(seqs):
+        out = np.full((len(seqs), V), np.log(1.0 / V))
+        for k, s in enumerate(seqs):
+            if int(s[-1]) in table:
+                out[k] = np.log(np.maximum(table[int(s[-1])], 1e-12))
+        return out
+    return next_logits
+
+
+# greedy's trap: from 0, token 1 (p 0.6) leads to a flat distribution; token 2 (p 0.4) leads to
+# EOS=9 with certainty. Best whole sequence: 0 2 9 (0.4) beats 0 1 x 9 (0.6 * 0.1 * ...).
+V = 10
+TRAP = {0: [0, 0.6, 0.4] + [0] * 7, 2: [0] * 9 + [1.0],
+        1: [0.1] * 10}
+
+
+def test_beam_width_one_is_greedy_and_wider_beams_escape_the_trap():
+    nl = table_model(TRAP, V)
+    greedy_like, = beam_search(nl, [[0]], beam_width=1, max_new_tokens=3, eos_id=9)
+    assert greedy_like[0].tolist()[:2] == [0, 1]
+    best, = beam_search(nl, [[0]], beam_width=2, max_new_tokens=3, eos_id=9)
+    assert best[0].tolist() == [0, 2, 9]
+    assert best[1] == pytest.approx(np.log(0.4), abs=1e-9)
+    scores = [beam_search(nl, [[0]], beam_width=k, max_new_tokens=3, eos_id=9)[0][1]
+              for k in (1, 2, 3, 4)]
+    assert all(a <= b + 1e-12 for a, b in zip(scores, scores[1:]))    # monotone in the width
+
+
+def test_length_penalty_prefers_longer_hypotheses_with_larger_alpha():
+    # every longer path is less likely: P(0 9) = 0.3, P(0 1 9) = 0.7 * 0.4 = 0.28,
+    # P(0 1 2 9) = 0.7 * 0.6 * 0.5 = 0.21, P(0 1 2 3 9) = 0.21
+    table = {0: [0, 0.7] + [0] * 7 + [0.3], 1: [0, 0, 0.6] + [0] * 6 + [0.4],
+             2: [0, 0, 0, 0.5] + [0] * 5 + [0.5], 3: [0] * 9 + [1.0]}
+    nl = table_model(table, V)
+    short, = beam_search(nl, [[0]], beam_width=3, max_new_tokens=4, eos_id=9, alpha=0.0)
+    long_, = beam_search(nl, [[0]], beam_width=3, max_new_tokens=4, eos_id=9, alpha=5.0)
+    assert short[0].tolist() == [0, 9]                                # alpha 0: most likely
+    assert len(long_[0]) > 2
+    assert length_penalty(1, 0.6) == pytest.approx((6 / 6) ** 0.6)
+    assert length_penalty(10, 0.6) == pytest.approx((15 / 6) ** 0.6)
+
+
+def test_repetition_penalty_and_no_repeat_ngrams():
+    logits = np.array([[2.0, -1.0, 0.5]])
+    out = apply_repetition_penalty(logits, np.array([[0, 1]]), 2.0)
+    np.testing.assert_array_equal(out, [[1.0, -2.0, 0.5]])             # / if > 0, * if < 0
+    blocked = block_repeated_ngrams(np.zeros((1, 5)), np.array([[1, 2, 3, 1]]), 2)
+    assert np.isinf(blocked[0, 2]) and np.isfinite(blocked[0, [0, 1, 3, 4]]).all()
+    loop = {t: np.eye(V)[t % 3 + 1] * 0.9 + 0.01 for t in range(V)}    # 1 2 3 1 2 3 ...
+    nl = table_model(loop, V)
+    plain, = beam_search(nl, [[0]], beam_width=2, max_new_tokens=8)
+    assert plain[0].tolist()[1:7] == [1, 2, 3, 1, 2, 3]
+    nr, = beam_search(nl, [[0]], beam_width=2, max_new_tokens=8, no_repeat_ngram_size=2)
+    bigrams = list(zip(nr[0][:-1].tolist(), nr[0][1:].tolist()))
+    assert len(bigrams) == len(set(bigrams))
+
+
+def test_beam_search_batched_prompts_and_a_real_gpt():
+    from tinyllm.models import GPT, GPTConfig
+    tl.manual_seed(0)
+    m = GPT(GPTConfig(block_size=16, vocab_size=12, n_layer=1, n_head=2, n_embd=16)).eval()
+    nl = lambda s: m(s[:, -16:]).numpy()[:, -1]                        # noqa: E731
+    res = beam_search(nl, [[1, 2], [3, 4]], beam_width=3, max_new_tokens=5)
+    assert len(res) == 2 and all(len(t) == 7 for t, _ in res)
+    greedy = generate(m, np.array([[1, 2]]), 5, greedy=True)[0]
+    assert res[0][1] >= beam_search(nl, [[1, 2]], beam_width=1, max_new_tokens=5)[0][1] - 1e-9
+    assert beam_search(nl, [[1, 2]], beam_width=1, max_new_tokens=5)[0][0].tolist() == \
+        greedy.tolist()
+    with pytest.raises(ValueError, match="beam_width"):
+        beam_search(nl, [[1]], beam_width=0)

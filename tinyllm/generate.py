@@ -97,3 +97,102 @@ def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, 
         if was_training:
             model.train()
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# beam search
+
+def length_penalty(length, alpha):
+    """GNMT's length normalization (Wu et al. 2016): lp(Y) = ((5 + |Y|) / 6)^alpha.
+
+    A hypothesis is ranked by log P(Y) / lp(Y). Log-probabilities only fall as tokens are
+    added, so unnormalized beam search prefers short outputs; alpha > 0 compensates
+    (alpha = 0: no normalization; GNMT used 0.6-0.7).
+    """
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def apply_repetition_penalty(logits, seqs, penalty):
+    """CTRL's repetition penalty (Keskar et al. 2019), as Hugging Face applies it: for every
+    token already in a row's sequence, divide its logit by ``penalty`` if positive, multiply
+    if negative (both make it less likely for penalty > 1). logits (K, V), seqs (K, t)."""
+    if penalty == 1.0:
+        return logits
+    logits = logits.copy()
+    for k in range(logits.shape[0]):
+        seen = np.unique(seqs[k])
+        vals = logits[k, seen]
+        logits[k, seen] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def block_repeated_ngrams(logits, seqs, n):
+    """Set to -inf every token that would complete an n-gram already present in the row's
+    sequence (no_repeat_ngram_size). logits (K, V), seqs (K, t)."""
+    if n <= 0 or seqs.shape[1] < n - 1:
+        return logits
+    logits = logits.copy()
+    for k in range(seqs.shape[0]):
+        s = seqs[k].tolist()
+        prefix = tuple(s[len(s) - (n - 1):]) if n > 1 else ()
+        for i in range(len(s) - n + 1):
+            if tuple(s[i:i + n - 1]) == prefix:
+                logits[k, s[i + n - 1]] = -np.inf
+    return logits
+
+
+@no_grad()
+def beam_search(next_logits, prompts, beam_width=4, max_new_tokens=20, eos_id=None, alpha=0.0,
+                repetition_penalty=1.0, no_repeat_ngram_size=0):
+    """Beam search over continuations of each prompt.
+
+    next_logits: callable, sequences (K, t) int64 -> logits (K, V) of the token after each
+                 (for a GPT: ``lambda s: model(s[:, -block_size:]).numpy()[:, -1]``).
+    prompts:     (B, T0) token ids.
+    Keeps the ``beam_width`` best partial hypotheses by total log-probability; a hypothesis
+    ending in ``eos_id`` is finished. Stops when ``beam_width`` hypotheses have finished or
+    after ``max_new_tokens``; then returns, per prompt, the best hypothesis by
+    log P / length_penalty(new tokens, alpha): a list of (tokens (T0 + n,), score) pairs.
+    """
+    prompts = np.asarray(prompts, dtype=np.int64)
+    if prompts.ndim != 2:
+        raise ValueError(f"beam_search: prompts must be (B, T) token ids, got {prompts.shape}")
+    if beam_width < 1:
+        raise ValueError(f"beam_search: beam_width must be >= 1, got {beam_width}")
+    results = []
+    for prompt in prompts:
+        T0 = len(prompt)
+        seqs, scores = prompt[None, :], np.zeros(1)                   # (K, t), (K,)
+        finished = []                                                  # (tokens, log P)
+        out_of_steps = True
+        for _ in range(max_new_tokens):
+            logits = np.asarray(backend.asnumpy(next_logits(seqs)), dtype=np.float64)
+            logits = apply_repetition_penalty(logits, seqs, repetition_penalty)
+            logits = block_repeated_ngrams(logits, seqs, no_repeat_ngram_size)
+            m = logits.max(axis=1, keepdims=True)
+            logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+            cand = (scores[:, None] + logp).reshape(-1)               # (K * V,)
+            V = logp.shape[1]
+            order = np.argsort(-cand, kind="stable")[: 2 * beam_width]
+            new_seqs, new_scores = [], []
+            for c in order:
+                if not np.isfinite(cand[c]):
+                    break
+                k, tok = divmod(int(c), V)
+                seq = np.append(seqs[k], tok)
+                if eos_id is not None and tok == eos_id:
+                    finished.append((seq, cand[c]))
+                else:
+                    new_seqs.append(seq)
+                    new_scores.append(cand[c])
+                if len(new_seqs) == beam_width:
+                    break
+            if len(finished) >= beam_width or not new_seqs:
+                out_of_steps = False                                   # done early
+                break
+            seqs, scores = np.stack(new_seqs), np.array(new_scores)
+        if out_of_steps or not finished:
+            finished += list(zip(seqs, scores))                        # unfinished, at the limit
+        best = max(finished, key=lambda f: f[1] / length_penalty(len(f[0]) - T0, alpha))
+        results.append((best[0], float(best[1] / length_penalty(len(best[0]) - T0, alpha))))
+    return results
