@@ -1,0 +1,112 @@
+"""The tinyllm command: train, resume (bitwise), Ctrl-C, non-finite stop, sample, eval."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyllm import cli
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def data(monkeypatch):
+    d = Path(os.environ["TINYLLM_DATA"]) if os.environ.get("TINYLLM_DATA") else SHARED
+    if not (d / "tinyshakespeare.txt").is_file():
+        pytest.skip(f"tinyshakespeare.txt not found in {d}; set TINYLLM_DATA")
+    monkeypatch.setenv("TINYLLM_DATA", str(d))
+
+
+def _train(out, *extra):
+    return cli.main(["train", "--preset", "tiny", "--out-dir", str(out), "--quiet", *extra])
+
+
+def test_train_writes_a_run_and_learns(tmp_path):
+    log = _train(tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "checkpoint" / "meta.json").is_file() and (run / "tokenizer.json").is_file()
+    saved = json.loads((run / "log.json").read_text())
+    assert len(saved["train_loss"]) == 20 and [e["step"] for e in saved["eval"]] == [0, 10, 20]
+    assert saved["eval"][-1]["val"] < saved["eval"][0]["val"] - 0.2       # it learns
+    assert log["eval"][0]["val"] == pytest.approx(np.log(65), abs=0.1)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (run / "loss.png").stat().st_size > 1000
+
+
+def test_resume_continues_the_same_run_bitwise(tmp_path):
+    straight = _train(tmp_path / "a", "--dropout", "0.1")
+    _train(tmp_path / "b", "--dropout", "0.1", "--max-iters", "10")      # stops at step 10
+    resumed = _train(tmp_path / "b", "--dropout", "0.1", "--resume")
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["eval"] == straight["eval"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, monkeypatch):
+    straight = _train(tmp_path / "a")
+    real, calls = cli.get_batch, {"n": 0}
+
+    def interrupt_at_7(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "get_batch", interrupt_at_7)
+    with pytest.raises(SystemExit) as info:
+        _train(tmp_path / "b", "--eval-iters", "0")
+    assert info.value.code == 130
+    meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 7
+    monkeypatch.setattr(cli, "get_batch", real)
+    resumed = _train(tmp_path / "b", "--resume")
+    assert resumed["train_loss"] == straight["train_loss"]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = cli.GPT.forward
+    seen = {"n": 0}
+
+    def poisoned(self, idx, targets=None, cache=None):
+        out = real(self, idx, targets, cache)
+        if targets is not None and self.training:
+            seen["n"] += 1
+            if seen["n"] > 5:
+                return out[0], out[1] * float("nan")
+        return out
+
+    monkeypatch.setattr(cli.GPT, "forward", poisoned)
+    with pytest.raises(SystemExit, match="loss became nan at step 5; stopped"):
+        _train(tmp_path / "run", "--checkpoint-interval", "2")
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 4                                            # the last good one
+
+
+def test_sample_and_eval(tmp_path):
+    _train(tmp_path / "run")
+    text = cli.main(["sample", "--out-dir", str(tmp_path / "run"), "--prompt", "ROMEO:",
+                     "--num-tokens", "40", "--seed", "3"])
+    assert text.startswith("ROMEO:") and len(text) == 46
+    again = cli.sample(tmp_path / "run", "ROMEO:", 40, seed=3)
+    assert again == text                                                 # seeded
+    result = cli.main(["eval", "--out-dir", str(tmp_path / "run"), "--batches", "3"])
+    assert np.isfinite(result["loss"]) and result["perplexity"] == pytest.approx(
+        np.exp(result["loss"]))
+
+
+def test_config_flags_override_presets(monkeypatch):
+    captured = []
+    monkeypatch.setattr(cli, "train", lambda cfg, resume=False, quiet=False: captured.append(cfg))
+    cli.main(["train", "--preset", "tiny", "--n-embd", "48", "--no-bias",
+              "--learning-rate", "3e-4"])
+    cfg = captured[-1]
+    assert cfg.n_embd == 48 and cfg.bias is False and cfg.learning_rate == 3e-4
+    assert cfg.n_layer == 1 and cfg.max_iters == 20                     # from the preset
+    cli.main(["train"])
+    assert captured[-1] == cli.TrainConfig()                            # the defaults
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--preset", "huge"])

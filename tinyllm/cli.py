@@ -1,0 +1,331 @@
+"""The ``tinyllm`` command: train, sample and evaluate a GPT on a text corpus.
+
+    tinyllm train --preset shakespeare-char --out-dir runs/shakespeare
+    tinyllm sample --out-dir runs/shakespeare --prompt "ROMEO:" --num-tokens 300
+    tinyllm eval --out-dir runs/shakespeare
+
+The options of ``train`` are the fields of ``TrainConfig`` (built from the dataclass, never
+``exec``-ed from a config file); a preset fills them, and flags override it. A run directory
+holds the tokenizer, checkpoints (``tinyllm.checkpoint``), ``log.json`` and ``loss.png``.
+
+Training is resumable: ``--resume`` reloads the weights, optimizer, step and every random
+generator, and continues with exactly the losses an uninterrupted run would have printed (on
+CPU). Ctrl-C saves a checkpoint before exiting; a non-finite loss stops the run, keeping the
+last good checkpoint.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import tinyllm as tl
+from tinyllm.checkpoint import load_checkpoint, save_checkpoint
+from tinyllm.data.corpora import get_batch, load_text, train_val_split
+from tinyllm.data.tokenizers import CharTokenizer
+from tinyllm.generate import generate
+from tinyllm.models import GPT, GPTConfig
+from tinyllm.optim import AdamW, clip_grad_norm_
+from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
+
+
+@dataclass
+class TrainConfig:
+    data: str = "tinyshakespeare"     # registered corpus name or path to a text file
+    out_dir: str = "runs/default"     # run directory: tokenizer, checkpoints, log, plot
+    n_layer: int = 4                  # Transformer blocks
+    n_head: int = 4                   # attention heads
+    n_embd: int = 128                 # width of the residual stream
+    block_size: int = 64              # context length
+    dropout: float = 0.0              # dropout probability (0 for small CPU runs)
+    bias: bool = True                 # biases in Linear and LayerNorm
+    batch_size: int = 12              # sequences per step
+    max_iters: int = 2000             # optimizer steps
+    learning_rate: float = 1e-3       # peak learning rate
+    min_lr: float = 1e-4              # floor of the cosine decay
+    warmup_iters: int = 100           # linear warmup steps
+    lr_decay_iters: int = 2000        # steps over which the cosine decays to min_lr
+    weight_decay: float = 0.1         # AdamW decay for 2-D weights (none for biases, norms)
+    beta1: float = 0.9                # AdamW beta1
+    beta2: float = 0.99               # AdamW beta2 (0.99 for small batches, as nanoGPT)
+    grad_clip: float = 1.0            # clip the global gradient norm (0 = off)
+    eval_interval: int = 250          # steps between train/val evaluations
+    eval_iters: int = 20              # batches per evaluation (0: no evaluation)
+    checkpoint_interval: int = 500    # steps between checkpoints (and one at the end)
+    seed: int = 1337                  # seeds init, batches, dropout
+    backend: str = "numpy"            # "numpy" (CPU) or "cupy" (GPU)
+
+
+PRESETS = {
+    # nanoGPT's config/train_shakespeare_char.py with its CPU settings
+    "shakespeare-char": {},
+    # a few seconds: for smoke tests
+    "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=20,
+                 warmup_iters=2, lr_decay_iters=20, eval_interval=10, eval_iters=2,
+                 checkpoint_interval=10),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# command line built from the dataclass
+
+def _add_config_args(parser, cls):
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            parser.add_argument(flag, type=kind, default=None)
+
+
+def _config_from_args(args):
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = v
+    return TrainConfig(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+def _param_groups(model, weight_decay):
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+@tl.no_grad()
+def estimate_loss(model, splits, cfg, step):
+    """Mean loss over ``eval_iters`` batches per split, from a generator seeded by the step
+    (so evaluation never disturbs the training batches, and resumed runs match)."""
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        rng = np.random.default_rng([cfg.seed, step, len(name)])
+        losses = [model(*get_batch(data, cfg.batch_size, cfg.block_size, rng))[1].item()
+                  for _ in range(cfg.eval_iters)]
+        out[name] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+def train(cfg, resume=False, quiet=False):
+    """Train per ``cfg``; returns the log (a dict). Raises SystemExit on a non-finite loss."""
+    tl.set_backend(cfg.backend)
+    run = Path(cfg.out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    text = load_text(cfg.data)
+    tok_path = run / "tokenizer.json"
+    tok = CharTokenizer.load(tok_path) if resume and tok_path.exists() else \
+        CharTokenizer.from_text(text)
+    tok.save(tok_path)
+    ids = np.array(tok.encode(text), dtype=np.int64)
+    train_ids, val_ids = train_val_split(ids)
+
+    tl.manual_seed(cfg.seed)
+    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                          dropout=cfg.dropout, bias=cfg.bias))
+    opt = AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                betas=(cfg.beta1, cfg.beta2))
+    data_rng = np.random.default_rng(cfg.seed)
+    log = {"config": dataclasses.asdict(cfg), "train_loss": [], "eval": []}
+    start = 0
+    ckpt = run / "checkpoint"
+    if resume:
+        meta = load_checkpoint(ckpt, model, opt)
+        start, data_rng = meta["step"], meta["extra"]["data_rng"]
+        log = json.loads((run / "log.json").read_text())
+        log["train_loss"] = log["train_loss"][:start]
+        log["eval"] = [e for e in log["eval"] if e["step"] < start]
+
+    def save(step):
+        save_checkpoint(ckpt, model, opt, step=step, extra={"data_rng": data_rng})
+        _write_log(run, log)
+
+    bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
+    tokens = cfg.batch_size * cfg.block_size
+    t_last, step = time.perf_counter(), start
+    try:
+        for step in bar:
+            if cfg.eval_iters and step % cfg.eval_interval == 0:
+                losses = estimate_loss(model, {"train": train_ids, "val": val_ids}, cfg, step)
+                log["eval"].append({"step": step, **losses})
+                _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
+                                 f"val loss {losses['val']:.4f}")
+            lr = cosine_with_warmup_lr(step, cfg.learning_rate, cfg.warmup_iters,
+                                       cfg.lr_decay_iters, cfg.min_lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
+            _, loss = model(x, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                _write_log(run, log)
+                raise SystemExit(f"tinyllm train: loss became {value} at step {step}; stopped. "
+                                 f"The last good checkpoint is in {ckpt} (try a lower "
+                                 f"--learning-rate or --grad-clip)")
+            opt.zero_grad()
+            loss.backward()
+            if cfg.grad_clip:
+                clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            log["train_loss"].append(value)
+            now = time.perf_counter()
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
+                                tok_s=f"{tokens / max(now - t_last, 1e-9):,.0f}")
+            t_last = now
+            if (step + 1) % cfg.checkpoint_interval == 0:
+                save(step + 1)
+    except KeyboardInterrupt:
+        save(step)
+        _say(bar, quiet, f"interrupted: checkpoint at step {step} in {ckpt}; "
+                         f"continue with --resume")
+        raise SystemExit(130) from None
+    if cfg.eval_iters:
+        final = estimate_loss(model, {"train": train_ids, "val": val_ids}, cfg, cfg.max_iters)
+        log["eval"].append({"step": cfg.max_iters, **final})
+        _say(bar, quiet, f"done: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
+    save(cfg.max_iters)
+    _plot(run, log)
+    return log
+
+
+def _progress(it, quiet, **kw):
+    if quiet:
+        return it
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, **kw)
+
+
+def _say(bar, quiet, msg):
+    if quiet:
+        return
+    (bar.write if hasattr(bar, "write") else print)(msg)
+
+
+def _write_log(run, log):
+    tmp = run / "log.json.tmp"
+    tmp.write_text(json.dumps(log))
+    os.replace(tmp, run / "log.json")
+
+
+def _plot(run, log):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(log["train_loss"], alpha=0.4, label="train (per step)")
+    ev = log["eval"]
+    ax.plot([e["step"] for e in ev], [e["train"] for e in ev], "o-", label="train (eval)")
+    ax.plot([e["step"] for e in ev], [e["val"] for e in ev], "o-", label="val (eval)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats)")
+    ax.legend()
+    fig.tight_layout()
+    path = run / "loss.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# sample, eval
+
+def _load_run(out_dir):
+    run = Path(out_dir)
+    tok = CharTokenizer.load(run / "tokenizer.json")
+    cfg = TrainConfig(**json.loads((run / "log.json").read_text())["config"])
+    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                          dropout=0.0, bias=cfg.bias))
+    load_checkpoint(run / "checkpoint", model)
+    return cfg, tok, model.eval()
+
+
+def sample(out_dir, prompt="\n", num_tokens=300, temperature=0.8, top_k=None, top_p=None,
+           seed=0, greedy=False):
+    cfg, tok, model = _load_run(out_dir)
+    idx = np.array([tok.encode(prompt or "\n")], dtype=np.int64)
+    out = generate(model, idx, num_tokens, rng=np.random.default_rng(seed),
+                   temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    return tok.decode(out[0].tolist())
+
+
+def evaluate(out_dir, data=None, split="val", batches=50, seed=0):
+    """Mean loss and perplexity (e^loss) on a split of the run's corpus or on a text file."""
+    cfg, tok, model = _load_run(out_dir)
+    ids = np.array(tok.encode(load_text(data or cfg.data)), dtype=np.int64)
+    if data is None:
+        ids = dict(zip(("train", "val"), train_val_split(ids)))[split]
+    rng = np.random.default_rng(seed)
+    with tl.no_grad():
+        losses = [model(*get_batch(ids, cfg.batch_size, cfg.block_size, rng))[1].item()
+                  for _ in range(batches)]
+    loss = float(np.mean(losses))
+    return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="tinyllm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train a GPT on a corpus")
+    p_train.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p_train.add_argument("--resume", action="store_true", help="continue the run in --out-dir")
+    p_train.add_argument("--quiet", action="store_true")
+    _add_config_args(p_train, TrainConfig)
+    p_sample = sub.add_parser("sample", help="generate text from a trained run")
+    p_sample.add_argument("--out-dir", required=True)
+    p_sample.add_argument("--prompt", default="\n")
+    p_sample.add_argument("--num-tokens", type=int, default=300)
+    p_sample.add_argument("--temperature", type=float, default=0.8)
+    p_sample.add_argument("--top-k", type=int, default=None)
+    p_sample.add_argument("--top-p", type=float, default=None)
+    p_sample.add_argument("--greedy", action="store_true")
+    p_sample.add_argument("--seed", type=int, default=0)
+    p_eval = sub.add_parser("eval", help="loss and perplexity of a trained run")
+    p_eval.add_argument("--out-dir", required=True)
+    p_eval.add_argument("--data", default=None, help="a text file (default: the run's corpus)")
+    p_eval.add_argument("--split", choices=("train", "val"), default="val")
+    p_eval.add_argument("--batches", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        return train(_config_from_args(args), resume=args.resume, quiet=args.quiet)
+    if args.command == "sample":
+        text = sample(args.out_dir, args.prompt, args.num_tokens, args.temperature, args.top_k,
+                      args.top_p, args.seed, args.greedy)
+        print(text)
+        return text
+    result = evaluate(args.out_dir, args.data, args.split, args.batches)
+    print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f}")
+    return result
+
+
+def run():
+    """Console-script entry point (``tinyllm ...``): exit status 0 on success."""
+    main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
