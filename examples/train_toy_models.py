@@ -76,11 +76,13 @@ def reversal_batch(rng, B, S, V):
 
 @tl.no_grad()
 def greedy_decode(model, src, max_len):
-    """Start from BOS, append the argmax token each step (the decoder re-reads its own output)."""
+    """Start from BOS, append the argmax token each step. The decoder's KV cache holds the
+    earlier positions, so each step feeds only the newest token."""
     memory, src_mask = model.encode(src)
     out = np.full((src.shape[0], 1), BOS)
+    cache = model.new_cache()
     for _ in range(max_len):
-        logits = model.decode(out, memory, src_mask)                     # (B, t, V)
+        logits = model.decode(out[:, -1:], memory, src_mask, cache=cache)   # (B, 1, V)
         out = np.concatenate([out, logits.numpy()[:, -1].argmax(-1)[:, None]], axis=1)
     return out[:, 1:]
 

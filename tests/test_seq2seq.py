@@ -113,3 +113,16 @@ def test_learns_to_reverse_sequences():
     assert loss.item() < 0.05
     pred = _np(m.eval()(src, tgt_in)).argmax(-1)
     assert (pred == tgt_out).mean() == 1.0
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_cached_decoding_equals_recomputing(norm_first):
+    m = _model(norm_first=norm_first).double().eval()
+    memory, src_mask = m.encode(SRC)
+    tgt = TGT_IN[:, :4]
+    full = _np(m.decode(tgt, memory, src_mask))
+    cache = m.new_cache()
+    steps = [_np(m.decode(tgt[:, t:t + 1], memory, src_mask, cache=cache)) for t in range(4)]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12, atol=1e-13)
+    assert cache[0]["self"]["k"].shape == (2, 2, 4, 4)
+    assert cache[0]["cross"]["k"].shape == (2, 2, 5, 4)             # the memory, computed once

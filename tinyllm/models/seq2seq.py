@@ -105,14 +105,29 @@ class Seq2SeqTransformer(Module):
             x = self.encoder_norm(x)
         return x, src_mask
 
-    def decode(self, tgt_in, memory, src_mask):
-        """logits (B, T, V) for decoder inputs ``tgt_in`` (B, T) given the encoder output."""
+    def new_cache(self):
+        """An empty decoder KV cache for ``decode(..., cache=...)``: per layer, the
+        self-attention keys/values so far and the cross-attention keys/values of the memory."""
+        return [{} for _ in self.decoder]
+
+    def decode(self, tgt_in, memory, src_mask, cache=None):
+        """logits (B, T, V) for decoder inputs ``tgt_in`` (B, T) given the encoder output.
+
+        With ``cache`` (from ``new_cache()``), ``tgt_in`` holds only the new positions; earlier
+        ones come from the cache. Cached decoding assumes no padding inside the target prefix
+        (true when generating: BOS, then the model's own tokens).
+        """
         tgt_in = _ids(tgt_in)
-        x = self._embed(self.tgt_embed, tgt_in)
-        tgt_mask = self.pad_mask(tgt_in)
-        for layer in self.decoder:
+        offset = 0
+        if cache is not None and cache and "self" in cache[0] and "k" in cache[0]["self"]:
+            offset = cache[0]["self"]["k"].shape[2]
+        x = self.drop(self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.config.d_model),
+                               offset=offset))
+        tgt_mask = None if cache is not None else self.pad_mask(tgt_in)
+        for i, layer in enumerate(self.decoder):
             x = layer(x, memory, tgt_key_padding_mask=tgt_mask,
-                      memory_key_padding_mask=src_mask)
+                      memory_key_padding_mask=src_mask,
+                      cache=None if cache is None else cache[i])
         if self.config.norm_first:
             x = self.decoder_norm(x)
         if self.config.tie_output:

@@ -117,13 +117,24 @@ class MultiHeadAttention(Module):
         return t.reshape(B, T, self.n_heads, self.d_model // self.n_heads).transpose(1, 2)
 
     def forward(self, x, memory=None, key_padding_mask=None, attn_mask=None,
-                need_weights=False):
+                need_weights=False, cache=None):
+        """``cache`` (a dict, for decoding one step at a time): self-attention appends this
+        call's keys and values to the cached ones; cross-attention computes them from
+        ``memory`` once and reuses them. ``key_padding_mask`` must then cover all keys."""
         B, T_q, C = x.shape
         kv = x if memory is None else memory
-        T_k = kv.shape[1]
         q = self._heads(self.q_proj(x), B, T_q)                        # (B, H, Tq, D)
-        k = self._heads(self.k_proj(kv), B, T_k)                       # (B, H, Tk, D)
-        v = self._heads(self.v_proj(kv), B, T_k)
+        if cache is not None and memory is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]                              # fixed encoder keys
+        else:
+            k = self._heads(self.k_proj(kv), B, kv.shape[1])           # (B, H, Tk, D)
+            v = self._heads(self.v_proj(kv), B, kv.shape[1])
+            if cache is not None:
+                if memory is None and "k" in cache:                    # earlier positions
+                    k = F.concatenate([cache["k"], k], axis=2)
+                    v = F.concatenate([cache["v"], v], axis=2)
+                cache["k"], cache["v"] = k, v
+        T_k = k.shape[2]
         mask = _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, self.causal, x.device)
         y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training)
         y = y.transpose(1, 2).reshape(B, T_q, C)                       # (B, H, Tq, D) -> (B, Tq, C)
@@ -241,10 +252,16 @@ class TransformerDecoderLayer(Module):
         self.norm2 = LayerNorm(d_model, dtype=dtype)
         self.norm3 = LayerNorm(d_model, dtype=dtype)
 
-    def forward(self, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None):
-        sa = lambda h: self.self_attn(h, key_padding_mask=tgt_key_padding_mask)  # noqa: E731
+    def forward(self, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+                cache=None):
+        """``cache``: {"self": {}, "cross": {}} for step-by-step decoding (see
+        MultiHeadAttention.forward)."""
+        c_self = None if cache is None else cache.setdefault("self", {})
+        c_cross = None if cache is None else cache.setdefault("cross", {})
+        sa = lambda h: self.self_attn(h, key_padding_mask=tgt_key_padding_mask,  # noqa: E731
+                                      cache=c_self)
         ca = lambda h: self.cross_attn(h, memory,                                # noqa: E731
-                                       key_padding_mask=memory_key_padding_mask)
+                                       key_padding_mask=memory_key_padding_mask, cache=c_cross)
         if self.norm_first:
             x = x + sa(self.norm1(x))
             x = x + ca(self.norm2(x))
