@@ -110,3 +110,14 @@ def test_config_flags_override_presets(monkeypatch):
     assert captured[-1] == cli.TrainConfig()                            # the defaults
     with pytest.raises(SystemExit):
         cli.main(["train", "--preset", "huge"])
+
+
+def test_bpe_tokenizer_run(tmp_path):
+    log = _train(tmp_path / "bpe", "--tokenizer", "bpe", "--bpe-vocab-size", "300")
+    saved = json.loads((tmp_path / "bpe" / "tokenizer.json").read_text())
+    assert saved["type"] == "ByteBPETokenizer"
+    assert log["eval"][0]["val"] == pytest.approx(np.log(300), abs=0.15)    # 300-way uniform
+    text = cli.sample(tmp_path / "bpe", "ROMEO:", 20, seed=0)
+    assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+    with pytest.raises(SystemExit, match="--tokenizer must be"):
+        _train(tmp_path / "x", "--tokenizer", "words")

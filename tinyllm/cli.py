@@ -28,7 +28,7 @@ import numpy as np
 import tinyllm as tl
 from tinyllm.checkpoint import load_checkpoint, save_checkpoint
 from tinyllm.data.corpora import get_batch, load_text, train_val_split
-from tinyllm.data.tokenizers import CharTokenizer
+from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
 from tinyllm.generate import generate
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.optim import AdamW, clip_grad_norm_
@@ -39,6 +39,8 @@ from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 class TrainConfig:
     data: str = "tinyshakespeare"     # registered corpus name or path to a text file
     out_dir: str = "runs/default"     # run directory: tokenizer, checkpoints, log, plot
+    tokenizer: str = "char"           # "char" (one id per character) or "bpe" (byte-level BPE)
+    bpe_vocab_size: int = 512         # with --tokenizer bpe: 256 bytes + learned merges
     n_layer: int = 4                  # Transformer blocks
     n_head: int = 4                   # attention heads
     n_embd: int = 128                 # width of the residual stream
@@ -126,8 +128,15 @@ def train(cfg, resume=False, quiet=False):
     run.mkdir(parents=True, exist_ok=True)
     text = load_text(cfg.data)
     tok_path = run / "tokenizer.json"
-    tok = CharTokenizer.load(tok_path) if resume and tok_path.exists() else \
-        CharTokenizer.from_text(text)
+    if resume and tok_path.exists():
+        tok = load_tokenizer(tok_path)
+    elif cfg.tokenizer == "bpe":
+        tok = ByteBPETokenizer.train(text, vocab_size=cfg.bpe_vocab_size)
+    elif cfg.tokenizer == "char":
+        tok = CharTokenizer.from_text(text)
+    else:
+        raise SystemExit(f"tinyllm train: --tokenizer must be 'char' or 'bpe', got "
+                         f"{cfg.tokenizer!r}")
     tok.save(tok_path)
     ids = np.array(tok.encode(text), dtype=np.int64)
     train_ids, val_ids = train_val_split(ids)
@@ -251,7 +260,7 @@ def _plot(run, log):
 
 def _load_run(out_dir):
     run = Path(out_dir)
-    tok = CharTokenizer.load(run / "tokenizer.json")
+    tok = load_tokenizer(run / "tokenizer.json")
     cfg = TrainConfig(**json.loads((run / "log.json").read_text())["config"])
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
