@@ -297,6 +297,20 @@ def _auto_numba(batch, M, K, N):
     return False
 
 
+def check_shapes(a_shape, b_shape):
+    """Raise a ValueError naming matmul and both shapes unless a @ b is defined (ignoring
+    batch broadcasting, which the caller checks)."""
+    if len(a_shape) == 0 or len(b_shape) == 0:
+        raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes "
+                         f"{tuple(a_shape)} and {tuple(b_shape)} (use * for scalars)")
+    k_a = a_shape[-1]
+    k_b = b_shape[0] if len(b_shape) == 1 else b_shape[-2]
+    if k_a != k_b:
+        raise ValueError(f"matmul: shapes {tuple(a_shape)} and {tuple(b_shape)} are not "
+                         f"aligned: a's last axis ({k_a}) must equal b's "
+                         f"{'only' if len(b_shape) == 1 else 'second-to-last'} axis ({k_b})")
+
+
 def matmul(a, b, impl=None):
     """C = A @ B with NumPy's matmul rules; the Numba kernels where they apply and win.
 
@@ -307,15 +321,8 @@ def matmul(a, b, impl=None):
     are broadcast with ``np.broadcast_to`` and flattened to one. 1-D operands, mixed or integer
     dtypes, empty arrays and CuPy arrays always take ``matmul_reference``.
     """
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes "
-                         f"{a.shape} and {b.shape}")
+    check_shapes(a.shape, b.shape)
     k_a = a.shape[-1]
-    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
-    if k_a != k_b:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: a's last "
-                         f"axis ({k_a}) must equal b's "
-                         f"{'only' if b.ndim == 1 else 'second-to-last'} axis ({k_b})")
     if a.ndim == 1 or b.ndim == 1:
         choose(impl, auto_numba=False)                    # still validates impl
         return matmul_reference(a, b)

@@ -306,29 +306,6 @@ def _array(value):
     return value.data if isinstance(value, Tensor) else value
 
 
-class Sequential(Module):
-    """Modules applied in order: ``Sequential(Linear(4, 8), GELU(), Linear(8, 2))``."""
-
-    def __init__(self, *modules):
-        super().__init__()
-        for i, m in enumerate(modules):
-            setattr(self, str(i), m)
-
-    def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-    def __getitem__(self, i):
-        return list(self._modules.values())[i]
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-
 class ModuleList(Module):
     """A list of modules registered as children "0", "1", ... (e.g. the blocks of a GPT)."""
 
@@ -351,6 +328,18 @@ class ModuleList(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Modules applied in order: ``Sequential(Linear(4, 8), GELU(), Linear(8, 2))``."""
+
+    def __init__(self, *modules):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for m in self:
+            x = m(x)
+        return x
 
 
 class ModuleDict(Module):

@@ -9,6 +9,7 @@ gradients are summed back (``unbroadcast``). A 1-D A is treated as a (1, K) row 
 """
 from tinyllm import backend
 from tinyllm.autograd.function import Function, unbroadcast
+from tinyllm.kernels.matmul import check_shapes
 from tinyllm.kernels.matmul import matmul as matmul_kernel
 from tinyllm.ops._util import operands
 
@@ -56,13 +57,5 @@ class MatMul(Function):
 def matmul(a, b):
     """Matrix product a @ b (NumPy rules: 1-D vectors, batched and broadcast batch axes)."""
     a, b = operands(a, b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: both operands need at least 1 dimension, got shapes "
-                         f"{a.shape} and {b.shape} (use * for scalars)")
-    k_a = a.shape[-1]
-    k_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
-    if k_a != k_b:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} are not aligned: "
-                         f"a's last axis ({k_a}) must equal b's "
-                         f"{'only' if b.ndim == 1 else 'second-to-last'} axis ({k_b})")
+    check_shapes(a.shape, b.shape)       # before recording, so the error names matmul cleanly
     return MatMul.apply(a, b)
