@@ -17,6 +17,7 @@ from tinyllm.optim import AdamW
 
 
 def main(rounds=5, steps=10):
+    tl.backend.keep_freed_memory()              # as the CLI does (see tinyllm/backend.py)
     tl.manual_seed(0)
     model = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128,
                           dropout=0.0))

@@ -106,3 +106,14 @@ def test_gradcheck_on_cupy():
     x = tl.tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True,
                   device="cuda")
     assert tl.gradcheck(lambda x: tl.softmax(x) @ x.T, [x])
+
+
+def test_keep_freed_memory_applies_on_glibc_linux():
+    """mallopt succeeds on glibc Linux (the CI machine); elsewhere it reports that it did
+    nothing."""
+    import platform
+    applied = backend.keep_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    else:
+        assert applied is False

@@ -22,6 +22,18 @@ def test_matmul_batch_mismatch_names_op_and_shapes():
         tl.randn(2, 3, 4) @ tl.randn(3, 4, 5)
 
 
+def test_linear_shape_errors_name_op_and_shapes():
+    with pytest.raises(ValueError, match=r"linear: expected x \(\.\.\., in\) and weight "
+                                         r"\(in, out\), got shapes \(2, 3\) and \(5, 3\)"):
+        tl.linear(tl.randn(2, 3), tl.randn(5, 3))          # a (out, in) weight, torch's layout
+    with pytest.raises(ValueError, match=r"linear: bias must have shape \(out,\) = \(5,\), "
+                                         r"got \(3,\)"):
+        tl.linear(tl.randn(2, 3), tl.randn(3, 5), tl.randn(3))
+    with pytest.raises(ValueError, match=r"Linear: input's last axis is 4, expected "
+                                         r"in_features=3"):
+        tl.nn.Linear(3, 5)(tl.randn(2, 4))
+
+
 @pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "pow"])
 def test_broadcast_mismatch_names_op_and_shapes(op):
     with pytest.raises(ValueError, match=r"(?i)" + op + r".*\(2, 3\).*\(4,\)"):

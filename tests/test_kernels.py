@@ -262,7 +262,7 @@ def test_numba_disable_jit_runs_the_python_kernels_with_the_same_results():
     out = _run("""
         import numpy as np, numba
         from tinyllm.kernels import softmax as S, cross_entropy as CE, layernorm as LN
-        from tinyllm.kernels import gelu as G, _numba
+        from tinyllm.kernels import gelu as G, attention as A, _numba
         import types
         k = S._softmax_forward_numba
         assert _numba.jit_disabled() and k.parallel is k.py_func
@@ -270,6 +270,7 @@ def test_numba_disable_jit_runs_the_python_kernels_with_the_same_results():
         rng = np.random.default_rng(0)
         x = rng.standard_normal((5, 6)); dy = rng.standard_normal((5, 6))
         t = np.array([0, 5, -100, 2, 1]); w = rng.standard_normal(6); b = rng.standard_normal(6)
+        q4 = rng.standard_normal((2, 2, 3, 4))
         err = 0.0
         for a, r in [
             (S.softmax_forward(x, impl="numba"), S.softmax_forward(x, impl="numpy")),
@@ -279,6 +280,8 @@ def test_numba_disable_jit_runs_the_python_kernels_with_the_same_results():
              LN.layer_norm_forward(x, w, b, impl="numpy")[0]),
             (G.gelu_backward(x, dy, "tanh", impl="numba"),
              G.gelu_backward(x, dy, "tanh", impl="numpy")),
+            (A.attention_forward(q4, q4, q4, 0.5, True, impl="numba")[0],
+             A.attention_forward(q4, q4, q4, 0.5, True, impl="numpy")[0]),
         ]:
             err = max(err, float(np.abs(a - r).max()))
         print(err, _numba.choose(None, True))

@@ -277,3 +277,20 @@ def test_layers_match_torch_when_available():
     assert y.item() == pytest.approx(py.item(), rel=1e-12)
     np.testing.assert_allclose(tx.grad, px.grad.numpy(), rtol=1e-10)
     np.testing.assert_allclose(lin.weight.grad, pw.grad.numpy().T, rtol=1e-10)
+
+
+def test_linear_module_is_one_fused_op_equal_to_matmul_plus_add():
+    """nn.Linear records ONE Linear node (x @ W + b fused) with the numbers of MatMul + Add."""
+    tl.manual_seed(0)
+    lin = nn.Linear(4, 3, dtype=np.float64)
+    x = tl.tensor(np.random.default_rng(0).standard_normal((2, 5, 4)), requires_grad=True)
+    y = lin(x)
+    assert type(y._ctx).__name__ == "Linear"
+    assert {type(p._ctx).__name__ if p._ctx else None for p in y._ctx.parents} == {None}
+    y.sum().backward()
+    grads = [x.grad.copy(), lin.weight.grad.copy(), lin.bias.grad.copy()]
+    for t in (x, lin.weight, lin.bias):
+        t.grad = None
+    (x @ lin.weight + lin.bias).sum().backward()
+    for g, t in zip(grads, (x, lin.weight, lin.bias)):
+        np.testing.assert_allclose(g, t.grad, rtol=1e-13, atol=1e-13)

@@ -106,6 +106,31 @@ def C(name, fn, ref, *inputs, **kw):
     return Case(name, fn, ref, list(inputs), **kw)
 
 
+def _attention_ref(q, k, v, mask=None, causal=False):
+    """softmax(q k^T / sqrt(D), masked) v in float64, written out independently of tinyllm."""
+    s = np.einsum("bhid,bhjd->bhij", q, k) / np.sqrt(q.shape[-1])
+    Tq, Tk = s.shape[-2:]
+    hidden = np.zeros((Tq, Tk), bool)
+    if causal:
+        hidden = np.arange(Tk)[None, :] > np.arange(Tq)[:, None] + (Tk - Tq)
+    if mask is not None:
+        hidden = hidden | mask
+    s = np.where(hidden, -np.inf, s)
+    m = s.max(-1, keepdims=True)
+    e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    tot = e.sum(-1, keepdims=True)
+    return np.einsum("bhij,bhjd->bhid", e / np.where(tot == 0, 1, tot), v)
+
+
+def _qkv_ref(qkv, H):
+    B, T, C3 = qkv.shape
+    q, k, v = (x.reshape(B, T, H, -1).transpose(0, 2, 1, 3) for x in np.split(qkv, 3, axis=2))
+    return _attention_ref(q, k, v, causal=True).transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)
+
+
+ATT_MASK = np.random.default_rng(7).random((2, 1, 4, 6)) < 0.3        # (B, 1, Tq, Tk)
+ATT_MASK[1, 0, 2, :] = True                                            # one fully hidden query
+
 MASK = np.array([[True, False, True, True], [False, False, True, False], [True, True, False,
                                                                            False]])
 
@@ -218,6 +243,26 @@ CASES = [
       normal(3, 4, 2)),
     C("matmul_vec_batched", lambda a, b: a @ b, np.matmul, normal(4), normal(2, 4, 3)),
     C("matmul_batched_vec", lambda a, b: a @ b, np.matmul, normal(2, 3, 4), normal(4)),
+    # ---- fused attention: plain, causal, causal with Tk > Tq (a KV cache), masked, packed qkv
+    C("attention", F.attention, _attention_ref, normal(2, 3, 4, 5), normal(2, 3, 6, 5),
+      normal(2, 3, 6, 5)),
+    C("attention_causal", lambda q, k, v: F.attention(q, k, v, causal=True),
+      lambda q, k, v: _attention_ref(q, k, v, causal=True), normal(2, 2, 5, 3),
+      normal(2, 2, 5, 3), normal(2, 2, 5, 3)),
+    C("attention_causal_cache", lambda q, k, v: F.attention(q, k, v, causal=True),
+      lambda q, k, v: _attention_ref(q, k, v, causal=True), normal(1, 2, 2, 3),
+      normal(1, 2, 6, 3), normal(1, 2, 6, 3)),
+    C("attention_mask", lambda q, k, v: F.attention(q, k, v, mask=ATT_MASK),
+      lambda q, k, v: _attention_ref(q, k, v, mask=ATT_MASK), normal(2, 3, 4, 5),
+      normal(2, 3, 6, 5), normal(2, 3, 6, 5)),
+    C("qkv_self_attention", lambda x: F.qkv_self_attention(x, 2), lambda x: _qkv_ref(x, 2),
+      normal(2, 5, 12)),
+    # ---- linear (x @ w + b as one op): 2-D, batched rows, 1-D x, no bias
+    C("linear", F.linear, lambda x, w, b: x @ w + b, normal(3, 4), normal(4, 5), normal(5)),
+    C("linear_3d", F.linear, lambda x, w, b: x @ w + b, normal(2, 3, 4), normal(4, 5),
+      normal(5)),
+    C("linear_vec", F.linear, lambda x, w, b: x @ w + b, normal(4), normal(4, 2), normal(2)),
+    C("linear_no_bias", F.linear, np.matmul, normal(2, 3, 4), normal(4, 5)),
     # ---- softmax family and losses
     C("softmax_last", F.softmax, lambda a: _softmax(a, -1), normal(3, 5)),
     C("softmax_axis1", lambda a: F.softmax(a, axis=1), lambda a: _softmax(a, 1), normal(2, 3, 4)),

@@ -214,3 +214,38 @@ def erf(x):
     out[big] = 1.0 - xp.exp(-b * b) / np.sqrt(np.pi) / (b + frac)
 
     return (xp.sign(x) * out).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU allocator
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3          # mallopt parameters, from glibc's malloc.h
+
+
+def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=512 << 20):
+    """Make glibc keep freed array memory for reuse instead of returning it to the OS.
+
+    A training step allocates and frees the same few hundred arrays every step. glibc serves
+    blocks above its mmap threshold (128 KiB at start; it adapts, but only up to the sizes it
+    has seen freed) with a fresh ``mmap`` each time and unmaps them on free, and it returns the
+    top of the heap to the OS beyond its trim threshold. Either way the next step's arrays
+    land on new pages, and the kernel zero-fills every 4 KiB page on first touch. Raising both
+    thresholds keeps those pages mapped: on the shakespeare-char GPT training step, page faults
+    fell from ~7,100 to ~4 per step and system time from 11 ms to 0.5 ms per step. The cost:
+    the process's resident memory stays at its peak.
+
+    Process-wide, so tinyllm never does it on import: the CLI's commands and the benchmarks
+    call it at start. Returns True where it applied (glibc), False elsewhere (macOS, musl,
+    Windows), where it does nothing. 32 MiB is the largest mmap threshold glibc accepts.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok_mmap = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
+    ok_trim = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
+    return bool(ok_mmap and ok_trim)

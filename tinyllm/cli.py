@@ -317,6 +317,7 @@ def main(argv=None):
     p_eval.add_argument("--split", choices=("train", "val"), default="val")
     p_eval.add_argument("--batches", type=int, default=50)
     args = parser.parse_args(argv)
+    tl.backend.keep_freed_memory()       # the command owns the process: reuse freed pages
 
     if args.command == "train":
         return train(_config_from_args(args), resume=args.resume, quiet=args.quiet)

@@ -4,6 +4,7 @@ Each function validates its arguments (raising errors that name the op and the s
 and calls one named ``Function`` from ``tinyllm.ops``, where forward, backward and the
 derivation sit together.
 """
+from tinyllm.ops.attention import attention, qkv_self_attention
 from tinyllm.ops.creation import (arange, full, full_like, ones, ones_like, rand, randn,
                                   randn_like, tensor, zeros, zeros_like)
 from tinyllm.ops.dropout import dropout
@@ -11,7 +12,7 @@ from tinyllm.ops.elementwise import (add, astype, compare, div, exp, gelu, log, 
                                      neg, pow, relu, sigmoid, sqrt, sub, tanh, to_device, where)
 from tinyllm.ops.embedding import embedding
 from tinyllm.ops.loss import cross_entropy, mse_loss
-from tinyllm.ops.matmul import matmul
+from tinyllm.ops.matmul import linear, matmul
 from tinyllm.ops.movement import (cat, concatenate, getitem, permute, reshape, split, stack,
                                   swapaxes, transpose)
 from tinyllm.ops.norm import layer_norm
@@ -24,8 +25,8 @@ __all__ = [
     "sum", "mean", "max", "var",
     "reshape", "permute", "transpose", "swapaxes", "getitem", "concatenate", "cat", "stack",
     "split",
-    "matmul", "softmax", "log_softmax", "cross_entropy", "mse_loss", "layer_norm", "dropout",
-    "embedding",
+    "matmul", "linear", "softmax", "log_softmax", "cross_entropy", "mse_loss", "layer_norm",
+    "dropout", "embedding", "attention", "qkv_self_attention",
     "tensor", "zeros", "ones", "full", "arange", "randn", "rand", "zeros_like", "ones_like",
     "full_like", "randn_like",
 ]

@@ -139,7 +139,12 @@ class BertSelfAttention(Module):
         q = self.query(x).reshape(B, T, nh, H // nh).transpose(1, 2)       # (B, nh, T, D)
         k = self.key(x).reshape(B, T, nh, H // nh).transpose(1, 2)
         v = self.value(x).reshape(B, T, nh, H // nh).transpose(1, 2)
-        y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout.p, self.training)
+        if need_weights or (self.dropout.p > 0 and self.training):
+            # composed op by op: returns the weights, applies attention-weight dropout
+            y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout.p,
+                                                      self.training)
+        else:
+            y, weights = F.attention(q, k, v, mask=mask), None             # one fused op
         y = y.transpose(1, 2).reshape(B, T, H)                 # (B, nh, T, D) -> (B, T, H)
         return (y, weights) if need_weights else y
 

@@ -60,7 +60,13 @@ class CausalSelfAttention(Module):
         attend to all T_past + T keys, each only to positions up to its own."""
         B, T, C = x.shape
         H = self.n_head
-        q, k, v = F.split(self.c_attn(x), 3, axis=2)                   # 3 x (B, T, C)
+        qkv = self.c_attn(x)                                           # (B, T, 3C)
+        weight_dropout = self.dropout > 0 and self.training
+        if cache is None and not weight_dropout:
+            # training and scoring: one fused op from the packed projection to merged heads
+            y = F.qkv_self_attention(qkv, H, causal=True)              # (B, T, C)
+            return self.resid_dropout(self.c_proj(y))
+        q, k, v = F.split(qkv, 3, axis=2)                              # 3 x (B, T, C)
         q = q.reshape(B, T, H, C // H).transpose(1, 2)                 # (B, H, T, D)
         k = k.reshape(B, T, H, C // H).transpose(1, 2)
         v = v.reshape(B, T, H, C // H).transpose(1, 2)
@@ -69,9 +75,13 @@ class CausalSelfAttention(Module):
                 k = F.concatenate([cache["k"], k], axis=2)             # (B, H, T_past + T, D)
                 v = F.concatenate([cache["v"], v], axis=2)
             cache["k"], cache["v"] = k, v
-        T_k = k.shape[2]
-        y, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, T_k, x.device),
-                                            self.dropout, self.training)
+        if weight_dropout:
+            # dropout on the attention weights: the composed path, op by op
+            T_k = k.shape[2]
+            y, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, T_k, x.device),
+                                                self.dropout, self.training)
+        else:
+            y = F.attention(q, k, v, causal=True)                      # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)                         # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -17,9 +17,12 @@ D = d_model / H and concatenates them:
 
 implemented as one (d_model, d_model) projection per Q, K, V, reshaped into heads.
 
-Everything here is composed of ops whose backward is already derived and gradient-checked
-(matmul, softmax, masked_fill, reshape, transpose), so the backward of attention is the chain
-rule through them; tests/test_attention.py gradchecks the composition.
+``scaled_dot_product_attention`` below is composed of ops whose backward is already derived and
+gradient-checked (matmul, softmax, masked_fill, reshape, transpose), so its backward is the
+chain rule through them: the readable version, which also returns the weights and applies
+weight dropout. The modules use the fused op ``tinyllm.functional.attention`` (one graph node,
+hand-derived backward, tinyllm/ops/attention.py) whenever neither is asked for;
+tests/test_attention.py holds the two equal and gradchecks both.
 
 Mask conventions (PyTorch's): ``key_padding_mask`` (B, Tk) is True at padded keys (ignored);
 ``attn_mask`` (Tq, Tk) or (B*, Tq, Tk) is True where attention is *not* allowed; ``causal=True``
@@ -135,8 +138,17 @@ class MultiHeadAttention(Module):
                     v = F.concatenate([cache["v"], v], axis=2)
                 cache["k"], cache["v"] = k, v
         T_k = k.shape[2]
-        mask = _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, self.causal, x.device)
-        y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout_p, self.training)
+        weights = None
+        if need_weights or (self.dropout_p > 0 and self.training):
+            # the composed path, op by op: it returns the weights and applies weight dropout
+            mask = _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, self.causal,
+                                  x.device)
+            y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout_p,
+                                                      self.training)
+        else:
+            # one fused op (tinyllm/ops/attention.py); causal needs no mask array
+            mask = _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, False, x.device)
+            y = F.attention(q, k, v, mask=mask, causal=self.causal)
         y = y.transpose(1, 2).reshape(B, T_q, C)                       # (B, H, Tq, D) -> (B, Tq, C)
         y = self.resid_dropout(self.out_proj(y))
         return (y, weights) if need_weights else y

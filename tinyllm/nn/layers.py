@@ -53,8 +53,7 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: input's last axis is {x.shape[-1]}, expected "
                              f"in_features={self.in_features} (input shape {x.shape})")
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight, self.bias)            # x @ W + b as one op
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

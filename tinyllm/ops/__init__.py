@@ -3,7 +3,8 @@
 elementwise  Add Sub Mul Div Pow Neg Exp Log Sqrt Tanh Sigmoid ReLU GELU Where Cast ToDevice
 reduce       Sum Mean Max Var
 movement     Reshape Permute GetItem Concatenate Stack (split is slices)
-matmul       MatMul
+matmul       MatMul Linear
+attention    ScaledDotProductAttention QKVSelfAttention
 softmax      Softmax LogSoftmax
 loss         CrossEntropy MSELoss
 norm         LayerNorm

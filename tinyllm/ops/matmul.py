@@ -54,6 +54,66 @@ class MatMul(Function):
         return da, db
 
 
+class Linear(Function):
+    """out = x @ w + b, the affine layer as ONE op (PyTorch's addmm): w is (in, out).
+
+    Forward: one GEMM over all rows, x (..., K) seen as (N, K), N = prod(...), then b added in
+    place into the GEMM's output (no temporary the size of out, no separate Add node).
+    Backward, with dout (..., N_out) seen as (N, N_out):
+        dx = dout @ w^T                 (N, N_out) @ (N_out, K) = (N, K)
+        dw = x^T @ dout                 (K, N) @ (N, N_out)     = (K, N_out)
+        db = sum over rows of dout      (N_out,)  (b was broadcast to every row)
+    the same as MatMul followed by Add (tests hold them equal), with two fewer graph nodes
+    and one fewer (N, N_out) array per call.
+
+    Shapes: x (..., K); w (K, N_out); b (N_out,) or absent; out (..., N_out).
+    """
+
+    def forward(self, x, w, b=None):
+        self.x, self.w, self.has_bias = x, w, b is not None
+        K, N_out = w.shape
+        x2 = x.reshape(-1, K)                             # (..., K) -> (N, K), a view if possible
+        out = matmul_kernel(x2, w)                        # (N, N_out), a fresh array
+        if b is not None:
+            if out.dtype == b.dtype:
+                out += b                                  # in place: out is ours
+            else:
+                out = out + b                             # mixed dtypes promote, as x @ w + b
+        return out.reshape(x.shape[:-1] + (N_out,))       # (N, N_out) -> (..., N_out)
+
+    def backward(self, dout):
+        x, w = self.x, self.w
+        K, N_out = w.shape
+        d2 = dout.reshape(-1, N_out)                      # (..., N_out) -> (N, N_out)
+        dx = dw = db = None
+        if self.needs_input_grad[0]:
+            dx = matmul_kernel(d2, w.T).reshape(x.shape)  # (N, K) -> (..., K)
+        if self.needs_input_grad[1]:
+            dw = matmul_kernel(x.reshape(-1, K).T, d2)    # (K, N_out)
+        if self.has_bias:
+            db = d2.sum(axis=0) if self.needs_input_grad[2] else None      # (N_out,)
+            return dx, dw, db
+        return dx, dw
+
+
+def linear(x, weight, bias=None):
+    """x @ weight + bias as one op. ``weight`` is (in, out), as tinyllm.nn.Linear stores it
+    (the transpose of torch.nn.functional.linear's (out, in)): a wrong layout is a shape error
+    unless the matrix is square."""
+    x, weight = operands(x, weight)
+    if bias is not None:
+        weight, bias = operands(weight, bias)
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(f"linear: expected x (..., in) and weight (in, out), got shapes "
+                         f"{x.shape} and {weight.shape}")
+    if bias is not None and bias.shape != (weight.shape[1],):
+        raise ValueError(f"linear: bias must have shape (out,) = ({weight.shape[1]},), got "
+                         f"{bias.shape}")
+    if bias is None:
+        return Linear.apply(x, weight)
+    return Linear.apply(x, weight, bias)
+
+
 def matmul(a, b):
     """Matrix product a @ b (NumPy rules: 1-D vectors, batched and broadcast batch axes)."""
     a, b = operands(a, b)

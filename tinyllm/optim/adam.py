@@ -13,6 +13,7 @@ weight, outside the adaptive step. GPT-2-style training uses AdamW.
 """
 from tinyllm.autograd.grad_mode import no_grad
 from tinyllm.backend import get_array_module
+from tinyllm.kernels.adam import adam_step
 from tinyllm.optim.optimizer import Optimizer
 
 
@@ -44,6 +45,11 @@ class Adam(Optimizer):
         weight_decay: lambda >= 0, added to the gradient (L2). For decoupled decay use AdamW.
 
     State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v).
+
+    The update runs in ``tinyllm.kernels.adam``: ``adam_step_reference`` is the formula above as
+    readable NumPy (CuPy) code, and ``adam_step`` runs it, or a Numba kernel that does the same
+    in one pass over memory and gives the same numbers bit for bit (``impl`` switch as for every
+    kernel: ``tinyllm.kernels.set_impl`` or TINYLLM_KERNELS).
     """
 
     _decoupled_weight_decay = False
@@ -75,24 +81,10 @@ class Adam(Optimizer):
                     state["exp_avg_sq"] = xp.zeros_like(p.data)
                 state["step"] += 1
                 t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-
-                if weight_decay != 0:
-                    if self._decoupled_weight_decay:
-                        p.data *= 1 - lr * weight_decay       # AdamW: shrink p directly
-                    else:
-                        g = g + weight_decay * p.data         # Adam: L2 through the gradient
-
-                m *= beta1
-                m += (1 - beta1) * g
-                v *= beta2
-                v += (1 - beta2) * (g * g)
-
-                bias_correction1 = 1 - beta1 ** t
-                bias_correction2 = 1 - beta2 ** t
-                m_hat = m / bias_correction1
-                v_hat = v / bias_correction2
-                p.data -= lr * m_hat / (xp.sqrt(v_hat) + eps)
+                # the update above, in place on p.data, m, v: one fused pass where the Numba
+                # kernel applies, else the NumPy/CuPy reference (tinyllm/kernels/adam.py)
+                adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr, beta1, beta2,
+                          eps, weight_decay, t, self._decoupled_weight_decay)
         return loss
 
 
