@@ -51,6 +51,8 @@ def compare(name, shape, make, target, rounds, number, tol):
 
 
 def cases(quick):
+    from tinyllm.kernels import adam as AD
+    from tinyllm.kernels import attention as A
     from tinyllm.kernels import cross_entropy as CE
     from tinyllm.kernels import embedding as E
     from tinyllm.kernels import gelu as G
@@ -132,6 +134,36 @@ def cases(quick):
             return run, lambda: (res["dw"],)
         return make
 
+    def attention(B, H, T, D):
+        """Causal attention on the thirds of a packed qkv (B, T, 3, H, D), as GPT's layer."""
+        qkv = rng.standard_normal((B, T, 3, H, D)).astype(f32)
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, D)
+        dout = rng.standard_normal((B, H, T, D)).astype(f32)
+        scale = 1 / np.sqrt(D)
+
+        def make(impl):
+            res = {}
+
+            def run():
+                res["o"], p = A.attention_forward(q, k, v, scale, True, impl=impl)
+                res["g"] = A.attention_backward(dout, q, k, v, p, scale, True, impl=impl)
+            run()
+            return run, lambda: (res["o"],) + tuple(res["g"])
+        return make
+
+    def adamw(n):
+        p0, g = rng.standard_normal(n).astype(f32), rng.standard_normal(n).astype(f32)
+
+        def make(impl):
+            p, m, v = p0.copy(), np.zeros(n, f32), np.zeros(n, f32)
+
+            def run():
+                AD.adam_step(p, g, m, v, 1e-3, 0.9, 0.99, 1e-8, 0.1, 1, True, impl=impl)
+            run()
+            first = (p.copy(), m.copy(), v.copy())       # compared: the same first step
+            return run, lambda: first
+        return make
+
     # (name, shape, maker, target speed-up from the issue or None, calls per round, tolerance)
     return [
         ("softmax fwd+bwd", (16384, 256), softmax((16384, 256)), 3.0, 3, 1e-5),
@@ -147,6 +179,10 @@ def cases(quick):
         ("gelu erf fwd+bwd", (1024, 512), gelu((1024, 512), "none"), None, 10, 1e-5),
         ("embedding bwd (V=65)", (1024, 128), embedding(1024, 128, 65), None, 20, 1e-5),
         ("embedding bwd (V=6282)", (8192, 384), embedding(8192, 384, 6282), None, 2, 1e-5),
+        ("attention causal fwd+bwd", (12, 4, 64, 32), attention(12, 4, 64, 32), None, 10, 1e-5),
+        ("attention causal fwd+bwd", (16, 6, 256, 64), attention(16, 6, 256, 64), None, 1,
+         1e-5),
+        ("adamw step", (1 << 20,), adamw(1 << 20), None, 5, 1e-5),
     ]
 
 

@@ -1,4 +1,6 @@
 """The tinyllm command: train, resume (bitwise), Ctrl-C, non-finite stop, sample, eval."""
+import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -121,3 +123,16 @@ def test_bpe_tokenizer_run(tmp_path):
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
     with pytest.raises(SystemExit, match="--tokenizer must be"):
         _train(tmp_path / "x", "--tokenizer", "words")
+
+
+def test_shakespeare_char_preset_is_nanogpts_cpu_configuration():
+    """The preset is nanoGPT's config/train_shakespeare_char.py with the README's CPU overrides
+    and train.py's bias=False."""
+    args = argparse.Namespace(preset="shakespeare-char",
+                              **{f.name: None for f in dataclasses.fields(cli.TrainConfig)})
+    cfg = cli._config_from_args(args)
+    expected = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12,
+                    max_iters=2000, lr_decay_iters=2000, dropout=0.0, bias=False,
+                    learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9, beta2=0.99,
+                    weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)
+    assert {k: getattr(cfg, k) for k in expected} == expected

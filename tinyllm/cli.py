@@ -65,8 +65,9 @@ class TrainConfig:
 
 
 PRESETS = {
-    # nanoGPT's config/train_shakespeare_char.py with its CPU settings
-    "shakespeare-char": {},
+    # nanoGPT's config/train_shakespeare_char.py with its README's CPU settings (the defaults
+    # above), and train.py's default bias=False: no biases in Linear and LayerNorm
+    "shakespeare-char": dict(bias=False),
     # a few seconds: for smoke tests
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=20,
                  warmup_iters=2, lr_decay_iters=20, eval_interval=10, eval_iters=2,
