@@ -306,3 +306,18 @@ def test_gpt_fused_path_equals_composed_path():
     assert abs(results[0][0] - results[1][0]) < 1e-6
     for ga, gb in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape_q, shape_kv", [((0, 2, 3, 4), (0, 2, 3, 4)),
+                                               ((2, 2, 0, 4), (2, 2, 3, 4)),
+                                               ((2, 2, 3, 4), (2, 2, 0, 4))])
+def test_fused_attention_empty_axes(shape_q, shape_kv):
+    """Empty batch, query or key axes give empty outputs (or zeros: no keys, no weights) and
+    gradients of the right shapes, as the composed path does."""
+    q = tl.zeros(*shape_q, requires_grad=True)
+    k, v = tl.zeros(*shape_kv, requires_grad=True), tl.zeros(*shape_kv, requires_grad=True)
+    y = tl.attention(q, k, v)
+    assert y.shape == shape_q
+    assert np.all(_np(y) == 0)
+    y.sum().backward()
+    assert q.grad.shape == shape_q and k.grad.shape == shape_kv and v.grad.shape == shape_kv

@@ -189,8 +189,9 @@ def attention_forward(q, k, v, scale, causal=False, mask=None, out=None, impl=No
         out[...] = o
         return out, p
     B, H, Tq, _ = q.shape
+    Tk = k.shape[2]
     p = np.matmul(q, np.swapaxes(k, -1, -2))                          # (B, H, Tq, Tk) scores
-    p2 = p.reshape(B * H * Tq, -1)                                    # a view: rows (N, Tk)
+    p2 = p.reshape(B * H * Tq, Tk)                                    # a view: rows (N, Tk)
     m = mask if mask is not None else np.zeros((1, 1, 1, 1), dtype=np.bool_)
     _scaled_masked_softmax_numba.run(p.size, p2, H, Tq, float(scale), bool(causal),
                                      mask is not None, m)              # in place: p = weights
@@ -214,9 +215,9 @@ def attention_backward(dout, q, k, v, p, scale, causal=False, dq=None, dk=None, 
         return tuple(g if t is None else t for g, t in zip(grads, outs))
     dv = np.matmul(np.swapaxes(p, -1, -2), dout, out=dv)                 # (B, H, Tk, D)
     ds = np.matmul(dout, np.swapaxes(v, -1, -2))                        # dP (B, H, Tq, Tk)
-    Tk = ds.shape[-1]
-    p2 = np.ascontiguousarray(p).reshape(-1, Tk)                       # (B, H, Tq, Tk) -> (N, Tk)
-    ds2 = ds.reshape(-1, Tk)                                            # a view (fresh array)
+    B, H, Tq, Tk = ds.shape
+    p2 = np.ascontiguousarray(p).reshape(B * H * Tq, Tk)               # (B, H, Tq, Tk) -> (N, Tk)
+    ds2 = ds.reshape(B * H * Tq, Tk)                                    # a view (fresh array)
     _softmax_backward_scaled_numba.run(ds.size, p2, ds2, float(scale))   # in place: dP -> dS
     dq = np.matmul(ds, k, out=dq)                                       # (B, H, Tq, D)
     dk = np.matmul(np.swapaxes(ds, -1, -2), q, out=dk)                  # (B, H, Tk, D)

@@ -78,11 +78,13 @@ def clip_grad_value_(parameters, clip_value):
 def _vector_norm(x, norm_type):
     """||x||_p over all elements of the array ``x``, as a 0-d array of x's dtype."""
     xp = get_array_module(x)
+    if norm_type == 2.0:
+        # sqrt(x . x): one BLAS dot over the flattened array, no (x * x) temporary
+        flat = x.reshape(-1)                               # a view when x is contiguous
+        return xp.sqrt(xp.dot(flat, flat))
     a = xp.abs(x)
     if math.isinf(norm_type):
         return xp.max(a)
-    if norm_type == 2.0:
-        return xp.sqrt(xp.sum(a * a))
     if norm_type == 1.0:
         return xp.sum(a)
     return xp.sum(a ** norm_type) ** (1.0 / norm_type)
