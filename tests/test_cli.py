@@ -136,3 +136,16 @@ def test_shakespeare_char_preset_is_nanogpts_cpu_configuration():
                     learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.9, beta2=0.99,
                     weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)
     assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+def test_readme_commands_and_ci_agree():
+    """The README opens with the two commands; .ci/run runs the test command verbatim, and the
+    main command trains the preset and samples from it."""
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2
+    main, test = commands
+    assert "tinyllm train --preset shakespeare-char" in main and "tinyllm sample" in main
+    assert test in (repo / ".ci" / "run").read_text().splitlines()

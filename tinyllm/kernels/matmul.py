@@ -58,6 +58,8 @@ runs them (for teaching, tests and profiling). Rerun the benchmark on a new mach
 changing the rule: it is the one place that would flip to Numba for batched small matrices.
 Mixed or integer dtypes, 1-D operands, empty arrays and CuPy arrays always take the reference.
 """
+import math
+
 import numpy as np
 
 from tinyllm.backend import get_array_module
@@ -326,13 +328,16 @@ def matmul(a, b, impl=None):
     if a.ndim == 1 or b.ndim == 1:
         choose(impl, auto_numba=False)                    # still validates impl
         return matmul_reference(a, b)
-    try:
-        batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ValueError(f"matmul: batch axes of shapes {a.shape} and {b.shape} do not "
-                         f"broadcast") from None
+    if a.ndim == 2 and b.ndim == 2:
+        batch_shape = ()                                  # the common case, without NumPy calls
+    else:
+        try:
+            batch_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: batch axes of shapes {a.shape} and {b.shape} do not "
+                             f"broadcast") from None
     M, K, N = a.shape[-2], k_a, b.shape[-1]
-    P = int(np.prod(batch_shape, dtype=np.int64))
+    P = math.prod(batch_shape)
     shared_b = b.ndim == 2 and P > 0                      # (..., M, K) @ (K, N): one 2-D matmul
     which = choose(impl, auto_numba=False if shared_b else _auto_numba(P, M, K, N))
     numba_ok = (get_array_module(a, b) is np and a.dtype == b.dtype
