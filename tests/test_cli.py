@@ -149,3 +149,15 @@ def test_readme_commands_and_ci_agree():
     main, test = commands
     assert "tinyllm train --preset shakespeare-char" in main and "tinyllm sample" in main
     assert test in (repo / ".ci" / "run").read_text().splitlines()
+
+
+def test_batches_and_initial_weights_use_independent_streams():
+    """The batch generator is seeded by the run's seed but is not the weights' stream."""
+    seed = 1337
+    init_stream = np.random.default_rng(seed)            # what tl.manual_seed(seed) draws from
+    data = cli.data_generator(seed)
+    assert data.bit_generator.state != init_stream.bit_generator.state
+    a = cli.data_generator(seed).integers(0, 2**62, 8)
+    b = cli.data_generator(seed).integers(0, 2**62, 8)
+    assert (a == b).all()                                 # still seeded: the same every run
+    assert not (a == np.random.default_rng(seed).integers(0, 2**62, 8)).any()

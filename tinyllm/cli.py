@@ -107,6 +107,14 @@ def _param_groups(model, weight_decay):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+def data_generator(seed):
+    """The generator of the training batches: seeded by ``seed``, but a stream of its own.
+    ``tl.manual_seed(seed)`` draws the initial weights from ``default_rng(seed)``; drawing the
+    batches from a second ``default_rng(seed)`` would replay the very same random words, so
+    the first batches' window positions would be functions of the first weights' values."""
+    return np.random.default_rng([seed, 1])
+
+
 @tl.no_grad()
 def estimate_loss(model, splits, cfg, step):
     """Mean loss over ``eval_iters`` batches per split, from a generator seeded by the step
@@ -148,7 +156,7 @@ def train(cfg, resume=False, quiet=False):
                           dropout=cfg.dropout, bias=cfg.bias))
     opt = AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
-    data_rng = np.random.default_rng(cfg.seed)
+    data_rng = data_generator(cfg.seed)
     log = {"config": dataclasses.asdict(cfg), "train_loss": [], "eval": []}
     start = 0
     ckpt = run / "checkpoint"
