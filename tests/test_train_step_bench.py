@@ -53,3 +53,24 @@ def test_torch_twin_matches_tinyllm(bench, sdpa):
     for a, b in zip(tl, pt):
         assert a == pytest.approx(b, rel=1e-4)
     assert tl[0] != tl[2]                                  # the steps did change the weights
+
+
+def test_paired_run_engines_agree_over_a_short_run(tmp_path):
+    """benchmarks/paired_run.py: tinyllm and PyTorch from the same weights and batches, with
+    the CLI's lr schedule, clipping and AdamW groups, give the same losses."""
+    pytest.importorskip("torch")
+    from tinyllm.data.corpora import corpus_path
+    try:
+        corpus_path("tinyshakespeare", download=False)
+    except FileNotFoundError:
+        pytest.skip("tinyshakespeare not found (set TINYLLM_DATA)")
+    spec = importlib.util.spec_from_file_location(
+        "paired_run", os.path.join(REPO, "benchmarks", "paired_run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(steps=6)
+    for step, r in results["tinyllm"].items():
+        for key, value in r.items():
+            assert math.isfinite(value)
+            assert value == pytest.approx(results["torch"][step][key], rel=1e-5)
+    assert results["tinyllm"]["6"]["train"] < 4.2                       # it learns a little
