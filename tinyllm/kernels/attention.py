@@ -1,4 +1,4 @@
-"""Scaled dot-product attention as one fused kernel: NumPy reference, Numba kernel, dispatcher.
+"""Scaled dot-product attention as one fused op: NumPy reference, Numba path, dispatcher.
 
 Forward, for one batch entry and head, with Q (Tq, D), K (Tk, D), V (Tk, D), scale = 1/sqrt(D):
 
@@ -16,7 +16,8 @@ Backward, from dO = dL/dO (the chain rule through the three lines above, in reve
     dK = dS^T Q * scale                (Tk, D)
 
 Masked entries have P_ij = 0, so they pass no gradient: the mask needs no backward of its own.
-Forward saves P (B, H, Tq, Tk) for the backward pass; S and dS never exist as whole arrays.
+Forward saves P (B, H, Tq, Tk) for the backward pass. On the Numba path S turns into P in place
+and dP into dS in place: one (B, H, Tq, Tk) array each way, and no mask array for causal.
 
 Causal masking with Tk >= Tq (decoding with a KV cache): the Tq queries are the *last* Tq
 positions, so query i may see keys j <= i + (Tk - Tq).
