@@ -146,7 +146,7 @@ def cases(quick):
 
             def run():
                 res["o"], p = A.attention_forward(q, k, v, scale, True, impl=impl)
-                res["g"] = A.attention_backward(dout, q, k, v, p, scale, True, impl=impl)
+                res["g"] = A.attention_backward(dout, q, k, v, p, scale, impl=impl)
             run()
             return run, lambda: (res["o"],) + tuple(res["g"])
         return make

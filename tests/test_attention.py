@@ -263,7 +263,7 @@ def test_attention_kernel_numba_equals_reference_on_strided_views():
         assert np.shares_memory(o, out)
         dqkv = np.empty_like(qkv)
         views = [dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3)]
-        A.attention_backward(dout, q, k, v, p, 0.5, True, *views, impl=impl)
+        A.attention_backward(dout, q, k, v, p, 0.5, *views, impl=impl)
         res[impl] = (out, p, dqkv)
     for a, b in zip(res["numpy"], res["numba"]):
         np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6)

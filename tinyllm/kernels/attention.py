@@ -167,6 +167,9 @@ def check_shapes(q, k, v, mask=None, op="attention"):
                              f"{tuple(mask.shape)}")
 
 
+_NO_MASK = np.zeros((1, 1, 1, 1), dtype=np.bool_)     # the kernels' "no mask" placeholder
+
+
 def _use_numba(impl, *arrays):
     if backend.get_array_module(*arrays) is not np:
         if impl == "numba":
@@ -182,7 +185,6 @@ def attention_forward(q, k, v, scale, causal=False, mask=None, out=None, impl=No
     callers can choose its memory layout. ``impl``: None, "numpy" or "numba".
     """
     check_shapes(q, k, v, mask)
-    xp = backend.get_array_module(q, k, v)
     if not _use_numba(impl, q, k, v):
         o, p = attention_forward_reference(q, k, v, scale, causal, mask)
         if out is None:
@@ -193,19 +195,18 @@ def attention_forward(q, k, v, scale, causal=False, mask=None, out=None, impl=No
     Tk = k.shape[2]
     p = np.matmul(q, np.swapaxes(k, -1, -2))                          # (B, H, Tq, Tk) scores
     p2 = p.reshape(B * H * Tq, Tk)                                    # a view: rows (N, Tk)
-    m = mask if mask is not None else np.zeros((1, 1, 1, 1), dtype=np.bool_)
+    m = mask if mask is not None else _NO_MASK
     _scaled_masked_softmax_numba.run(p.size, p2, H, Tq, float(scale), bool(causal),
                                      mask is not None, m)              # in place: p = weights
-    return xp.matmul(p, v, out=out), p
+    return np.matmul(p, v, out=out), p
 
 
-def attention_backward(dout, q, k, v, p, scale, causal=False, dq=None, dk=None, dv=None,
-                       impl=None):
+def attention_backward(dout, q, k, v, p, scale, dq=None, dk=None, dv=None, impl=None):
     """(dq, dk, dv) for ``attention_forward``, from dout (B, H, Tq, D) and the saved p.
 
     ``dq``, ``dk``, ``dv``: optional arrays (views are fine) to write the gradients into, e.g.
-    the three thirds of one packed dqkv array. ``causal`` is accepted for symmetry with the
-    forward; masked weights are already zero in p, which is all the backward needs.
+    the three thirds of one packed dqkv array. No mask is needed: masked weights are already
+    zero in p, so they pass no gradient.
     """
     if not _use_numba(impl, dout, q, k, v, p):
         grads = attention_backward_reference(dout, q, k, v, p, scale)

@@ -45,14 +45,13 @@ class ScaledDotProductAttention(Function):
         xp = backend.get_array_module(q, k, v)
         B, H, Tq, D = q.shape
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        self.causal = causal
         out = xp.empty((B, Tq, H, D), q.dtype).transpose(0, 2, 1, 3)   # (B, H, Tq, D) view
         out, self.p = attention_forward(q, k, v, self.scale, causal, mask, out=out)
         self.q, self.k, self.v = q, k, v
         return out
 
     def backward(self, dout):
-        return attention_backward(dout, self.q, self.k, self.v, self.p, self.scale, self.causal)
+        return attention_backward(dout, self.q, self.k, self.v, self.p, self.scale)
 
 
 class QKVSelfAttention(Function):
@@ -74,7 +73,7 @@ class QKVSelfAttention(Function):
         B, T, C3 = qkv.shape
         C = C3 // 3
         H, D = n_head, C // n_head
-        self.shape, self.n_head, self.causal = (B, T, C3), n_head, causal
+        self.shape, self.n_head = (B, T, C3), n_head
         self.scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
         qkv5 = qkv.reshape(B, T, 3, H, D)                     # (B, T, 3C) -> (B, T, 3, H, D)
         q, k, v = (qkv5[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # 3 x (B, H, T, D)
@@ -92,8 +91,8 @@ class QKVSelfAttention(Function):
         dqkv = xp.empty((B, T, 3, H, D), dout.dtype)
         dq, dk, dv = (dqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # (B, H, T, D)
         dout4 = dout.reshape(B, T, H, D).transpose(0, 2, 1, 3)   # (B, T, C) -> (B, H, T, D)
-        attention_backward(dout4, self.q, self.k, self.v, self.p, self.scale, self.causal,
-                           dq=dq, dk=dk, dv=dv)
+        attention_backward(dout4, self.q, self.k, self.v, self.p, self.scale, dq=dq, dk=dk,
+                           dv=dv)
         return dqkv.reshape(B, T, C3)                         # (B, T, 3, H, D) -> (B, T, 3C)
 
 
