@@ -4,6 +4,7 @@
     python benchmarks/train_step.py --configs base --rounds 3 --json out.json
     python benchmarks/train_step.py --check             # only the loss check, then exit
     python benchmarks/train_step.py --profile           # + where tinyllm's step time goes
+    python benchmarks/train_step.py --backend cupy      # tinyllm on CuPy vs PyTorch CUDA
 
 What is timed: one optimisation step of tinyllm's GPT (tinyllm/models/gpt.py) and of a
 nanoGPT-style twin written here in PyTorch, the same model in every detail: float32, no dropout,
@@ -23,6 +24,8 @@ Configs (layers/heads/dims/context/batch, vocab 65) and the targets for tinyllm 
     large   6/6/384/256/16    <= 1.0x
     preset  4/4/128/64/12     -        (the shakespeare-char preset, as benchmarks/gpt_step.py)
 
+and with ``--backend cupy`` (tinyllm on CuPy / PyTorch CUDA): large <= 1.5x.
+
 How: the two engines never share a process (their thread pools, OpenBLAS/Numba against
 PyTorch's OpenMP, slow each other down). The parent spawns
 ``python benchmarks/train_step.py --worker tinyllm|torch --config NAME --steps N`` one after
@@ -39,6 +42,14 @@ PyTorch runs with ``torch.set_num_threads(2)`` and attention through
 ``F.scaled_dot_product_attention(is_causal=True)`` as nanoGPT does (``--no-torch-sdpa``: an
 explicit masked softmax, the same ops as tinyllm). Without torch installed, only tinyllm is
 timed.
+
+``--backend cupy`` times tinyllm on CuPy against the twin on CUDA (no TF32 on either side): the
+same weights (built on the CPU, then moved), the same batches (copied to the GPU inside the
+timed step, for both), and a step ends with ``loss.item()``, which waits for the GPU, so every
+timed step is the GPU's work done. Each worker also reports ``host_ms``: the time until the
+step's last op was enqueued, before that wait. When host_ms is close to ms_per_step, the step is
+bound by Python and kernel launches, not by the GPU. Peak memory is the GPU's (CuPy's memory
+pool, torch.cuda.max_memory_reserved) rather than RSS.
 
 ``--profile`` runs one more tinyllm worker per config after the rounds, whose steps after the
 first are instrumented (the timed steps never are), and splits a step into: matmul (time
@@ -82,6 +93,7 @@ CONFIGS = {
 }
 DEFAULT_CONFIGS = ("small", "base", "preset", "large")
 TARGETS = {"small": 1.5, "base": 1.0, "large": 1.0}
+GPU_TARGETS = {"large": 1.5}                    # tinyllm on CuPy / PyTorch CUDA
 # (warm-up steps, timed steps, seconds) per worker: a worker stops timing early once its timed
 # steps took that long, so a slow engine (or a busy machine) cannot stretch the run unboundedly
 STEPS = {"small": (5, 30, 3.0), "base": (3, 20, 4.0), "preset": (3, 20, 4.0),
@@ -90,6 +102,7 @@ BUDGET_S = 540                  # the default run skips its last rounds rather t
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.99), 1e-8, 0.1
 CHECK_CONFIG, CHECK_STEPS, CHECK_RTOL = "base", 3, 1e-4
 TORCH_THREADS = 2
+VERBOSE = False                  # --verbose: one line per worker on stderr
 
 
 def _config(config):
@@ -142,20 +155,27 @@ def _peak_rss_mb():
 # ----------------------------------------------------------------------------------------------
 # tinyllm
 
-def _tinyllm_setup(cfg):
+def _tinyllm_setup(cfg, backend="numpy"):
+    import tinyllm as tl
     from tinyllm.optim import AdamW
-    model = _tinyllm_model(cfg)
+    model = _tinyllm_model(cfg)                  # on the CPU: the same weights as the twin's
+    if backend == "cupy":
+        model.to("cuda")
+        tl.set_backend("cupy")
     opt = AdamW(_param_groups(model.named_parameters()), lr=LR, betas=BETAS, eps=EPS,
                 weight_decay=WEIGHT_DECAY)
     return model, opt
 
 
-def _tinyllm_step(model, opt, x, y):
+def _tinyllm_step(model, opt, x, y, to_device=None):
+    """One step; returns the loss as a Tensor (not yet read back: the caller times both)."""
+    if to_device is not None:
+        x, y = to_device(x), to_device(y)
     _, loss = model(x, y)
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return loss.item()
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,26 +271,33 @@ def build_torch_model(cfg, state, sdpa=True):
     return model
 
 
-def _torch_setup(cfg, sdpa):
+def _torch_setup(cfg, sdpa, backend="numpy"):
     import torch
     torch.set_num_threads(TORCH_THREADS)
     tl_model = _tinyllm_model(cfg)
     state = {k: v.numpy().copy() for k, v in tl_model.state_dict().items()}
     del tl_model
     model = build_torch_model(cfg, state, sdpa)
+    if backend == "cupy":
+        torch.backends.cuda.matmul.allow_tf32 = False          # float32 products, as CuPy's
+        torch.backends.cudnn.allow_tf32 = False
+        model.to("cuda")
     model.train()
     opt = torch.optim.AdamW(_param_groups(model.named_parameters()), lr=LR, betas=BETAS,
                             eps=EPS, weight_decay=WEIGHT_DECAY)
     return model, opt
 
 
-def _torch_step(model, opt, x, y):
+def _torch_step(model, opt, x, y, to_device=None):
     import torch
-    _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    if to_device is not None:
+        x, y = to_device(x), to_device(y)
+    _, loss = model(x, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.item()
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -382,45 +409,71 @@ def _profile_tinyllm(model, opt, batches, steps):
 # ----------------------------------------------------------------------------------------------
 # worker
 
-def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max_time=None):
+def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max_time=None,
+               backend="numpy"):
     """Build ``engine``'s model at ``config``, run warm-up steps, then time ``steps`` steps
     (fewer once the timed ones took ``max_time`` seconds; at least one).
 
     Returns a dict: ms_per_step (median of the timed steps), ms (each step), losses (every
     step, warm-up included: the first is the loss at the shared initial weights), peak_rss_mb,
-    step_delta_mb, and with ``profile`` (tinyllm only) the time split of extra steps.
+    step_delta_mb, and with ``profile`` (tinyllm only) the time split of extra steps. With
+    ``backend="cupy"`` tinyllm runs on CuPy and torch on CUDA; host_ms (the time before the
+    step's closing ``loss.item()``) and peak_gpu_mb are added.
     """
+    if backend not in ("numpy", "cupy"):
+        raise ValueError(f"backend must be 'numpy' or 'cupy', got {backend!r}")
     cfg = _config(config)
     if warmup is None:
         warmup = STEPS.get(config, (1, 0))[0] if isinstance(config, str) else 1
     freed = False
+    to_device = gpu_peak_mb = None
     if engine == "tinyllm":
         import tinyllm as tl
         keep = getattr(tl.backend, "keep_freed_memory", None)
         freed = bool(keep()) if keep else False          # as tinyllm's CLI does, where it can
-        model, opt = _tinyllm_setup(cfg)
+        model, opt = _tinyllm_setup(cfg, backend)
         step = _tinyllm_step
+        if backend == "cupy":
+            import cupy
+            to_device = cupy.asarray
+
+            def gpu_peak_mb():
+                return cupy.get_default_memory_pool().total_bytes() / 2**20
     elif engine == "torch":
-        model, opt = _torch_setup(cfg, sdpa)
+        model, opt = _torch_setup(cfg, sdpa, backend)
         step = _torch_step
+        if backend == "cupy":
+            import torch
+
+            def to_device(t):
+                return t.to("cuda")
+
+            def gpu_peak_mb():
+                return torch.cuda.max_memory_reserved() / 2**20
     else:
         raise ValueError(f"engine must be 'tinyllm' or 'torch', got {engine!r}")
     batches = _batches(cfg)
     rss_before = _rss_mb()
-    losses, times = [], []
+    losses, times, host = [], [], []
     for i in range(warmup + steps):
         x, y = next(batches)
         t0 = time.perf_counter()
-        losses.append(step(model, opt, x, y))
+        loss = step(model, opt, x, y, to_device)
+        t1 = time.perf_counter()
+        losses.append(loss.item())                       # waits for the GPU on cupy/CUDA
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
+            host.append((t1 - t0) * 1e3)
             if max_time is not None and sum(times) >= max_time * 1e3:
                 break
     out = {"engine": engine, "config": config if isinstance(config, str) else list(cfg),
            "steps": len(times), "warmup": warmup, "keep_freed_memory": freed,
            "ms_per_step": statistics.median(times) if times else float("nan"),
            "ms": times, "losses": losses, "peak_rss_mb": _peak_rss_mb(),
-           "step_delta_mb": _peak_rss_mb() - rss_before}
+           "step_delta_mb": _peak_rss_mb() - rss_before, "backend": backend}
+    if gpu_peak_mb is not None:
+        out["host_ms"] = statistics.median(host) if host else float("nan")
+        out["peak_gpu_mb"] = gpu_peak_mb()
     if profile and engine == "tinyllm":
         out["profile"] = _profile_tinyllm(model, opt, batches, max(3, min(steps, 10)))
     return out
@@ -429,9 +482,10 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
 # ----------------------------------------------------------------------------------------------
 # parent
 
-def machine_info():
+def machine_info(gpu=False):
     """CPU, core count, Python and library versions, BLAS; torch's version without importing
-    it (the parent stays light)."""
+    it (the parent stays light). With ``gpu``: the device's name and CuPy's and torch's CUDA
+    versions (this imports cupy)."""
     info = {"python": platform.python_version(), "cores": os.cpu_count()}
     try:
         with open("/proc/cpuinfo") as f:
@@ -445,6 +499,17 @@ def machine_info():
         except importlib.metadata.PackageNotFoundError:
             info[pkg] = None
     info["blas"] = _blas_info()
+    if gpu:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        info["cupy"] = cupy.__version__
+        info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        try:
+            import torch
+            info["torch_cuda"] = torch.version.cuda
+        except ImportError:
+            info["torch_cuda"] = None
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -474,31 +539,36 @@ def _blas_info():
         return "unknown"
 
 
-def _spawn(engine, config, steps, warmup, sdpa, profile, max_time=None):
+def _spawn(engine, config, steps, warmup, sdpa, profile, max_time=None, backend="numpy"):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--config", config,
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup), "--backend", backend]
     if max_time is not None:
         cmd += ["--max-time", str(max_time)]
     if not sdpa:
         cmd.append("--no-torch-sdpa")
     if profile:
         cmd.append("--profile")
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"worker failed: {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if VERBOSE:
+        print(f"    {engine:<8}{config:<8}{out['ms_per_step']:9.2f} ms/step, {out['steps']} "
+              f"steps, worker {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    return out
 
 
 def _rel(a, b):
     return abs(a - b) / max(abs(b), 1e-30)
 
 
-def check(sdpa=True, config=CHECK_CONFIG, steps=CHECK_STEPS):
+def check(sdpa=True, config=CHECK_CONFIG, steps=CHECK_STEPS, backend="numpy"):
     """First-step losses of both engines (same weights, same batch) agree to CHECK_RTOL."""
-    tl = _spawn("tinyllm", config, steps, 0, sdpa, False)["losses"]
-    pt = _spawn("torch", config, steps, 0, sdpa, False)["losses"]
+    tl = _spawn("tinyllm", config, steps, 0, sdpa, False, backend=backend)["losses"]
+    pt = _spawn("torch", config, steps, 0, sdpa, False, backend=backend)["losses"]
     rels = [_rel(a, b) for a, b in zip(tl, pt)]
-    print(f"check ({config}): loss step 1 tinyllm {tl[0]:.6f}  torch {pt[0]:.6f}  "
+    print(f"check ({config}, {backend}): loss step 1 tinyllm {tl[0]:.6f}  torch {pt[0]:.6f}  "
           f"rel {rels[0]:.1e} (<= {CHECK_RTOL:.0e}); after AdamW steps 2..{len(rels)}: "
           f"max rel {max(rels[1:], default=0.0):.1e}")
     if not rels[0] <= CHECK_RTOL:
@@ -531,12 +601,17 @@ def _print_profile(name, timed_ms, prof):
 
 
 def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False,
-         json_path=None, budget=BUDGET_S):
+         json_path=None, budget=BUDGET_S, backend="numpy"):
     t_start = time.perf_counter()
     have_torch = importlib.util.find_spec("torch") is not None
-    info = machine_info()
-    print("GPT training step (forward + backward + AdamW), tinyllm vs PyTorch CPU, float32")
+    gpu = backend == "cupy"
+    info = machine_info(gpu)
+    print("GPT training step (forward + backward + AdamW), tinyllm vs PyTorch "
+          f"{'CUDA' if gpu else 'CPU'}, float32")
     print(f"machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}")
+    if gpu:
+        print(f"GPU: {info.get('gpu')}; cupy {info.get('cupy')}, torch CUDA "
+              f"{info.get('torch_cuda')} (TF32 off)")
     print(f"numpy {info['numpy']} (BLAS: {info['blas']}), numba {info['numba']}, torch "
           f"{info['torch'] or 'not installed'} ({TORCH_THREADS} threads, "
           f"{'sdpa' if sdpa else 'masked softmax'} attention)")
@@ -544,9 +619,10 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
         print(f"tinyllm commit {info['commit']}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"{rounds} rounds, engines alternating in separate processes; medians\n")
-    result = {"machine": info, "rounds": rounds, "sdpa": sdpa, "configs": {}}
+    result = {"machine": info, "rounds": rounds, "sdpa": sdpa, "backend": backend,
+              "configs": {}}
     if have_torch:
-        result["check"] = check(sdpa)
+        result["check"] = check(sdpa, backend=backend)
     else:
         print("torch not installed: timing tinyllm only, no loss check")
     engines = ["tinyllm", "torch"] if have_torch else ["tinyllm"]
@@ -560,7 +636,7 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
             if steps:                                     # explicit --steps: no time cap
                 n, max_time = steps, None
             for e in (engines if r % 2 == 0 else engines[::-1]):
-                runs[(c, e)].append(_spawn(e, c, n, warm, sdpa, False, max_time))
+                runs[(c, e)].append(_spawn(e, c, n, warm, sdpa, False, max_time, backend))
         done += 1
         now = time.perf_counter()
         print(f"  round {r + 1}/{rounds} done ({now - t_start:.0f} s)", flush=True)
@@ -573,42 +649,50 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
     if profile:                 # one more tinyllm worker per config: 1 timed step, then profiled
         for c in configs:
             warm, n, _ = STEPS[c]
-            profiles[c] = _spawn("tinyllm", c, steps or n, warm, sdpa, True, 0.0)["profile"]
+            profiles[c] = _spawn("tinyllm", c, steps or n, warm, sdpa, True, 0.0,
+                                 backend)["profile"]
         print(f"  profiles done ({time.perf_counter() - t_start:.0f} s)")
 
+    mem_cols = (("host ms tl/pt", "host_ms", ".1f"), ("peak GPU MB tl/pt", "peak_gpu_mb", ".0f")) \
+        if gpu else (("peak RSS MB tl/pt", "peak_rss_mb", ".0f"),
+                     ("step delta MB", "step_delta_mb", ".0f"))
     print(f"\n{'config':<8}{'L/H/C/T/B':<16}{'tinyllm ms':>11}{'torch ms':>10}{'ratio':>7}"
-          f"{'target':>8}{'met':>5}{'spread tl/pt':>16}{'peak RSS MB tl/pt':>19}"
-          f"{'step delta MB':>15}")
+          f"{'target':>8}{'met':>5}{'spread tl/pt':>16}{mem_cols[0][0]:>19}{mem_cols[1][0]:>19}")
     for c in configs:
         entry = {}
         for e in engines:
             ms = [w["ms_per_step"] for w in runs[(c, e)]]
             entry[e] = {"ms_per_step": statistics.median(ms), "rounds_ms": ms,
-                        "peak_rss_mb": max(w["peak_rss_mb"] for w in runs[(c, e)]),
-                        "step_delta_mb": max(w["step_delta_mb"] for w in runs[(c, e)]),
                         "first_loss": runs[(c, e)][0]["losses"][0]}
+            for key in ("peak_rss_mb", "step_delta_mb", "peak_gpu_mb"):
+                if key in runs[(c, e)][0]:
+                    entry[e][key] = max(w[key] for w in runs[(c, e)])
+            if "host_ms" in runs[(c, e)][0]:
+                entry[e]["host_ms"] = statistics.median(w["host_ms"] for w in runs[(c, e)])
         tl_ms = entry["tinyllm"]["ms_per_step"]
         pt_ms = entry["torch"]["ms_per_step"] if have_torch else float("nan")
         ratio = tl_ms / pt_ms
-        target = TARGETS.get(c)
+        target = (GPU_TARGETS if gpu else TARGETS).get(c)
         met = "-" if target is None or not have_torch else ("yes" if ratio <= target else "no")
 
         def spread(e):
             ms = entry[e]["rounds_ms"] if e in entry else [float("nan")]
             return (max(ms) - min(ms)) / statistics.median(ms)
 
-        def mem(key):
-            return "/".join(f"{entry[e][key]:.0f}" if e in entry else "-"
+        def mem(key, fmt):
+            return "/".join(format(entry[e][key], fmt) if e in entry else "-"
                             for e in ("tinyllm", "torch"))
 
         print(f"{c:<8}{_shape(_config(c)):<16}{tl_ms:11.1f}{pt_ms:10.1f}{f'{ratio:.2f}x':>7}"
               f"{f'{target:.1f}x' if target else '(none)':>8}{met:>5}"
               f"{f'{spread(engines[0]):.0%}/{spread(engines[-1]):.0%}':>16}"
-              f"{mem('peak_rss_mb'):>19}{mem('step_delta_mb'):>15}")
+              f"{mem(*mem_cols[0][1:]):>19}{mem(*mem_cols[1][1:]):>19}")
         entry.update(ratio=ratio, target=target, shape=_shape(_config(c)))
         result["configs"][c] = entry
-    print("spread: (max - min) / median of the per-round medians; step delta: peak RSS minus "
-          "the RSS before the first step")
+    print("spread: (max - min) / median of the per-round medians; " + (
+        "host ms: the step's time before its closing loss.item() waits for the GPU (close to "
+        "the step time: bound by Python and launches); peak GPU MB: CuPy's pool / torch's "
+        "reserved" if gpu else "step delta: peak RSS minus the RSS before the first step"))
     steps_done = {c: [w["steps"] for e in engines for w in runs[(c, e)]] for c in configs}
     print("timed steps per worker: " + ", ".join(
         f"{c} {min(v)}-{max(v)}" if min(v) != max(v) else f"{c} {v[0]}"
@@ -638,7 +722,12 @@ def _parse(argv=None):
                    ", ".join(f"{k} {v[1]}" for k, v in STEPS.items()) +
                    ", each stopping early after " +
                    ", ".join(f"{v[2]:g}" for v in STEPS.values()) + " s)")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy",
+                   help="numpy: tinyllm on the CPU vs PyTorch CPU; cupy: tinyllm on CuPy vs "
+                   "PyTorch CUDA (default: %(default)s)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--verbose", action="store_true",
+                   help="print each worker's result and wall time as it finishes (stderr)")
     p.add_argument("--budget", type=float, default=BUDGET_S,
                    help="seconds: skip the remaining rounds once another would pass this "
                    "(default: %(default)s; 0: no limit)")
@@ -665,15 +754,16 @@ def _parse(argv=None):
 
 if __name__ == "__main__":
     args = _parse()
+    VERBOSE = args.verbose
     if args.worker:
         steps = args.steps if args.steps is not None else STEPS[args.config][1]
         out = run_worker(args.worker, args.config, steps, args.warmup, args.sdpa, args.profile,
-                         args.max_time)
+                         args.max_time, args.backend)
         print(json.dumps(out))
     elif args.check:
         if importlib.util.find_spec("torch") is None:
             raise SystemExit("--check needs torch")
-        check(args.sdpa)
+        check(args.sdpa, backend=args.backend)
     else:
         main(args.configs, args.rounds, args.steps, args.sdpa, args.profile, args.json,
-             args.budget)
+             args.budget, args.backend)

@@ -346,3 +346,36 @@ def test_matches_torch_over_10_steps(impl, dtype, name, weight_decay):
         atol = ulps * np.finfo(dtype).eps * np.abs(theirs).max()
         np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol)
     assert np.abs(p - p0).max() > 0.05                # 10 steps of ~lr moved p
+
+
+# ----------------------------------------------------------------------------------------------
+# CuPy: the elementwise kernel == the reference run on CuPy, bit for bit
+
+def _run_cupy(impl, shape, dtype, weight_decay, decoupled, steps=5):
+    from tinyllm import backend
+    p, m, v = (backend.to_device(a, "cuda") for a in _arrays(shape, dtype))
+    for t, g in enumerate(_grads(shape, dtype, steps), start=1):
+        A.adam_step(p, backend.to_device(g, "cuda"), m, v, HYPER["lr"], HYPER["beta1"],
+                    HYPER["beta2"], HYPER["eps"], weight_decay, t, decoupled, impl=impl)
+    return [backend.asnumpy(a) for a in (p, m, v)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weight_decay,decoupled", MODES)
+@pytest.mark.parametrize("shape", [(0,), (7,), (65, 128), (2, 3, 17)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_kernel_equals_reference_bit_for_bit(dtype, shape, weight_decay, decoupled,
+                                                  monkeypatch):
+    launched = []
+    original = A._adam_step_cupy
+    monkeypatch.setattr(A, "_adam_step_cupy", lambda *a: launched.append(1) or original(*a))
+    ref = _run_cupy("numpy", shape, dtype, weight_decay, decoupled)
+    assert not launched
+    out = _run_cupy(None, shape, dtype, weight_decay, decoupled)
+    assert len(launched) == (5 if np.prod(shape) else 0)
+    for a, r in zip(out, ref):
+        np.testing.assert_array_equal(a, r)
+    cpu = _run("numpy", shape, dtype, weight_decay, decoupled)        # and the CPU's numbers
+    for a, r in zip(out, cpu):
+        np.testing.assert_allclose(a, r, rtol=1e-6 if dtype == np.float32 else 1e-14,
+                                   atol=1e-7 if dtype == np.float32 else 1e-16)

@@ -188,6 +188,49 @@ def test_rng_states_are_restored(tmp_path):
     assert backend._state["seed"] == 0
 
 
+def test_gpu_generator_state_is_saved_and_restored_without_touching_cupy(tmp_path):
+    """The GPU generator's state is a host PCG64 (backend.CupyGenerator): a checkpoint stores
+    it once the generator exists and restores it, with no draw, so no GPU is needed here."""
+    import sys
+    m = _model()
+    tl.manual_seed(4)
+    gen = backend.get_generator("cuda") if backend.cuda_is_available() else None
+    if gen is None:                           # no GPU: create it the way get_generator does
+        gen = backend._state["generators"]["cuda"] = backend.CupyGenerator(4)
+    gen.bit_generator.advance(7)              # as if 7 keys had been drawn
+    before = gen.bit_generator.state
+    save_checkpoint(tmp_path, m)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["rng"]["cuda"] == before and meta["rng"]["cpu"]["bit_generator"] == "PCG64"
+    tl.manual_seed(99)                        # forget every generator
+    cupy_loaded = "cupy" in sys.modules
+    load_checkpoint(tmp_path, m)
+    assert backend._state["generators"]["cuda"].bit_generator.state == before
+    assert ("cupy" in sys.modules) == cupy_loaded
+    # the key stream is seeded apart from the CPU generator's
+    tl.manual_seed(4)
+    keys = backend.CupyGenerator(4).bit_generator.random_raw(3)
+    assert list(keys) != list(backend.get_generator("cpu").bit_generator.random_raw(3))
+
+
+@pytest.mark.gpu
+def test_gpu_dropout_stream_continues_after_a_checkpoint(tmp_path):
+    """On CuPy: masks drawn after load_checkpoint equal those an uninterrupted run draws."""
+    m = _model()
+    x = tl.ones(4, 5, device="cuda")
+    tl.manual_seed(3)
+    tl.dropout(x, 0.5)
+    save_checkpoint(tmp_path, m)
+    expected = [tl.dropout(x, 0.5).numpy() for _ in range(2)] + [tl.randn(3, device="cuda")
+                                                                  .numpy()]
+    tl.manual_seed(42)
+    load_checkpoint(tmp_path, m)
+    got = [tl.dropout(x, 0.5).numpy() for _ in range(2)] + [tl.randn(3, device="cuda").numpy()]
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(got[0], got[1])            # fresh masks, not one repeated
+
+
 # ----------------------------------------------------------------------------------------------
 # atomic saves
 

@@ -192,6 +192,86 @@ def test_gelu_backward_kernel_equals_finite_differences(approximate):
 
 
 # ----------------------------------------------------------------------------------------------
+# CuPy kernels (GPU): equal to the reference run on CuPy and to the NumPy reference
+
+def _gpu(*arrays):
+    from tinyllm import backend
+    return [backend.to_device(a, "cuda") for a in arrays]
+
+
+def _cpu(*arrays):
+    from tinyllm import backend
+    return [backend.asnumpy(a) for a in arrays]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 8), (3, 5), (37, 64), (300, 33), (5, 130),
+                                   (64, 768), (2, 4100)])
+def test_layer_norm_cupy_kernel_equals_reference(shape, dtype, monkeypatch):
+    x = _x(shape, dtype, scale=3) + 2
+    w, b = _x(shape[1:], dtype, seed=1), _x(shape[1:], dtype, seed=2)
+    dy = _x(shape, dtype, seed=3)
+    calls = []
+    for name in ("_layer_norm_forward_cupy", "_layer_norm_backward_cupy"):
+        fn = getattr(LN, name)
+        monkeypatch.setattr(LN, name, lambda *a, fn=fn: calls.append(fn) or fn(*a))
+    cpu = LN.layer_norm_forward(x, w, b, 1e-5, impl="numpy")
+    ref = LN.layer_norm_forward(*_gpu(x, w, b), 1e-5, impl="numpy")
+    got = LN.layer_norm_forward(*_gpu(x, w, b), 1e-5)
+    for a, r, c in zip(_cpu(*got), _cpu(*ref), cpu):
+        _close(a, r, dtype, scale=10)
+        _close(a, c, dtype, scale=10)
+    gcpu = LN.layer_norm_backward(dy, x, w, cpu[1], cpu[2], impl="numpy")
+    gref = LN.layer_norm_backward(*_gpu(dy, x, w), ref[1], ref[2], impl="numpy")
+    ggot = LN.layer_norm_backward(*_gpu(dy, x, w), got[1], got[2])
+    for a, r, c in zip(_cpu(*ggot), _cpu(*gref), gcpu):
+        _close(a, r, dtype, scale=shape[0])
+        _close(a, c, dtype, scale=shape[0])
+    assert len(calls) == 2                                  # the kernels ran, not the reference
+    xt = _gpu(np.ascontiguousarray(x.T).T)[0][:, ::1]       # strided input
+    _close(_cpu(LN.layer_norm_forward(xt, *_gpu(w, b))[0])[0], cpu[0], dtype, scale=10)
+
+
+@pytest.mark.gpu
+def test_layer_norm_cupy_kernel_equals_finite_differences():
+    x, w, b = _x((4, 6), np.float64), _x((6,), np.float64, seed=1), _x((6,), np.float64, seed=2)
+    v = _x((4, 6), np.float64, seed=3)
+    y, mu, rstd = LN.layer_norm_forward(*_gpu(x, w, b))
+    dx, dw, db = _cpu(*LN.layer_norm_backward(*_gpu(v, x, w), mu, rstd))
+
+    def fwd(a, b_, c):
+        return _cpu(LN.layer_norm_forward(*_gpu(a, b_, c))[0])[0]
+    np.testing.assert_allclose(dx, _fd(lambda a: fwd(a, w, b), x, v), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dw, _fd(lambda a: fwd(x, a, b), w.copy(), v), rtol=1e-6,
+                               atol=1e-8)
+    np.testing.assert_allclose(db, _fd(lambda a: fwd(x, w, a), b.copy(), v), rtol=1e-6,
+                               atol=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", [(1,), (7, 3), (4, 5, 129)])
+def test_gelu_cupy_kernel_equals_reference(shape, dtype, approximate):
+    x, dy = _x(shape, dtype, scale=3), _x(shape, dtype, seed=1)
+    gx, gdy = _gpu(x, dy)
+    fwd = G.gelu_forward(gx, approximate)
+    bwd = G.gelu_backward(gx, gdy, approximate)
+    assert fwd.dtype == dtype and bwd.dtype == dtype
+    for got, ref_gpu, ref_cpu in [
+            (fwd, G.gelu_forward(gx, approximate, impl="numpy"),
+             G.gelu_forward(x, approximate, impl="numpy")),
+            (bwd, G.gelu_backward(gx, gdy, approximate, impl="numpy"),
+             G.gelu_backward(x, dy, approximate, impl="numpy"))]:
+        _close(_cpu(got)[0], _cpu(ref_gpu)[0], dtype, scale=10)
+        _close(_cpu(got)[0], ref_cpu, dtype, scale=10)
+    xs = _gpu(_x((10, 12), dtype))[0][:, ::3]              # non-contiguous
+    _close(_cpu(G.gelu_forward(xs, approximate))[0],
+           G.gelu_forward(_cpu(xs)[0], approximate, impl="numpy"), dtype, scale=10)
+
+
+# ----------------------------------------------------------------------------------------------
 # embedding backward (scatter-add)
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -340,15 +340,8 @@ def _tensors(arrays, dtype):
     return out
 
 
-def _check_dropout_device(case):
-    # The dropout cases draw masks from a NumPy Generator, which a CuPy array cannot use.
-    if case.name.startswith("dropout") and tl.get_backend() == "cupy":
-        pytest.skip("NumPy generator on the CuPy backend")
-
-
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_forward_float64_matches_reference(case):
-    _check_dropout_device(case)
     arrays = case.arrays()
     out = case.fn(*_tensors(arrays, np.float64))
     expected = np.asarray(case.ref(*arrays), dtype=np.float64)
@@ -359,7 +352,6 @@ def test_forward_float64_matches_reference(case):
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_forward_float32_matches_reference(case):
-    _check_dropout_device(case)
     arrays = case.arrays()
     out = case.fn(*_tensors(arrays, np.float32))
     # the reference sees the same float32-rounded inputs, computed in float64
@@ -373,14 +365,12 @@ def test_forward_float32_matches_reference(case):
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_backward_gradcheck_float64(case):
-    _check_dropout_device(case)
     arrays = case.arrays()
     assert tl.gradcheck(case.fn, _tensors(arrays, np.float64))
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_backward_float32_grads_match_float64(case):
-    _check_dropout_device(case)
     arrays = case.arrays()
     grads = {}
     for dtype in (np.float32, np.float64):
@@ -410,8 +400,6 @@ def test_every_function_class_is_covered_by_a_case():
     Function.apply = classmethod(spy)
     try:
         for case in CASES:
-            if case.name.startswith("dropout") and tl.get_backend() == "cupy":
-                continue
             case.fn(*_tensors(case.arrays(), np.float64))
     finally:
         Function.apply = classmethod(original)

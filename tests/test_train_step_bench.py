@@ -26,6 +26,25 @@ def test_tinyllm_worker_runs(bench):
     assert out["peak_rss_mb"] > 0
 
 
+def test_unknown_backend_is_refused(bench):
+    with pytest.raises(ValueError, match="backend must be 'numpy' or 'cupy'"):
+        bench.run_worker("tinyllm", "tiny", steps=1, warmup=0, backend="torch")
+
+
+@pytest.mark.gpu
+def test_cupy_worker_gives_the_cpu_losses(bench):
+    """--backend cupy: the same weights and batches on the GPU, the same losses (float32)."""
+    import tinyllm as tl
+    cpu = bench.run_worker("tinyllm", "tiny", steps=2, warmup=1)
+    try:
+        gpu = bench.run_worker("tinyllm", "tiny", steps=2, warmup=1, backend="cupy")
+    finally:
+        tl.set_backend("numpy")
+    assert gpu["backend"] == "cupy" and gpu["peak_gpu_mb"] > 0 and gpu["host_ms"] > 0
+    for a, b in zip(gpu["losses"], cpu["losses"]):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
 def test_profile_parts_add_up_and_patches_are_undone(bench):
     from tinyllm.autograd.function import Function
     from tinyllm.kernels import matmul as km

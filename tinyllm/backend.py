@@ -149,14 +149,70 @@ def manual_seed(seed):
 
 
 def get_generator(device=None):
-    """The random generator for ``device`` (NumPy ``Generator`` or CuPy's), created on first use."""
+    """The random generator for ``device``, created on first use: a NumPy ``Generator`` for
+    'cpu', a ``CupyGenerator`` for 'cuda'."""
     device = device or _state["device"]
     gen = _state["generators"].get(device)
     if gen is None:
-        xp = xp_for_device(device)
-        gen = xp.random.default_rng(_state["seed"])
-        _state["generators"][device] = gen
+        if device == "cpu":
+            gen = np.random.default_rng(_state["seed"])
+        else:
+            gen = CupyGenerator(_state["seed"])
+        _state["generators"][_check_device(device)] = gen
     return gen
+
+
+def generator_states():
+    """{device: state} of the generators created so far (JSON-ready dicts), for checkpoints."""
+    return {device: gen.bit_generator.state for device, gen in _state["generators"].items()}
+
+
+def set_generator_states(states):
+    """Put generators back in the states ``generator_states`` returned. The GPU's needs no GPU
+    to be restored (its state is on the host): a checkpoint from a GPU run loads anywhere."""
+    for device, state in states.items():
+        if device not in _DEVICES:
+            raise ValueError(f"set_generator_states: unknown device {device!r}")
+        gen = _state["generators"].get(device)
+        if gen is None:
+            gen = np.random.default_rng() if device == "cpu" else CupyGenerator()
+            _state["generators"][device] = gen
+        gen.bit_generator.state = state
+
+
+class CupyGenerator:
+    """Random draws on the GPU whose whole state lives on the host, so it can be saved.
+
+    CuPy's generators keep their state in GPU memory with no API to read or set it, so a
+    checkpoint could not continue their stream. Here each draw takes one 63-bit key from a NumPy
+    generator (``bit_generator``, PCG64) and fills the array on the GPU with CuPy's
+    counter-based Philox4x32-10 keyed by it. Philox's state is just (key, counter), so a fresh
+    one per draw costs one small initialisation kernel, and the sequence of draws is a function
+    of the host generator's state: checkpoints save and restore that (``generator_states``),
+    and a resumed GPU run draws the same dropout masks as an uninterrupted one. The key stream
+    is seeded apart from the CPU generator's (spawn key 1), so the two are not the same numbers.
+
+    It offers the draws tinyllm makes: ``random`` (uniform [0, 1)) and ``standard_normal``.
+    """
+
+    def __init__(self, seed=None):
+        self._keys = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+
+    @property
+    def bit_generator(self):
+        """The host generator's bit generator: its ``.state`` is this generator's state."""
+        return self._keys.bit_generator
+
+    def _philox(self):
+        cupy = _import_cupy()
+        key = int(self._keys.integers(0, 2**63))
+        return cupy.random.Generator(cupy.random.Philox4x3210(key))
+
+    def random(self, size=None, dtype=np.float64):
+        return self._philox().random(size, dtype=dtype)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._philox().standard_normal(size, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,12 +222,14 @@ def scatter_add(target, index, values):
     """``target[index] += values`` where repeated indices add up (unbuffered), in place.
 
     Plain ``target[index] += values`` is buffered: with a repeated index only the last write
-    survives. NumPy spells the unbuffered version ``np.add.at``, CuPy ``cupyx.scatter_add``.
+    survives. NumPy spells the unbuffered version ``np.add.at``, and so does CuPy from version 13
+    (before it, only ``cupyx.scatter_add``, which CuPy 14 deprecates).
     """
     xp = get_array_module(target)
-    if xp is np:
-        np.add.at(target, index, values)
-    else:
+    add_at = getattr(xp.add, "at", None)
+    if add_at is not None:
+        add_at(target, index, values)
+    else:                                       # CuPy < 13
         import cupyx
         cupyx.scatter_add(target, index, values)
     return target
@@ -214,6 +272,53 @@ def erf(x):
     out[big] = 1.0 - xp.exp(-b * b) / np.sqrt(np.pi) / (b + frac)
 
     return (xp.sign(x) * out).astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled CuPy kernels (the GPU's counterpart of the Numba kernels), built on first use
+
+_cupy_kernels = {}
+
+
+def cupy_elementwise_kernel(name, in_params, out_params, operation, options=()):
+    """``cupy.ElementwiseKernel(in_params, out_params, operation, name)``, built once and kept.
+
+    The kernel modules describe their GPU kernels through this and ``cupy_raw_kernel``, so that
+    CuPy stays imported here only. A kernel is compiled (NVRTC, cached on disk by CuPy) the
+    first time it runs on a dtype.
+    """
+    key = ("elementwise", name, options)
+    kern = _cupy_kernels.get(key)
+    if kern is None:
+        cupy = _import_cupy()
+        kern = cupy.ElementwiseKernel(in_params, out_params, operation, name,
+                                      options=tuple(options))
+        _cupy_kernels[key] = kern
+    return kern
+
+
+def cupy_reduction_kernel(name, in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                          identity):
+    """``cupy.ReductionKernel(...)``, built once and kept (see cupy_elementwise_kernel)."""
+    key = ("reduction", name)
+    kern = _cupy_kernels.get(key)
+    if kern is None:
+        cupy = _import_cupy()
+        kern = cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr,
+                                    post_map_expr, identity, name)
+        _cupy_kernels[key] = kern
+    return kern
+
+
+def cupy_raw_kernel(name, source, options=()):
+    """``cupy.RawKernel(source, name)`` (CUDA C), built once and kept."""
+    key = ("raw", name, source, options)
+    kern = _cupy_kernels.get(key)
+    if kern is None:
+        cupy = _import_cupy()
+        kern = cupy.RawKernel(source, name, options=tuple(options))
+        _cupy_kernels[key] = kern
+    return kern
 
 
 # ----------------------------------------------------------------------------------------------

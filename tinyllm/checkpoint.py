@@ -34,10 +34,11 @@ Ctrl-C, an exception) before it leaves the previous checkpoint intact and remove
 a successful save then deletes the data files the old meta.json named. One writer per directory.
 
 Resuming exactly. Training is deterministic given the weights, the optimizer state and every
-random state in play: tinyllm's generator (dropout masks, ``randn``) is saved and restored here,
-and a data-sampling ``numpy.random.Generator`` passed in ``extra`` comes back as a Generator in
-the same state. Then steps after a resume equal those of an uninterrupted run, bit for bit, on
-the CPU (tests/test_checkpoint.py). The GPU's (CuPy) generator is not saved.
+random state in play: tinyllm's generators (dropout masks, ``randn``; the CPU's, and the GPU's
+when one was used, whose state lives on the host: ``backend.CupyGenerator``) are saved and
+restored here, and a data-sampling ``numpy.random.Generator`` passed in ``extra`` comes back as a
+Generator in the same state. Then steps after a resume equal those of an uninterrupted run, bit
+for bit, on the CPU (tests/test_checkpoint.py), and draw the same random numbers on the GPU.
 """
 import dataclasses
 import json
@@ -89,7 +90,8 @@ def save_checkpoint(path, model, optimizer=None, step=None, config=None, extra=N
         "config": _config_to_json(config),
         "aliases": aliases,
         "rng": {"seed": backend._state["seed"],
-                "cpu": backend.get_generator("cpu").bit_generator.state},
+                "cpu": backend.get_generator("cpu").bit_generator.state,
+                **backend.generator_states()},
         "extra": _extra_to_json(extra or {}),
         "files": {},
         "optimizer": None,
@@ -254,7 +256,7 @@ def load_checkpoint(path, model, optimizer=None, strict=True):
     Weights are copied in place with ``model.load_state_dict(..., strict)``, so a model of
     another shape fails with its error, which names each mismatched tensor and both shapes; when
     the saved config differs from ``model.config`` the error lists the differing fields too.
-    Also restores tinyllm's CPU random generator (and its seed), so dropout masks continue as in
+    Also restores tinyllm's random generators (and the seed), so dropout masks continue as in
     the saved run.
 
     Returns a dict: ``step``, ``config`` (the saved ``{"class", "fields"}`` or None), ``extra``
@@ -296,7 +298,7 @@ def load_checkpoint(path, model, optimizer=None, strict=True):
     rng = meta["rng"]
     if rng["seed"] is not None:
         backend.manual_seed(rng["seed"])
-    backend.get_generator("cpu").bit_generator.state = rng["cpu"]
+    backend.set_generator_states({d: rng[d] for d in ("cpu", "cuda") if d in rng})
 
     return {
         "step": meta["step"],

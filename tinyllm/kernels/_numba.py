@@ -149,6 +149,18 @@ def get_impl():
     return _state["impl"]
 
 
+def use_gpu_kernel(impl):
+    """For CuPy arrays: True to run a kernel's compiled CuPy version, False for its reference.
+
+    The same switch as on the CPU: "numpy" (per call, ``set_impl`` or TINYLLM_KERNELS) gives the
+    readable reference on both devices; "auto" and a global "numba" take the compiled kernel.
+    """
+    impl = impl or get_impl()
+    if impl not in IMPLS:
+        raise ValueError(f"kernel impl must be one of {IMPLS}, got {impl!r}")
+    return impl != "numpy"
+
+
 def choose(impl, auto_numba):
     """Resolve a kernel call to "numpy" or "numba" (for NumPy arrays).
 

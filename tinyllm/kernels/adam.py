@@ -37,11 +37,17 @@ Precision: the Numba kernel gives the reference's numbers bit for bit, in float3
 
 The kernel runs serially: one element needs ~10 flops for 28 bytes of traffic (float32), so it
 is memory-bound, and a parallel launch costs more than these arrays take (see _numba.py).
+
+On CuPy arrays the same loop body runs as one ``ElementwiseKernel`` launch per parameter, where
+the reference launches ~12 (each CuPy call costs ~10 us of host time, and a small model's GPU
+step is bound by those launches, not by the GPU's work). It is compiled with ``--fmad=false``
+for the reason above (NVRTC contracts into FMAs by default) and is held bit-equal to the
+reference on CuPy in tests/test_adam_kernel.py.
 """
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._numba import NUMBA_AVAILABLE, choose, numba
+from tinyllm.kernels._numba import NUMBA_AVAILABLE, choose, numba, use_gpu_kernel
 
 AUTO_MIN_ELEMENTS = 1    # the kernel beat the reference at every size measured, 1 element up
 
@@ -109,6 +115,35 @@ def _adam_step_numba(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_corre
 
 
 # ----------------------------------------------------------------------------------------------
+# CuPy (GPU): the Numba loop's body as an elementwise kernel; p, m, v in place
+
+_CUPY_ADAM = dict(
+    name="tinyllm_adam_step",
+    in_params="T g, T lr, T b1, T one_minus_b1, T b2, T one_minus_b2, T eps, T bc1, T bc2, "
+              "T wd, T shrink, int32 mode",
+    out_params="T p, T m, T v",
+    operation="""
+        T pi = p;
+        T gi = g;
+        if (mode == 1) pi = pi * shrink;
+        else if (mode == 2) gi = gi + wd * pi;
+        T mi = m * b1 + one_minus_b1 * gi;
+        T vi = v * b2 + one_minus_b2 * (gi * gi);
+        m = mi;
+        v = vi;
+        p = pi - lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
+    """,
+    options=("--fmad=false",))
+
+
+def _adam_step_cupy(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1,
+                    bias_correction2, mode):
+    kern = backend.cupy_elementwise_kernel(**_CUPY_ADAM)
+    kern(g, lr, beta1, 1 - beta1, beta2, 1 - beta2, eps, bias_correction1, bias_correction2,
+         weight_decay, 1 - lr * weight_decay, mode, p, m, v)
+
+
+# ----------------------------------------------------------------------------------------------
 # dispatch
 
 def _flat(a):
@@ -149,16 +184,25 @@ def _use_numba(impl, p, g, m, v):
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled, impl=None):
     """One Adam / AdamW step on arrays: p, m, v updated in place (see the module docstring).
 
-    ``impl``: None (the global choice), "numpy" or "numba". Arrays the kernel cannot take
-    (CuPy, non-contiguous, mixed dtypes) go to the reference, unless ``impl="numba"``, which
-    raises instead.
+    ``impl``: None (the global choice), "numpy" or "numba". CuPy arrays of one float dtype and
+    shape take the CuPy kernel (the reference with "numpy"). NumPy arrays the Numba kernel
+    cannot take (non-contiguous, mixed dtypes) go to the reference, unless ``impl="numba"``,
+    which raises instead, as it does for CuPy arrays.
     """
+    mode = _NO_DECAY if weight_decay == 0 else (_DECOUPLED if decoupled else _L2)
+    if (backend.get_array_module(p, g, m, v) is not np and impl != "numba"
+            and use_gpu_kernel(impl) and p.dtype.char in "fd"
+            and p.dtype == g.dtype == m.dtype == v.dtype
+            and p.shape == g.shape == m.shape == v.shape):
+        if p.size:
+            _adam_step_cupy(p, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
+                            float(weight_decay), 1.0 - beta1 ** step, 1.0 - beta2 ** step, mode)
+        return
     if not _use_numba(impl, p, g, m, v):
         adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
         return
     if p.size == 0:
         return
-    mode = _NO_DECAY if weight_decay == 0 else (_DECOUPLED if decoupled else _L2)
     _adam_step_numba(_flat(p), _flat(g), _flat(m), _flat(v), float(lr), float(beta1),
                      float(beta2), float(eps), float(weight_decay), 1.0 - beta1 ** step,
                      1.0 - beta2 ** step, mode)

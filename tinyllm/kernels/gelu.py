@@ -8,7 +8,8 @@
 The NumPy reference evaluates these as whole-array expressions, about eight temporaries of
 x's size per pass; the Numba kernel computes each element in registers in one pass over x (and
 dy), in parallel over the flattened array. Backward recomputes tanh u / erf from x instead of
-saving them, so forward saves only x.
+saving them, so forward saves only x. On CuPy arrays the same element formulas run as one
+``ElementwiseKernel`` launch (CUDA's tanh, erf, exp) instead of the reference's ~8-12.
 
 Shapes: x, y, dy, dx any shape (treated as flat).
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.kernels._math import exp, tanh
-from tinyllm.kernels._numba import choose, kernel, prange
+from tinyllm.kernels._numba import choose, kernel, prange, use_gpu_kernel
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 
@@ -89,6 +90,43 @@ def _gelu_erf_backward_numba(x, dy, dx):
 
 
 # ----------------------------------------------------------------------------------------------
+# CuPy (GPU): the Numba loops' bodies as elementwise kernels, constants in x's dtype T
+
+_K = f"const T k = {_SQRT_2_OVER_PI!r}, a = 0.044715, a3 = {3 * 0.044715!r};"
+_CUPY_GELU = {
+    ("tanh", "forward"): ("T x", "T y", _K + """
+        T t = tanh(k * (x + a * x * x * x));
+        y = (T)0.5 * x * ((T)1 + t);"""),
+    ("tanh", "backward"): ("T x, T dy", "T dx", _K + """
+        T t = tanh(k * (x + a * x * x * x));
+        T du = k * ((T)1 + a3 * x * x);
+        dx = dy * ((T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * du);"""),
+    ("none", "forward"): ("T x", "T y", f"""
+        y = x * (T)0.5 * ((T)1 + erf(x * (T){_INV_SQRT_2!r}));"""),
+    ("none", "backward"): ("T x, T dy", "T dx", f"""
+        T cdf = (T)0.5 * ((T)1 + erf(x * (T){_INV_SQRT_2!r}));
+        dx = dy * (cdf + x * (T){_INV_SQRT_2PI!r} * exp((T)-0.5 * x * x));"""),
+}
+
+
+def _gelu_cupy(approximate, direction):
+    in_params, out_params, operation = _CUPY_GELU[(approximate, direction)]
+    return backend.cupy_elementwise_kernel(
+        f"tinyllm_gelu_{approximate}_{direction}", in_params, out_params, operation)
+
+
+def _use_cupy(impl, approximate, *arrays):
+    """CuPy float32/float64 arrays of one dtype, and the switch not on "numpy"."""
+    if approximate not in _APPROXIMATIONS:
+        raise ValueError(f"gelu: approximate must be one of {_APPROXIMATIONS}, got "
+                         f"{approximate!r}")
+    a = arrays[0]
+    return (impl != "numba" and backend.get_array_module(*arrays) is not np
+            and a.dtype.char in "fd" and all(b.dtype == a.dtype for b in arrays)
+            and use_gpu_kernel(impl))
+
+
+# ----------------------------------------------------------------------------------------------
 # dispatch
 
 def _use_numba(impl, approximate, *arrays):
@@ -110,6 +148,8 @@ def _use_numba(impl, approximate, *arrays):
 
 def gelu_forward(x, approximate="none", impl=None):
     """GELU of x; ``approximate`` "none" (erf) or "tanh"."""
+    if _use_cupy(impl, approximate, x):
+        return _gelu_cupy(approximate, "forward")(x)
     if not _use_numba(impl, approximate, x):
         return gelu_forward_reference(x, approximate)
     x1 = np.ascontiguousarray(x).reshape(-1)                      # any shape -> (n,)
@@ -121,6 +161,8 @@ def gelu_forward(x, approximate="none", impl=None):
 
 def gelu_backward(x, dy, approximate="none", impl=None):
     """dx of GELU, from the input x and the upstream gradient dy."""
+    if _use_cupy(impl, approximate, x, dy):
+        return _gelu_cupy(approximate, "backward")(x, dy)
     if not _use_numba(impl, approximate, x, dy):
         return gelu_backward_reference(x, dy, approximate)
     x1 = np.ascontiguousarray(x).reshape(-1)                      # any shape -> (n,)

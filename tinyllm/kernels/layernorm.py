@@ -14,13 +14,16 @@ Forward saves mu and rstd (N,), not xhat (N, D); backward recomputes xhat in its
 dw and db sum over rows, which parallel row iterations must not write to at the same time.
 The Numba backward splits the rows into chunks; each ``prange`` iteration handles one chunk and
 adds into its own row of a (chunks, D) partial buffer; the partial rows are summed afterwards.
+On CuPy arrays a CUDA kernel does the same per row (one thread block a row, sums in double),
+and dw, db are column reductions: 4 launches per forward + backward where the reference takes
+~20.
 
 Shapes: x, y, dy, dx (N, D); w, b, dw, db (D,); mu, rstd (N,).
 """
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._numba import choose, kernel, prange
+from tinyllm.kernels._numba import choose, kernel, prange, use_gpu_kernel
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 _CHUNKS = 16                      # partial buffers for dw, db: enough to keep 2-16 cores busy
@@ -96,6 +99,118 @@ def _layer_norm_backward_numba(dy, x, w, mu, rstd, dx, dw_part, db_part):
 
 
 # ----------------------------------------------------------------------------------------------
+# CuPy (GPU): one thread block per row, the row's sums reduced in double (warp shuffles, then
+# across the block's warps through shared memory); dw, db as column reductions
+
+_CUPY_LAYER_NORM_SOURCE = r"""
+typedef TYPE T;
+
+__device__ double block_sum(double v, double* sh) {
+    // blockDim.x a multiple of 32, at most 1024; every thread gets the block's total
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();                        // sh[32] of the previous call has been read
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? sh[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) sh[32] = v;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+extern "C" __global__ void NAME_forward(const T* x, const T* w, const T* b, const double eps,
+                                        T* y, T* mu, T* rstd, const int D) {
+    __shared__ double sh[33];
+    const long long n = blockIdx.x;
+    const T* xr = x + n * D;
+    T* yr = y + n * D;
+    double s = 0.0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) s += (double)xr[i];
+    const double mean = block_sum(s, sh) / D;
+    double q = 0.0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        const double d = (double)xr[i] - mean;
+        q += d * d;
+    }
+    const T m = (T)mean, r = (T)(1.0 / sqrt(block_sum(q, sh) / D + eps));
+    for (int i = threadIdx.x; i < D; i += blockDim.x) yr[i] = (xr[i] - m) * r * w[i] + b[i];
+    if (threadIdx.x == 0) {
+        mu[n] = m;
+        rstd[n] = r;
+    }
+}
+
+extern "C" __global__ void NAME_backward(const T* dy, const T* x, const T* w, const T* mu,
+                                         const T* rstd, T* dx, const int D) {
+    __shared__ double sh[33];
+    const long long n = blockIdx.x;
+    const T* xr = x + n * D;
+    const T* dyr = dy + n * D;
+    T* dxr = dx + n * D;
+    const T m = mu[n], r = rstd[n];
+    double s1 = 0.0, s2 = 0.0;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        const T xhat = (xr[i] - m) * r, dxhat = dyr[i] * w[i];
+        s1 += (double)dxhat;
+        s2 += (double)dxhat * (double)xhat;
+    }
+    const T mean_dxhat = (T)(block_sum(s1, sh) / D);
+    const T mean_dxhat_xhat = (T)(block_sum(s2, sh) / D);
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+        const T xhat = (xr[i] - m) * r, dxhat = dyr[i] * w[i];
+        dxr[i] = r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+    }
+}
+"""
+_CUPY_THREADS = 128                  # per row: 4 warps
+
+
+def _cupy_layer_norm_kernel(dtype, direction):
+    ctype = {"f": "float", "d": "double"}[dtype.char]
+    name = f"tinyllm_layer_norm_{ctype}"
+    source = _CUPY_LAYER_NORM_SOURCE.replace("TYPE", ctype).replace("NAME", name)
+    # --fmad=false: no contraction into FMAs, which would round differently from the reference
+    # (dxhat - mean(dxhat) with dxhat = dy * w fused into one FMA is the product's rounding
+    # error, not 0, when D = 1: measured 5.8e-6 where the reference gives 0)
+    return backend.cupy_raw_kernel(f"{name}_{direction}", source, options=("--fmad=false",))
+
+
+def _layer_norm_forward_cupy(x, w, b, eps):
+    xp = backend.get_array_module(x)
+    N, D = x.shape
+    x = xp.ascontiguousarray(x)
+    w, b = xp.ascontiguousarray(w), xp.ascontiguousarray(b, dtype=x.dtype)
+    y = xp.empty_like(x)
+    mu, rstd = xp.empty(N, x.dtype), xp.empty(N, x.dtype)
+    _cupy_layer_norm_kernel(x.dtype, "forward")(
+        (N,), (_CUPY_THREADS,), (x, w, b, np.float64(eps), y, mu, rstd, np.int32(D)))
+    return y, mu, rstd
+
+
+def _layer_norm_backward_cupy(dy, x, w, mu, rstd):
+    xp = backend.get_array_module(x)
+    N, D = x.shape
+    dy, x = xp.ascontiguousarray(dy, dtype=x.dtype), xp.ascontiguousarray(x)
+    w, mu, rstd = (xp.ascontiguousarray(a) for a in (w, mu, rstd))
+    dx = xp.empty_like(x)
+    _cupy_layer_norm_kernel(x.dtype, "backward")(
+        (N,), (_CUPY_THREADS,), (dy, x, w, mu, rstd, dx, np.int32(D)))
+    dw = backend.cupy_reduction_kernel(
+        "tinyllm_layer_norm_dw", "T dy, T x, T mu, T rstd", "T dw", "dy * ((x - mu) * rstd)",
+        "a + b", "dw = a", "0")(dy, x, mu[:, None], rstd[:, None], axis=0)   # (N, D) -> (D,)
+    return dx, dw, dy.sum(axis=0)
+
+
+def _use_cupy(impl, x, w):
+    return (impl != "numba" and backend.get_array_module(x) is not np
+            and x.dtype.char in "fd" and x.ndim == 2 and x.size > 0 and w.dtype == x.dtype
+            and use_gpu_kernel(impl))
+
+
+# ----------------------------------------------------------------------------------------------
 # dispatch
 
 def _use_numba(impl, x, w):
@@ -113,6 +228,8 @@ def _use_numba(impl, x, w):
 
 def layer_norm_forward(x, w, b, eps=1e-5, impl=None):
     """y (N, D), mu (N,), rstd (N,) for x (N, D), weight w (D,), bias b (D,)."""
+    if _use_cupy(impl, x, w):
+        return _layer_norm_forward_cupy(x, w, b, eps)
     if not _use_numba(impl, x, w):
         return layer_norm_forward_reference(x, w, b, eps)
     x = np.ascontiguousarray(x)
@@ -126,6 +243,8 @@ def layer_norm_forward(x, w, b, eps=1e-5, impl=None):
 
 def layer_norm_backward(dy, x, w, mu, rstd, impl=None):
     """dx (N, D), dw (D,), db (D,)."""
+    if _use_cupy(impl, x, w):
+        return _layer_norm_backward_cupy(dy, x, w, mu, rstd)
     if not _use_numba(impl, x, w):
         return layer_norm_backward_reference(dy, x, w, mu, rstd)
     x = np.ascontiguousarray(x)

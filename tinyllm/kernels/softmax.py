@@ -31,6 +31,8 @@ AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchm
 def softmax_forward_reference(x, axis=-1):
     """y = softmax(x) along ``axis``, with all -inf rows giving zeros."""
     xp = backend.get_array_module(x)
+    if x.size == 0:                               # max of an empty axis has no identity
+        return xp.zeros_like(x)
     m = x.max(axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)            # all -inf row: x - 0 stays -inf, e = 0
     e = xp.exp(x - m)

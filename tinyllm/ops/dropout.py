@@ -12,7 +12,10 @@ class Dropout(Function):
     """
 
     def forward(self, x, p=0.5, generator=None):
-        keep = generator.random(x.shape) >= p                  # True with probability 1 - p
+        u = generator.random(x.shape)                          # uniform [0, 1), x's shape
+        if backend.get_array_module(u) is not backend.get_array_module(x):
+            u = backend.to_device(u, backend.device_of(x))     # a NumPy generator, GPU x
+        keep = u >= p                                          # True with probability 1 - p
         self.scale = keep.astype(x.dtype) / (1.0 - p) if p < 1 else keep.astype(x.dtype)
         return x * self.scale
 
@@ -23,8 +26,9 @@ class Dropout(Function):
 def dropout(x, p=0.5, training=True, generator=None):
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p) when ``training``.
 
-    Masks come from ``generator`` (a NumPy/CuPy random Generator) or the global one seeded by
-    ``tinyllm.manual_seed``, so seeded runs repeat exactly. With ``training=False`` or p == 0
+    Masks come from ``generator`` (a NumPy Generator, also for GPU tensors, or one from
+    ``backend.get_generator``) or the global one seeded by ``tinyllm.manual_seed``, so seeded
+    runs repeat exactly. With ``training=False`` or p == 0
     this returns x itself.
     """
     x = as_float(x)
