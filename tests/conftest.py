@@ -5,6 +5,7 @@ the default backend (factories create GPU arrays); tests compare through ``.nump
 assertions hold on both. Tests that need a GPU whatever the backend are marked ``gpu`` and are
 skipped, with the reason, when CuPy sees no CUDA device.
 """
+import importlib.util
 import os
 
 import numpy as np
@@ -14,6 +15,16 @@ import tinyllm
 from tinyllm import backend, kernels
 
 TEST_BACKEND = os.environ.get("TINYLLM_TEST_BACKEND", "numpy")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(relpath):
+    """Import a script of the repo that is not in a package (``benchmarks/train_step.py``)."""
+    name = os.path.splitext(relpath)[0].replace(os.sep, "_").replace("/", "_")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):

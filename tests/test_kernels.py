@@ -421,11 +421,8 @@ def test_fast_exp_and_tanh_accuracy():
 
 def test_conformance_report_stays_within_tolerance():
     """benchmarks/conformance.py: every kernel, every implementation, against NumPy float64."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "conformance", os.path.join(REPO, "benchmarks", "conformance.py"))
-    conformance = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conformance)
+    from tests.conftest import load_script
+    conformance = load_script("benchmarks/conformance.py")
     rows = conformance.report()
     assert {name for name, _, _ in rows} >= {"softmax", "cross_entropy", "layer_norm",
                                              "gelu_tanh", "gelu_erf"}

@@ -1,25 +1,19 @@
 """benchmarks/quality_bar.py: both engines train on the real corpus (a 20-iteration smoke run),
 and the nanoGPT twin's learning-rate schedule is tinyllm's."""
-import importlib.util
 import math
-import os
 
 import pytest
 
+from tests.conftest import load_script
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITERS, EVAL_ITERS = 20, 4
 LN_VOCAB = math.log(65)                  # the loss of a uniform guess over 65 characters
 
 
 @pytest.fixture(scope="module")
 def qb():
-    spec = importlib.util.spec_from_file_location(
-        "quality_bar", os.path.join(REPO, "benchmarks", "quality_bar.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality_bar.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,15 @@
 """benchmarks/train_step.py: the worker runs, the profile adds up, and the PyTorch twin is the
 same model as tinyllm's GPT (same weights, same batch -> the same losses)."""
-import importlib.util
 import math
-import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "train_step", os.path.join(REPO, "benchmarks", "train_step.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/train_step.py")
 
 
 def test_tinyllm_worker_runs(bench):
@@ -83,11 +77,7 @@ def test_paired_run_engines_agree_over_a_short_run(tmp_path):
         corpus_path("tinyshakespeare", download=False)
     except FileNotFoundError:
         pytest.skip("tinyshakespeare not found (set TINYLLM_DATA)")
-    spec = importlib.util.spec_from_file_location(
-        "paired_run", os.path.join(REPO, "benchmarks", "paired_run.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    results = module.main(steps=6)
+    results = load_script("benchmarks/paired_run.py").main(steps=6)
     for step, r in results["tinyllm"].items():
         for key, value in r.items():
             assert math.isfinite(value)

@@ -190,8 +190,8 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled, 
     which raises instead, as it does for CuPy arrays.
     """
     mode = _NO_DECAY if weight_decay == 0 else (_DECOUPLED if decoupled else _L2)
-    if (backend.get_array_module(p, g, m, v) is not np and impl != "numba"
-            and use_gpu_kernel(impl) and p.dtype.char in "fd"
+    if (impl != "numba" and type(p) is not np.ndarray and p.dtype.char in "fd"
+            and backend.get_array_module(p, g, m, v) is not np and use_gpu_kernel(impl)
             and p.dtype == g.dtype == m.dtype == v.dtype
             and p.shape == g.shape == m.shape == v.shape):
         if p.size:
