@@ -5,6 +5,8 @@ Shakespeare corpus: from $TINYLLM_DATA, else from the shared data directory besi
 repository (../shared/data); without it these tests are skipped, with the reason.
 """
 import importlib.util
+import json
+import math
 import os
 from pathlib import Path
 
@@ -168,3 +170,43 @@ def test_toy_models_are_deterministic(toy_models):
     a = toy_models.main(["--model", "gpt", "--steps", "20"])["gpt"]["losses"]
     b = toy_models.main(["--model", "gpt", "--steps", "20"])["gpt"]["losses"]
     assert a == b
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 6 workflows at toy scale: examples/lm_comparison.py and examples/vae_bow.py
+
+def test_lm_comparison_toy_run_orders_the_ngrams_and_trains_both_networks(data_dir, tmp_path):
+    lm = _load("lm_comparison")
+    out = tmp_path / "lm.json"
+    rows = lm.main(["--max-chars", "60000", "--orders", "1,3,5", "--steps", "60",
+                    "--block-size", "16", "--batch-size", "8", "--n-embd", "16",
+                    "--lstm-hidden", "32", "--lstm-layers", "1", "--lstm-lr", "1e-2",
+                    "--gpt-layers", "1", "--gpt-heads", "2", "--gpt-lr", "1e-2",
+                    "--sample-chars", "20", "--json", str(out)])
+    by = {r["model"]: r for r in rows}
+    # more context helps the n-gram model up to order 5 on this text
+    assert (by["1-gram Kneser-Ney"]["val_loss"] > by["3-gram Kneser-Ney"]["val_loss"]
+            > by["5-gram Kneser-Ney"]["val_loss"])
+    for name in ("LSTM 1x32", "GPT 1x16"):
+        r = by[name]
+        assert math.isfinite(r["val_loss"]) and r["val_loss"] < math.log(r["vocab"]) + 0.1
+        assert r["last_loss"] < r["first_loss"] - 0.3          # both networks learn
+    saved = json.loads(out.read_text())
+    assert [r["model"] for r in saved["rows"]] == [r["model"] for r in rows]
+    assert set(saved["samples"]) == set(by)
+
+
+def test_vae_bow_toy_run_beats_nothing_and_reports_its_terms(data_dir, tmp_path):
+    vae = _load("vae_bow")
+    if not (data_dir / "sentiment_train.tsv").is_file():
+        pytest.skip("sentiment_train.tsv not in the data directory")
+    res = vae.main(["--epochs", "3", "--hidden", "32", "--latent", "4", "--min-df", "5",
+                    "--plot", str(tmp_path / "vae.png")])
+    h = res["history"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    for e in h:                                        # the reported total is its two terms
+        assert e["test_loss"] == pytest.approx(e["test_recon"] + e["test_kl"], rel=1e-5)
+        assert e["test_kl"] >= 0
+    assert 0.0 <= res["centroid_accuracy"] <= 1.0 and len(res["samples"]) == 4
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "vae.png").stat().st_size > 1000

@@ -128,6 +128,49 @@ def _qkv_ref(qkv, H):
     return _attention_ref(q, k, v, causal=True).transpose(0, 2, 1, 3).reshape(B, T, C3 // 3)
 
 
+def _sig(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _lstm_ref(x, h, c, w_ih, w_hh, b):
+    """An LSTM over x (B, T, I) written out step by step: (B, T, 2H) of [h_t, c_t]."""
+    H = h.shape[-1]
+    out = []
+    for t in range(x.shape[1]):
+        a = x[:, t] @ w_ih + h @ w_hh + b
+        i, f, g, o = _sig(a[:, :H]), _sig(a[:, H:2 * H]), np.tanh(a[:, 2 * H:3 * H]), \
+            _sig(a[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        out.append(np.concatenate([h, c], axis=-1))
+    return np.stack(out, axis=1)
+
+
+def _lstm_out(x, h, c, w_ih, w_hh, b):
+    """What the test cases read from F.lstm: the outputs, and h_T * c_T (so that the final
+    state's two gradients both reach the op)."""
+    hc = _lstm_ref(x, h, c, w_ih, w_hh, b)
+    H = h.shape[-1]
+    return np.concatenate([hc[:, :, :H].reshape(len(x), -1), hc[:, -1, :H] * hc[:, -1, H:]],
+                          axis=1)
+
+
+def _lstm_call(x, h, c, w_ih, w_hh, b):
+    out, (hT, cT) = F.lstm(x, h, c, w_ih, w_hh, b)
+    return F.cat([out.reshape(x.shape[0], -1), hT * cT], axis=1)
+
+
+def _lstm_cell_call(x, h, c, w_ih, w_hh, b):
+    h2, c2 = F.lstm_cell(x, h, c, w_ih, w_hh, b)
+    return F.cat([h2, c2 * 0.5], axis=1)
+
+
+def _lstm_cell_ref(x, h, c, w_ih, w_hh, b):
+    hc = _lstm_ref(x[:, None], h, c, w_ih, w_hh, b)[:, 0]
+    H = h.shape[-1]
+    return np.concatenate([hc[:, :H], hc[:, H:] * 0.5], axis=1)
+
+
 ATT_MASK = np.random.default_rng(7).random((2, 1, 4, 6)) < 0.3        # (B, 1, Tq, Tk)
 ATT_MASK[1, 0, 2, :] = True                                            # one fully hidden query
 
@@ -311,6 +354,28 @@ CASES = [
     C("dropout", lambda x: F.dropout(x, 0.3, generator=np.random.default_rng(7)),
       lambda x: x * (np.random.default_rng(7).random(x.shape) >= 0.3) / 0.7, normal(5, 6)),
     C("dropout_eval", lambda x: F.dropout(x, 0.3, training=False), lambda x: x, normal(5)),
+    # ---- VAE losses: binary cross-entropy on logits (with soft targets), Gaussian KL
+    C("bce_logits", lambda z, y: F.binary_cross_entropy_with_logits(z, y),
+      lambda z, y: np.mean(-(y * np.log(_sig(z)) + (1 - y) * np.log(1 - _sig(z)))),
+      normal(3, 4), lambda rng: rng.uniform(0, 1, (3, 4))),
+    C("bce_logits_sum_large", lambda z, y: F.binary_cross_entropy_with_logits(z * 20, y, "sum"),
+      lambda z, y: np.sum(np.maximum(20 * z, 0) - 20 * z * y + np.log1p(np.exp(-np.abs(20 * z)))),
+      normal(5), lambda rng: (rng.uniform(0, 1, 5) > 0.5).astype(float)),
+    C("bce_logits_none", lambda z, y: F.binary_cross_entropy_with_logits(z, y, "none"),
+      lambda z, y: -(y * np.log(_sig(z)) + (1 - y) * np.log(1 - _sig(z))),
+      normal(2, 3), lambda rng: rng.uniform(0, 1, (2, 3))),
+    C("gaussian_kl", lambda m, lv: F.gaussian_kl(m, lv),
+      lambda m, lv: np.mean(0.5 * (m ** 2 + np.exp(lv) - 1 - lv).sum(-1)),
+      normal(4, 3), normal(4, 3)),
+    C("gaussian_kl_none", lambda m, lv: F.gaussian_kl(m, lv, "none"),
+      lambda m, lv: 0.5 * (m ** 2 + np.exp(lv) - 1 - lv).sum(-1), normal(2, 3, 5), normal(2, 3, 5)),
+    C("gaussian_kl_sum", lambda m, lv: F.gaussian_kl(m, lv, "sum"),
+      lambda m, lv: np.sum(0.5 * (m ** 2 + np.exp(lv) - 1 - lv)), normal(3, 2), normal(3, 2)),
+    # ---- recurrent: one LSTM step, and a sequence with backprop through time
+    C("lstm_cell", _lstm_cell_call, _lstm_cell_ref, normal(3, 4), normal(3, 5), normal(3, 5),
+      normal(4, 20), normal(5, 20), normal(20)),
+    C("lstm", _lstm_call, _lstm_out, normal(2, 6, 3), normal(2, 4), normal(2, 4),
+      normal(3, 16), normal(4, 16), normal(16)),
     # ---- composites that exercise several ops in one graph
     C("attention_head", lambda q, k, v: F.softmax(q @ k.transpose(-2, -1) / 2.0) @ v,
       lambda q, k, v: _softmax(q @ k.swapaxes(-2, -1) / 2.0, -1) @ v,

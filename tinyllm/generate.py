@@ -78,11 +78,13 @@ def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, 
         model.eval()
     finished = np.zeros(out.shape[0], dtype=bool)
     cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
+    primed = False                                    # has the cache seen the prompt yet?
     try:
         for _ in range(max_new_tokens):
             if cache is not None and (block_size is None or out.shape[1] <= block_size):
-                fresh = out if "k" not in cache[0] else out[:, -1:]       # prompt, then 1 token
+                fresh = out[:, -1:] if primed else out                    # prompt, then 1 token
                 logits = model(fresh, cache=cache)                        # (B, T, V)
+                primed = True
             else:
                 window = out if block_size is None else out[:, -block_size:]
                 logits = model(window)                                    # (B, T, V)

@@ -228,6 +228,7 @@ class CharTokenizer(Tokenizer):
         if len(self.stoi) != len(self.itos):
             raise ValueError("a special token is also one of the characters")
         self.special_tokens = {s: self.stoi[s] for s in specials}
+        self._char_ids = {c: self.stoi[c] for c in chars}    # plain characters only
         self._splitter = _special_splitter(specials)
 
     @classmethod
@@ -265,7 +266,12 @@ class CharTokenizer(Tokenizer):
             if is_special:
                 ids.append(self.special_tokens[piece])
             else:
-                ids.extend(self._char_id(ch, pos + k) for k, ch in enumerate(piece))
+                n = len(ids)
+                try:                                     # fast path: every character known
+                    ids.extend(map(self._char_ids.__getitem__, piece))
+                except KeyError:                         # unk, or an error naming the position:
+                    del ids[n:]                          # redo the piece character by character
+                    ids.extend(self._char_id(ch, pos + k) for k, ch in enumerate(piece))
             pos += len(piece)
         return ids
 

@@ -8,9 +8,11 @@ from tinyllm.nn.attention import (FeedForward, LearnedPositionalEmbedding, Multi
                                   scaled_dot_product_attention, sinusoidal_positions)
 from tinyllm.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, Tanh
 from tinyllm.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
+from tinyllm.nn.rnn import LSTM, LSTMCell
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
-           "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU", "Tanh", "MultiHeadAttention",
+           "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU", "Tanh", "LSTM", "LSTMCell",
+           "MultiHeadAttention",
            "FeedForward", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
            "TransformerEncoderLayer", "TransformerDecoderLayer", "causal_mask",
            "scaled_dot_product_attention", "sinusoidal_positions"]

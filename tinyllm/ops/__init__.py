@@ -6,8 +6,9 @@ movement     Reshape Permute GetItem Concatenate Stack (split is slices)
 matmul       MatMul Linear
 attention    ScaledDotProductAttention QKVSelfAttention
 softmax      Softmax LogSoftmax
-loss         CrossEntropy MSELoss
+loss         CrossEntropy BinaryCrossEntropyWithLogits MSELoss GaussianKL
 norm         LayerNorm
 embedding    Embedding
 dropout      Dropout
+rnn          LSTMCell LSTM
 """

@@ -1,4 +1,5 @@
-"""Losses: cross-entropy over class logits (fused with log-softmax) and mean squared error."""
+"""Losses: cross-entropy over class logits (fused with log-softmax), binary cross-entropy over
+logits (fused with the sigmoid), mean squared error, and the Gaussian KL divergence of a VAE."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
 from tinyllm.kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
@@ -72,6 +73,68 @@ class MSELoss(Function):
                 -dx if self.needs_input_grad[1] else None)
 
 
+class BinaryCrossEntropyWithLogits(Function):
+    """Binary cross-entropy of logits z against targets y in [0, 1], the sigmoid fused in.
+
+    With p = s(z) = 1 / (1 + e^-z), per element:
+        loss = -(y log p + (1 - y) log(1 - p)) = max(z, 0) - z y + log(1 + e^-|z|)
+    (the right-hand form never takes the log of 0 nor overflows e^z). Gradient, as for softmax
+    cross-entropy:
+        dloss/dz = p - y            since d(-log p)/dz = p - 1 and d(-log(1 - p))/dz = p
+        dloss/dy = -z               (for soft targets; usually y is data and gets none)
+    Shapes: z, y any one shape; out () for "mean"/"sum" or like z for "none".
+    """
+
+    def forward(self, z, y, reduction="mean"):
+        xp = backend.get_array_module(z)
+        self.z, self.y, self.reduction = z, y, reduction
+        loss = xp.maximum(z, 0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+        if reduction == "none":
+            return loss
+        return loss.sum() if reduction == "sum" else loss.mean()
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        scale = dout / self.z.size if self.reduction == "mean" else dout
+        e = xp.exp(-xp.abs(self.z))
+        p = xp.where(self.z >= 0, 1 / (1 + e), e / (1 + e))                # s(z), no overflow
+        dz = (p - self.y) * scale
+        dy = -self.z * scale if self.needs_input_grad[1] else None
+        return dz, dy
+
+
+class GaussianKL(Function):
+    """KL(N(mu, diag(e^logvar)) || N(0, I)), the VAE's regularizer, in closed form.
+
+    For one latent coordinate with q = N(mu, s^2), p = N(0, 1):
+        KL(q || p) = E_q[log q - log p] = -log s - 1/2 + (s^2 + mu^2) / 2
+                   = 1/2 (mu^2 + e^logvar - 1 - logvar)          with logvar = log s^2
+    summed over the latent axis (the last). Gradients:
+        dKL/dmu = mu,    dKL/dlogvar = 1/2 (e^logvar - 1)
+    Shapes: mu, logvar (..., Z); out (...) for "none" (one KL per row), () for "mean" over the
+    rows or "sum".
+    """
+
+    def forward(self, mu, logvar, reduction="mean"):
+        xp = backend.get_array_module(mu)
+        self.mu, self.var, self.reduction = mu, xp.exp(logvar), reduction
+        kl = 0.5 * (mu * mu + self.var - 1 - logvar).sum(axis=-1)            # (...)
+        self.rows = kl.size
+        if reduction == "none":
+            return kl
+        return kl.sum() if reduction == "sum" else kl.mean()
+
+    def backward(self, dout):
+        xp = backend.get_array_module(dout)
+        if self.reduction == "none":
+            d = dout[..., None]                                               # (...) -> (..., 1)
+        else:
+            d = dout / self.rows if self.reduction == "mean" else dout
+        dmu = self.mu * d
+        dlogvar = 0.5 * (self.var - 1) * d
+        return xp.broadcast_to(dmu, self.mu.shape), xp.broadcast_to(dlogvar, self.mu.shape)
+
+
 def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """Cross-entropy between ``logits`` (..., C) and integer class ``target`` (...).
 
@@ -113,3 +176,29 @@ def mse_loss(input, target, reduction="mean"):
         raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     return MSELoss.apply(x, y, reduction=reduction)
 
+
+
+def binary_cross_entropy_with_logits(logits, target, reduction="mean"):
+    """Binary cross-entropy of ``logits`` against ``target`` probabilities (same shape), as
+    ``torch.nn.functional.binary_cross_entropy_with_logits``."""
+    z, y = operands(logits, target)
+    if z.shape != y.shape:
+        raise ValueError(f"binary_cross_entropy_with_logits: logits shape {z.shape} and target "
+                         f"shape {y.shape} differ")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"binary_cross_entropy_with_logits: reduction must be one of "
+                         f"{_REDUCTIONS}, got {reduction!r}")
+    return BinaryCrossEntropyWithLogits.apply(z, y, reduction=reduction)
+
+
+def gaussian_kl(mu, logvar, reduction="mean"):
+    """KL(N(mu, e^logvar) || N(0, 1)) summed over the last axis: per row ("none"), averaged
+    over rows ("mean") or summed ("sum"). See ``GaussianKL``."""
+    mu, logvar = operands(mu, logvar)
+    if mu.shape != logvar.shape or mu.ndim == 0:
+        raise ValueError(f"gaussian_kl: mu and logvar must share one shape (..., Z), got "
+                         f"{mu.shape} and {logvar.shape}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"gaussian_kl: reduction must be one of {_REDUCTIONS}, got "
+                         f"{reduction!r}")
+    return GaussianKL.apply(mu, logvar, reduction=reduction)
