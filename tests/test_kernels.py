@@ -419,6 +419,30 @@ def test_fast_exp_and_tanh_accuracy():
     np.testing.assert_allclose(t64, np.tanh(x), rtol=4e-16, atol=1e-300)
 
 
+@pytest.mark.skipif(not kernels.NUMBA_AVAILABLE, reason="numba not installed")
+def test_fast_erf_accuracy():
+    import math
+
+    from tinyllm.kernels._math import erf
+    from tinyllm.kernels._numba import jit
+
+    @jit()
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = erf(x[i])
+
+    x = np.concatenate([np.linspace(-7, 7, 700001), [-np.inf, np.inf, 0.0, -1e-30, 1e30]])
+    ref = np.vectorize(math.erf)(x)
+    out32 = np.empty(len(x), np.float32)
+    apply(x.astype(np.float32), out32)
+    assert np.abs(out32 - ref).max() < 5e-7                                 # ~4 ulp at 1
+    assert out32[-5] == -1 and out32[-4] == 1 and out32[-3] == 0             # ends, and odd
+    np.testing.assert_array_equal(out32[:350000], -out32[-6:350000:-1])
+    out64 = np.empty_like(x)
+    apply(x, out64)                                            # float64: math.erf itself
+    np.testing.assert_array_equal(out64, ref)
+
+
 def test_conformance_report_stays_within_tolerance():
     """benchmarks/conformance.py: every kernel, every implementation, against NumPy float64."""
     from tests.conftest import load_script

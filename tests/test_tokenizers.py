@@ -418,3 +418,17 @@ def test_wordpiece_matches_huggingface_bert(vocab_file, lowercase):
     pair = hf("hello world", "the a", return_token_type_ids=True)
     ids, types = ours.encode_pair("hello world", "the a")
     assert ids == pair["input_ids"] and types == pair["token_type_ids"]
+
+
+def test_wordpiece_ascii_fast_path_equals_the_general_path():
+    """basic_tokenize takes a regex shortcut for printable ASCII; appending one non-ASCII word
+    forces the character-by-character path, which must give the same words plus that one."""
+    rng = np.random.default_rng(0)
+    alphabet = list("abcXYZ019 _-.,!?'\"()[]{}#$%&*+/:;<=>@\\^`|~\t\n\r  ")
+    for lowercase in (True, False):
+        tok = WordPieceTokenizer(["[UNK]"], lowercase=lowercase)
+        for _ in range(300):
+            text = "".join(rng.choice(alphabet, int(rng.integers(0, 40))))
+            assert tok.basic_tokenize(text) + ["e" if lowercase else "é"] == \
+                tok.basic_tokenize(text + " é")
+    assert tok.basic_tokenize("a\x0bb") == ["ab"]          # a control character is dropped

@@ -673,6 +673,10 @@ def _is_cjk(ch):
             or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
+_ASCII_WORDS = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9 \t\n\r]")
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f]")   # dropped by BERT
+
+
 class WordPieceTokenizer(Tokenizer):
     """BERT's tokenizer: basic tokenization, then greedy longest-match-first WordPiece.
 
@@ -724,6 +728,29 @@ class WordPieceTokenizer(Tokenizer):
         except ValueError as e:
             raise ValueError(f"{os.fspath(path)}: {e}") from e
 
+    @classmethod
+    def from_corpus(cls, texts, vocab_size=8000, min_frequency=2, lowercase=True):
+        """A vocabulary counted from ``texts``, for a small BERT trained from scratch.
+
+        Not Google's WordPiece training (which adds the pieces that most raise the corpus
+        likelihood): the five special tokens, then every character of the texts both as a word
+        start and as a "##" continuation (so every word of these texts can be spelled and none
+        becomes [UNK]), then whole words by frequency (at least ``min_frequency``
+        occurrences), most frequent first, up to ``vocab_size`` entries. A rarer word is then
+        spelled as its longest known prefix word, then characters.
+        """
+        probe = cls(list(cls.SPECIALS), lowercase=lowercase)
+        counts = Counter(w for t in texts for w in probe.basic_tokenize(t))
+        chars = sorted({c for w in counts for c in w})
+        vocab = list(cls.SPECIALS) + chars + ["##" + c for c in chars]
+        if len(vocab) > vocab_size:
+            raise ValueError(f"WordPieceTokenizer.from_corpus: vocab_size {vocab_size} cannot "
+                             f"hold the {len(vocab)} special tokens and characters")
+        words = sorted((w for w, n in counts.items() if n >= min_frequency and len(w) > 1),
+                       key=lambda w: (-counts[w], w))
+        vocab += words[:vocab_size - len(vocab)]
+        return cls(vocab, lowercase=lowercase)
+
     @property
     def vocab_size(self):
         return len(self.itos)
@@ -740,6 +767,12 @@ class WordPieceTokenizer(Tokenizer):
 
     def basic_tokenize(self, text):
         """Steps 1-4 above: text -> words and punctuation marks."""
+        if text.isascii() and not _ASCII_CONTROL.search(text):
+            # the same four steps for printable ASCII, as one regular expression: no CJK, no
+            # accents, NFC changes nothing, and every ASCII character that is neither a letter,
+            # a digit nor whitespace is punctuation to BERT
+            words = _ASCII_WORDS.findall(text)
+            return [w.lower() for w in words] if self.lowercase else words
         chars = []
         for ch in text:
             if ch == "\x00" or ch == "\ufffd" or _is_control(ch):

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._math import exp, tanh
+from tinyllm.kernels._math import erf, exp, tanh
 from tinyllm.kernels._numba import choose, kernel, prange, use_gpu_kernel
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
@@ -76,17 +76,20 @@ def _gelu_tanh_backward_numba(x, dy, dx):
 
 @kernel
 def _gelu_erf_forward_numba(x, y):
+    r2, half, one = x.dtype.type(_INV_SQRT_2), x.dtype.type(0.5), x.dtype.type(1)
     for i in prange(x.shape[0]):
         v = x[i]
-        y[i] = v * 0.5 * (1 + math.erf(v * _INV_SQRT_2))
+        y[i] = v * half * (one + erf(v * r2))
 
 
 @kernel
 def _gelu_erf_backward_numba(x, dy, dx):
+    r2, half, one = x.dtype.type(_INV_SQRT_2), x.dtype.type(0.5), x.dtype.type(1)
+    r2pi = x.dtype.type(_INV_SQRT_2PI)
     for i in prange(x.shape[0]):
         v = x[i]
-        cdf = 0.5 * (1 + math.erf(v * _INV_SQRT_2))
-        dx[i] = dy[i] * (cdf + v * _INV_SQRT_2PI * exp(-0.5 * v * v))
+        cdf = half * (one + erf(v * r2))
+        dx[i] = dy[i] * (cdf + v * r2pi * exp(-half * v * v))
 
 
 # ----------------------------------------------------------------------------------------------
