@@ -55,6 +55,7 @@ def data_dir(monkeypatch):
     candidates.append(REPO.parent / "shared" / "data")
     for d in candidates:
         if (d / CORPUS).is_file():
+            d = d.resolve()              # a relative TINYLLM_DATA would break the symlink tests
             monkeypatch.setenv("TINYLLM_DATA", str(d))
             return d
     pytest.skip(f"{CORPUS} not found in {[str(d) for d in candidates]}; set TINYLLM_DATA to "
