@@ -235,3 +235,15 @@ def test_bert_sentiment_toy_run_pretrains_and_fine_tunes_every_way(data_dir):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in res["rows"])
     mlm = [e["mlm"] for e in res["pretrain_log"]]
     assert np.mean(mlm[-10:]) < np.mean(mlm[:10])                  # pretraining learns
+
+
+def test_translate_toy_run_trains_and_decodes_both_ways(data_dir):
+    if not (data_dir / "eng_fra_tatoeba_20k.tsv").is_file():
+        pytest.skip("eng_fra_tatoeba_20k.tsv not in the data directory")
+    tr = _load("translate")
+    res = tr.main(["--limit", "600", "--test-size", "20", "--vocab-size", "300", "--d-model",
+                   "32", "--heads", "2", "--layers", "1", "--steps", "40", "--batch-size", "32",
+                   "--lr", "3e-3", "--max-len", "12"])
+    assert res["last_loss"] < res["first_loss"] - 1.0              # it learns
+    assert 0.0 <= res["bleu_greedy"] <= 100.0 and 0.0 <= res["bleu_beam"] <= 100.0
+    assert len(res["examples"]) == 8 and all(e["ref"] for e in res["examples"])
