@@ -38,7 +38,7 @@ from tinyllm.data.tokenizers import WordPieceTokenizer
 from tinyllm.models import (BertConfig, BertForPreTraining, BertForSequenceClassification,
                             make_nsp_pairs, mask_tokens)
 from tinyllm.nn import Linear
-from tinyllm.optim import AdamW, clip_grad_norm_
+from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 
 
@@ -114,7 +114,7 @@ def pretrain(tok, train, docs, args):
     nsp, single = pretraining_data(tok, train, docs, args.max_len, rng)
     tl.manual_seed(args.seed)
     model = BertForPreTraining(small_config(tok, args))
-    opt = AdamW(param_groups(model, 0.01), lr=args.pretrain_lr, betas=(0.9, 0.999))
+    opt = AdamW(weight_decay_groups(model, 0.01), lr=args.pretrain_lr, betas=(0.9, 0.999))
     warmup = max(1, args.pretrain_steps // 10)
     log, t0 = [], time.perf_counter()
     for step in range(args.pretrain_steps):
@@ -140,12 +140,6 @@ def pretrain(tok, train, docs, args):
 # ----------------------------------------------------------------------------------------------
 # fine-tuning
 
-def param_groups(model, weight_decay):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if p.ndim < 2], "weight_decay": 0.0}]
-
-
 def set_lr(opt, lr):
     for group in opt.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -155,7 +149,7 @@ def classification_run(name, model, forward, train_xy, test_xy, args, lr, epochs
     """Train ``model`` (through ``forward(batch_index_array, split) -> logits``) with AdamW,
     warmup + cosine, batches of ``batch_size``; returns the row of the results table."""
     x_train, y_train = train_xy
-    opt = opt or AdamW(param_groups(model, 0.01), lr=lr)
+    opt = opt or AdamW(weight_decay_groups(model, 0.01), lr=lr)
     rng = np.random.default_rng([args.seed, 4])
     steps = epochs * math.ceil(len(y_train) / args.batch_size)
     warmup, step = max(1, steps // 10), 0
@@ -241,7 +235,7 @@ def minilm_runs(train, test, args):
         ids, mask = tokens[split]
         T = int(mask[r].sum(axis=1).max())
         return clf(ids[r, :T], mask[r, :T])
-    groups = param_groups(clf.encoder, 0.01) + [
+    groups = weight_decay_groups(clf.encoder, 0.01) + [
         {"params": list(clf.classifier.parameters()), "weight_decay": 0.0,
          "lr_scale": args.head_lr / args.minilm_lr}]
     opt = AdamW(groups, lr=args.minilm_lr)

@@ -35,7 +35,7 @@ from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import CharTokenizer
 from tinyllm.generate import generate
 from tinyllm.models import GPT, KneserNeyLM, LSTMLM, GPTConfig, LSTMLMConfig
-from tinyllm.optim import AdamW, clip_grad_norm_
+from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 
 
@@ -76,10 +76,7 @@ def neural_loss(model, x, y, batch=64):
 # training loop shared by the two neural models
 
 def train_neural(model, train, args, lr, seed):
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = AdamW([{"params": decay, "weight_decay": 0.1},
-                 {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99))
+    opt = AdamW(weight_decay_groups(model, 0.1), lr=lr, betas=(0.9, 0.99))
     rng = np.random.default_rng([seed, 1])
     warmup = min(100, args.steps // 10)
     losses = []

@@ -29,7 +29,7 @@ from tinyllm.data.tokenizers import ByteBPETokenizer
 from tinyllm.generate import beam_search
 from tinyllm.metrics import corpus_bleu
 from tinyllm.models import Seq2SeqConfig, Seq2SeqTransformer
-from tinyllm.optim import AdamW, clip_grad_norm_
+from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -74,10 +74,7 @@ def train_model(tok, src, tgt, args):
         src_vocab_size=tok.vocab_size, d_model=args.d_model, n_heads=args.heads,
         num_encoder_layers=args.layers, num_decoder_layers=args.layers,
         d_ff=4 * args.d_model, dropout=args.dropout, pad_id=pad_id))
-    named = list(model.named_parameters())
-    opt = AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": 0.01},
-                 {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
-                lr=args.lr, betas=(0.9, 0.98))
+    opt = AdamW(weight_decay_groups(model, 0.01), lr=args.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng([args.seed, 1])
     warmup = max(1, args.steps // 10)
     losses, t0 = [], time.perf_counter()

@@ -25,7 +25,6 @@ then worsens as the model overfits 2,400 sentences.
 """
 import argparse
 import json
-import math
 import re
 import time
 from collections import Counter
@@ -202,8 +201,7 @@ def main(argv=None):
         plot(history, baseline, args.plot)
     result = {"vocab": len(vocab), "baseline_nll": baseline, "test_neg_elbo": final["test_loss"],
               "test_kl": final["test_kl"], "centroid_accuracy": acc, "train_s": secs,
-              "samples": samples, "history": history,
-              "bits_per_word_slot": final["test_loss"] / len(vocab) / math.log(2)}
+              "samples": samples, "history": history}
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), **result}, f, indent=1)

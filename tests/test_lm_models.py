@@ -17,26 +17,44 @@ from tests.conftest import t64
 # ----------------------------------------------------------------------------------------------
 # nn.LSTM / nn.LSTMCell
 
+class _Probe(tl.nn.Module):
+    """A scalar of a module's outputs, so gradcheck_module can check every parameter."""
+
+    def __init__(self, inner, fn):
+        super().__init__()
+        self.inner, self.fn = inner, fn
+
+    def forward(self, *args):
+        return self.fn(self.inner, *args)
+
+
 def test_lstm_module_gradcheck_two_layers_with_state():
     tl.manual_seed(0)
     lstm = nn.LSTM(3, 4, num_layers=2, dtype=np.float64)
     rng = np.random.default_rng(1)
     x = t64(rng.standard_normal((2, 5, 3)))
     h0, c0 = t64(rng.standard_normal((2, 2, 4))), t64(rng.standard_normal((2, 2, 4)))
-    params = list(lstm.parameters())
 
-    def f(x, h0, c0, *ps):
-        for p, new in zip(params, ps):
-            p.data = new.data
-        out, (h, c) = lstm(x, (h0, c0))
+    def loss(m, x, h0, c0):
+        out, (h, c) = m(x, (h0, c0))
         return out.sum() + (h * c).sum()
 
-    assert tl.gradcheck(lambda x, h0, c0: f(x, h0, c0), [x, h0, c0])
+    # every weight and bias of both layers, and x, h0, c0
+    assert tl.gradcheck_module(_Probe(lstm, loss), x, h0, c0)
     out, (h, c) = lstm(x, (h0, c0))
     assert out.shape == (2, 5, 4) and h.shape == c.shape == (2, 2, 4)
     np.testing.assert_array_equal(out.numpy()[:, -1], h.numpy()[-1])
-    (out.sum() + c.sum()).backward()
-    assert all(p.grad is not None and np.abs(p.grad).sum() > 0 for p in params)
+
+
+def test_lstm_lm_gradcheck():
+    tl.manual_seed(0)
+    model = LSTMLM(LSTMLMConfig(vocab_size=6, n_embd=4, n_hidden=5, n_layer=2)).double()
+    idx = np.random.default_rng(0).integers(0, 6, (2, 4))
+    assert tl.gradcheck_module(_Probe(model, lambda m: m(idx[:, :-1], idx[:, 1:])[1]),
+                               mode="directional")
+    tied = LSTMLM(LSTMLMConfig(vocab_size=6, n_embd=5, n_hidden=5, tie_weights=True)).double()
+    assert tl.gradcheck_module(_Probe(tied, lambda m: m(idx[:, :-1], idx[:, 1:])[1]),
+                               mode="directional")
 
 
 def test_lstm_cell_matches_one_step_of_lstm():
@@ -244,6 +262,14 @@ def test_lstm_cell_kernel_numba_equals_reference(dtype, tol):
         got = lstm_cell_forward(a_in, c, impl="numba")
         for g, r in zip(got, ref):
             np.testing.assert_allclose(g, r, rtol=tol, atol=tol)
+    for impl in ("numpy", "numba"):                    # writing into caller's strided views
+        store = np.zeros((B, 2, 7 * H), dtype)
+        views = (store[:, 0, :H], store[:, 0, H:2 * H], store[:, 1, :4 * H],
+                 store[:, 1, 4 * H:5 * H])
+        got = lstm_cell_forward(a, c, out=views, impl=impl)
+        assert all(g is v for g, v in zip(got, views))
+        for v, r in zip(views, ref):
+            np.testing.assert_allclose(v, r, rtol=tol, atol=tol)
     h, c_new, gates, tanh_c = ref
     dh, dc = (rng.standard_normal((B, H)).astype(dtype) for _ in range(2))
     ref_b = lstm_cell_backward(dh, dc, gates, tanh_c, c, impl="numpy")

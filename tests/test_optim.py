@@ -611,3 +611,13 @@ def test_clip_grad_value_matches_torch(rng):
     for p, tp in zip(ours, theirs):
         np.testing.assert_array_equal(backend.asnumpy(p.grad), tp.grad.numpy())
     assert max(np.abs(backend.asnumpy(p.grad)).max() for p in ours) == 0.3
+
+
+def test_weight_decay_groups_split_by_rank_and_skip_frozen():
+    from tinyllm.optim import weight_decay_groups
+    model = tl.nn.Sequential(tl.nn.Linear(3, 4), tl.nn.LayerNorm(4), tl.nn.Linear(4, 2))
+    model[2].weight.requires_grad_(False)
+    decay, no_decay = weight_decay_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [(3, 4)]
+    assert [p.shape for p in no_decay["params"]] == [(4,), (4,), (4,), (2,)]

@@ -31,7 +31,7 @@ from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
 from tinyllm.generate import generate
 from tinyllm.models import GPT, GPTConfig
-from tinyllm.optim import AdamW, clip_grad_norm_
+from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 
 
@@ -100,13 +100,6 @@ def _config_from_args(args):
 # ----------------------------------------------------------------------------------------------
 # train
 
-def _param_groups(model, weight_decay):
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
 def data_generator(seed):
     """The generator of the training batches: seeded by ``seed``, but a stream of its own.
     ``tl.manual_seed(seed)`` draws the initial weights from ``default_rng(seed)``; drawing the
@@ -154,7 +147,7 @@ def train(cfg, resume=False, quiet=False):
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                           dropout=cfg.dropout, bias=cfg.bias))
-    opt = AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+    opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
     data_rng = data_generator(cfg.seed)
     log = {"config": dataclasses.asdict(cfg), "train_loss": [], "eval": []}

@@ -124,23 +124,37 @@ def _use_numba(impl, *arrays):
     return choose(impl, auto_numba=True) == "numba"
 
 
-def lstm_cell_forward(a, c, impl=None):
-    """(h', c', gates, tanh(c')) for pre-activations a (B, 4H) and cell state c (B, H)."""
+def lstm_cell_forward(a, c, out=None, impl=None):
+    """(h', c', gates, tanh(c')) for pre-activations a (B, 4H) and cell state c (B, H).
+
+    ``out``: optional arrays (h', c', gates, tanh(c')) to write into, e.g. one time step's views
+    of a whole sequence's storage, so the caller copies nothing."""
     if not _use_numba(impl, a, c):
-        return lstm_cell_forward_reference(a, c)
-    B, H = c.shape
-    h_out, c_out, tanh_c = (np.empty((B, H), dtype=a.dtype) for _ in range(3))
-    gates = np.empty((B, 4 * H), dtype=a.dtype)
+        results = lstm_cell_forward_reference(a, c)
+        if out is None:
+            return results
+        for target, r in zip(out, results):
+            target[...] = r
+        return out
+    if out is None:
+        B, H = c.shape
+        out = tuple(np.empty((B, n), dtype=a.dtype) for n in (H, H, 4 * H, H))
+    h_out, c_out, gates, tanh_c = out
     _lstm_cell_forward_numba(a, c, h_out, c_out, gates, tanh_c)
-    return h_out, c_out, gates, tanh_c
+    return out
 
 
-def lstm_cell_backward(dh, dc, gates, tanh_c, c, impl=None):
+def lstm_cell_backward(dh, dc, gates, tanh_c, c, out=None, impl=None):
     """(da (B, 4H), dc_prev (B, H)) from dh, dc (B, H), the saved gates and tanh(c'), and the
-    previous cell state c."""
+    previous cell state c. ``out``: optional (da, dc_prev) arrays to write into."""
     if not _use_numba(impl, dh, dc, gates, tanh_c, c):
-        return lstm_cell_backward_reference(dh, dc, gates, tanh_c, c)
-    da = np.empty(gates.shape, dtype=gates.dtype)
-    dc_prev = np.empty(c.shape, dtype=gates.dtype)
-    _lstm_cell_backward_numba(dh, dc, gates, tanh_c, c, da, dc_prev)
-    return da, dc_prev
+        results = lstm_cell_backward_reference(dh, dc, gates, tanh_c, c)
+        if out is None:
+            return results
+        for target, r in zip(out, results):
+            target[...] = r
+        return out
+    if out is None:
+        out = (np.empty(gates.shape, dtype=gates.dtype), np.empty(c.shape, dtype=gates.dtype))
+    _lstm_cell_backward_numba(dh, dc, gates, tanh_c, c, out[0], out[1])
+    return out

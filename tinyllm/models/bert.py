@@ -42,6 +42,7 @@ import numpy as np
 from tinyllm import backend
 from tinyllm import functional as F
 from tinyllm.autograd.tensor import Tensor
+from tinyllm.models._util import token_ids as _ids
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
 from tinyllm.nn.attention import scaled_dot_product_attention
 
@@ -577,12 +578,6 @@ def make_nsp_pairs(documents, rng, max_len, cls_token_id, sep_token_id, pad_toke
         attention_mask[n, :len(row)] = 1
     return {"input_ids": input_ids, "token_type_ids": token_type_ids,
             "attention_mask": attention_mask, "next_sentence_label": labels}
-
-
-def _ids(t):
-    """Token ids as an array (from a Tensor, array or nested list)."""
-    t = t.data if isinstance(t, Tensor) else t
-    return np.asarray(t) if backend.get_array_module(t) is np else t
 
 
 __all__ = ["BertConfig", "BertModel", "BertForPreTraining", "BertForSequenceClassification",

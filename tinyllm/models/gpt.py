@@ -18,11 +18,10 @@ against idx[:, t + 1].
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from tinyllm import backend
 from tinyllm import functional as F
-from tinyllm.autograd.tensor import Tensor
+from tinyllm.models._util import token_ids as _ids
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from tinyllm.nn.attention import causal_mask, scaled_dot_product_attention
 
@@ -197,8 +196,3 @@ class GPT(Module):
         n = self.num_parameters()
         return n - self.transformer.wpe.weight.size if non_embedding else n
 
-
-def _ids(t):
-    """Token ids as an array (from a Tensor, array or nested list)."""
-    t = t.data if isinstance(t, Tensor) else t
-    return np.asarray(t) if backend.get_array_module(t) is np else t

@@ -12,11 +12,9 @@ embedding, as in Press & Wolf (2017) and the GPT.
 """
 from dataclasses import dataclass
 
-import numpy as np
 
-from tinyllm import backend
 from tinyllm import functional as F
-from tinyllm.autograd.tensor import Tensor
+from tinyllm.models._util import token_ids as _ids
 from tinyllm.nn import LSTM, Dropout, Embedding, Linear, Module
 
 
@@ -79,7 +77,3 @@ class LSTMLM(Module):
                                ignore_index=-100)
         return logits, loss
 
-
-def _ids(t):
-    t = t.data if isinstance(t, Tensor) else t
-    return np.asarray(t) if backend.get_array_module(t) is np else t

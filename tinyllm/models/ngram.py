@@ -97,7 +97,7 @@ class KneserNeyLM:
         V = self.vocab_size
         w = seq[:, -1]
         t1 = self.tables[1]
-        p = t1.lower_weight_uniform(w)                            # (M,) unigram level
+        p = t1.unigram(w)                            # (M,) unigram level
         for k in range(2, self.order + 1):
             ok = n_ctx >= k - 1                                   # rows with that much history
             if not ok.any():
@@ -179,7 +179,7 @@ class _Table:
         p = (np.maximum(c - self.D, 0.0) + self.D * types * p_lower) / total
         return np.where(seen, p, p_lower)                         # unseen history: back off
 
-    def lower_weight_uniform(self, w):
+    def unigram(self, w):
         """The unigram level: discounted counts interpolated with the uniform 1 / V."""
         n_types = float(len(self.keys))
         return (np.maximum(self.count(w) - self.D, 0.0) + self.D * n_types / self.V) / self.total

@@ -15,11 +15,10 @@ the sinusoidal positions added to them.
 import math
 from dataclasses import dataclass
 
-import numpy as np
 
 from tinyllm import backend
 from tinyllm import functional as F
-from tinyllm.autograd.tensor import Tensor
+from tinyllm.models._util import token_ids
 from tinyllm.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList,
                         SinusoidalPositionalEncoding, TransformerDecoderLayer,
                         TransformerEncoderLayer)
@@ -147,8 +146,7 @@ class Seq2SeqTransformer(Module):
 
 def _ids(t):
     """Token ids as an integer array (from a Tensor, array or nested list)."""
-    t = t.data if isinstance(t, Tensor) else t
-    t = np.asarray(t) if backend.get_array_module(t) is np else t
+    t = token_ids(t)
     if t.ndim != 2:
         raise ValueError(f"Seq2SeqTransformer: token ids must be (B, T), got shape {t.shape}")
     return t

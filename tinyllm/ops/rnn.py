@@ -90,8 +90,9 @@ class LSTM(Function):
         self.tanh_c = xp.empty((B, T, H), dtype=ax.dtype)
         h, c = h0, c0
         for t in range(T):
-            h, c, self.gates[:, t], self.tanh_c[:, t] = lstm_cell_forward(ax[:, t] + h @ w_hh, c)
-            hc[:, t, :H], hc[:, t, H:] = h, c
+            # step t writes straight into its slices of hc, gates and tanh_c
+            h, c, _, _ = lstm_cell_forward(ax[:, t] + h @ w_hh, c, out=(
+                hc[:, t, :H], hc[:, t, H:], self.gates[:, t], self.tanh_c[:, t]))
         self.x, self.h0, self.c0, self.hc, self.w_ih, self.w_hh = x, h0, c0, hc, w_ih, w_hh
         return hc
 
@@ -103,12 +104,13 @@ class LSTM(Function):
         da = xp.empty((B, T, 4 * H), dtype=dout.dtype)
         dh_next = xp.zeros((B, H), dtype=dout.dtype)                        # from step t + 1
         dc_next = xp.zeros((B, H), dtype=dout.dtype)
+        w_hh_t = xp.ascontiguousarray(w_hh.T)          # (4H, H): read 64x per layer, once laid out
         for t in reversed(range(T)):
             c_prev = hc[:, t - 1, H:] if t > 0 else self.c0
-            da[:, t], dc_next = lstm_cell_backward(dout[:, t, :H] + dh_next,
-                                                   dout[:, t, H:] + dc_next,
-                                                   self.gates[:, t], self.tanh_c[:, t], c_prev)
-            dh_next = da[:, t] @ w_hh.T                                     # (B, H)
+            _, dc_next = lstm_cell_backward(dout[:, t, :H] + dh_next, dout[:, t, H:] + dc_next,
+                                            self.gates[:, t], self.tanh_c[:, t], c_prev,
+                                            out=(da[:, t], xp.empty_like(dc_next)))
+            dh_next = da[:, t] @ w_hh_t                                     # (B, H)
         da2 = da.reshape(B * T, 4 * H)                          # (B, T, 4H) -> (B*T, 4H)
         h_prev = xp.concatenate([self.h0[:, None], hc[:, :T - 1, :H]], axis=1)   # (B, T, H)
         dx = (da2 @ self.w_ih.T).reshape(B, T, I)               # (B*T, I) -> (B, T, I)

@@ -16,8 +16,8 @@ graph never sees the optimizer, and one implementation serves NumPy and CuPy.
 from tinyllm.optim import lr_scheduler
 from tinyllm.optim.adam import Adam, AdamW
 from tinyllm.optim.clip import clip_grad_norm_, clip_grad_value_
-from tinyllm.optim.optimizer import Optimizer
+from tinyllm.optim.optimizer import Optimizer, weight_decay_groups
 from tinyllm.optim.sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm_", "clip_grad_value_",
-           "lr_scheduler"]
+           "lr_scheduler", "weight_decay_groups"]

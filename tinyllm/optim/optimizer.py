@@ -210,6 +210,17 @@ class Optimizer:
         return "\n".join(lines)
 
 
+def weight_decay_groups(model, weight_decay):
+    """Two parameter groups for AdamW, as nanoGPT and BERT configure them: ``weight_decay`` on
+    the matrices and embedding tables (>= 2-D), none on biases and LayerNorm gains (1-D), whose
+    shrinking toward 0 would not regularize anything useful. Frozen parameters (requires_grad
+    False) are left out. ``model``: a Module, or an iterable of parameters."""
+    params = model.parameters() if hasattr(model, "parameters") else model
+    params = [p for p in params if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def _is_tensor(x):
     """Duck-typed: anything with ``.data`` and ``.grad`` (tinyllm Tensor, nn.Parameter)."""
     return hasattr(x, "data") and hasattr(x, "grad") and not isinstance(x, dict)
