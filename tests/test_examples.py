@@ -247,3 +247,16 @@ def test_translate_toy_run_trains_and_decodes_both_ways(data_dir):
     assert res["last_loss"] < res["first_loss"] - 1.0              # it learns
     assert 0.0 <= res["bleu_greedy"] <= 100.0 and 0.0 <= res["bleu_beam"] <= 100.0
     assert len(res["examples"]) == 8 and all(e["ref"] for e in res["examples"])
+
+
+def test_eps_lab_shows_the_v_and_writes_its_plot(tmp_path, capsys):
+    lab = _load("eps_lab")
+    out = lab.main(["--op", "softmax", "--plot", str(tmp_path / "v.png")])
+    best64, err64 = out["best"]["float64"]
+    best32, err32 = out["best"]["float32"]
+    assert 1e-7 <= best64 <= 1e-3 and err64 < 1e-8          # the bottom of float64's V
+    assert best32 >= 1e-4 and err32 > 100 * err64            # float32's is higher and later
+    printed = capsys.readouterr().out
+    assert "float64: best eps" in printed and "at eps = 1e-6" in printed
+    assert (tmp_path / "v.png").stat().st_size > 10_000
+    assert os.listdir(tmp_path) == ["v.png"]

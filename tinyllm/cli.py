@@ -6,7 +6,9 @@
 
 The options of ``train`` are the fields of ``TrainConfig`` (built from the dataclass, never
 ``exec``-ed from a config file); a preset fills them, and flags override it. A run directory
-holds the tokenizer, checkpoints (``tinyllm.checkpoint``), ``log.json`` and ``loss.png``.
+holds the tokenizer, checkpoints (``tinyllm.checkpoint``), ``log.json``, ``loss.png`` and
+``health.png``: every ``--health-every`` steps the log records the gradient norm and
+update-to-weight ratio per layer and the attention entropy per head (``tinyllm.health``).
 
 Training is resumable: ``--resume`` reloads the weights, optimizer, step and every random
 generator, and continues with exactly the losses an uninterrupted run would have printed (on
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import tinyllm as tl
+from tinyllm import health
 from tinyllm.checkpoint import load_checkpoint, save_checkpoint
 from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
@@ -60,6 +63,7 @@ class TrainConfig:
     eval_interval: int = 250          # steps between train/val evaluations
     eval_iters: int = 20              # batches per evaluation (0: no evaluation)
     checkpoint_interval: int = 500    # steps between checkpoints (and one at the end)
+    health_every: int = 250           # steps between training-health records (0 = off)
     seed: int = 1337                  # seeds init, batches, dropout
     backend: str = "numpy"            # "numpy" (CPU) or "cupy" (GPU)
 
@@ -71,7 +75,7 @@ PRESETS = {
     # a few seconds: for smoke tests
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=20,
                  warmup_iters=2, lr_decay_iters=20, eval_interval=10, eval_iters=2,
-                 checkpoint_interval=10),
+                 checkpoint_interval=10, health_every=10),
 }
 
 
@@ -150,7 +154,7 @@ def train(cfg, resume=False, quiet=False):
     opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
     data_rng = data_generator(cfg.seed)
-    log = {"config": dataclasses.asdict(cfg), "train_loss": [], "eval": []}
+    log = {"config": dataclasses.asdict(cfg), "train_loss": [], "eval": [], "health": []}
     start = 0
     ckpt = run / "checkpoint"
     if resume:
@@ -159,6 +163,7 @@ def train(cfg, resume=False, quiet=False):
         log = json.loads((run / "log.json").read_text())
         log["train_loss"] = log["train_loss"][:start]
         log["eval"] = [e for e in log["eval"] if e["step"] < start]
+        log["health"] = [h for h in log.get("health", []) if h["step"] < start]
 
     def save(step):
         save_checkpoint(ckpt, model, opt, step=step, extra={"data_rng": data_rng})
@@ -186,12 +191,22 @@ def train(cfg, resume=False, quiet=False):
                 raise SystemExit(f"tinyllm train: loss became {value} at step {step}; stopped. "
                                  f"The last good checkpoint is in {ckpt} (try a lower "
                                  f"--learning-rate or --grad-clip)")
+            # training health (tinyllm.health): reads the graph, gradients and weights, and
+            # changes none of them, nor any random generator
+            measure = cfg.health_every > 0 and step % cfg.health_every == 0
+            if measure:
+                attn = health.attention_stats(loss, model)     # before backward frees P
             opt.zero_grad()
             loss.backward()
+            if measure:
+                norms, before = health.grad_norms(model), health.snapshot(model)
             if cfg.grad_clip:
                 clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             log["train_loss"].append(value)
+            if measure:
+                ratios = health.update_ratios(model, before)
+                log["health"].append(health.record(step, norms, ratios, attn, lr=lr))
             now = time.perf_counter()
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
@@ -254,6 +269,8 @@ def _plot(run, log):
     path = run / "loss.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    if log.get("health"):
+        health.plot_health(log["health"], run / "health.png")
     return path
 
 

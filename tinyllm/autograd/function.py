@@ -29,12 +29,15 @@ import sys
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd import grad_mode
+from tinyllm.autograd import anomaly, grad_mode
 from tinyllm.autograd.tensor import Tensor
 
 
 class Function:
     """Base class of every differentiable op. See the module docstring."""
+
+    deterministic = True        # False: forward draws random numbers (Dropout), so rerunning
+                                # it alone (bisect_backward) would not reproduce the output
 
     def __init__(self, *parents):
         self.parents = parents                                   # the input Tensors
@@ -54,27 +57,57 @@ class Function:
         arrays = [t.data for t in tensors]
         _check_same_device(cls.__name__, tensors, arrays)
         try:
-            out = ctx.forward(*arrays, **kwargs)
+            if anomaly.anomaly_enabled():       # NumPy's warnings off: the check says more
+                out = anomaly.quietly(ctx.forward, *arrays, **kwargs)
+            else:
+                out = ctx.forward(*arrays, **kwargs)
         except ValueError as e:                      # e.g. NumPy's broadcasting message
             if str(e).startswith(cls.__name__):
                 raise
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             raise ValueError(f"{cls.__name__}: {e} (input shapes {shapes})") from e
+        if anomaly.anomaly_enabled():
+            anomaly.check_forward(ctx, arrays, kwargs, out)
         out = Tensor._from_op(out)
         if ctx.requires_grad and grad_mode.is_grad_enabled() and out.data.dtype.kind == "f":
             out._requires_grad = True
             out._ctx = ctx
+            # for the study tools: the layer it ran in, how to rerun it, where it was made
+            ctx.module = anomaly.SCOPE[-1] if anomaly.SCOPE else None
+            ctx.forward_kwargs = kwargs
+            if anomaly.anomaly_enabled():
+                ctx.created_at = anomaly.creation_site()
         else:
             # no_grad, constant inputs, or an integer/bool result (a cast to int has no
             # gradient): record nothing and keep no input alive
             ctx.parents = ()
         return out
 
+    @classmethod
+    def explain(cls, file=None):
+        """Print this op's card: the math and derivation (the docstring), and where its forward
+        and backward are (file:line), to step into them. Returns the text."""
+        import inspect
+        doc = inspect.cleandoc(cls.__doc__ or "(no docstring)")
+        lines = [f"{cls.__name__}  ({cls.__module__})", "", doc, ""]
+        for meth in ("forward", "backward"):
+            fn = getattr(cls, meth)
+            try:
+                src, line = inspect.getsourcefile(fn), inspect.getsourcelines(fn)[1]
+                lines.append(f"{meth:9s}{anomaly.format_site(((src, line, fn.__qualname__),))}")
+            except (OSError, TypeError):
+                lines.append(f"{meth:9s}(source not available)")
+        text = "\n".join(lines)
+        print(text, file=file if file is not None else sys.stdout)
+        return text
+
     def release(self):
         """Free what forward saved (called after backward unless retain_graph=True)."""
         name, needs = type(self).__name__, self.needs_input_grad
+        module = self.__dict__.get("module")
         self.__dict__.clear()
         self.needs_input_grad = needs
+        self.module = module
         self._released = name
 
     def __repr__(self):

@@ -218,3 +218,217 @@ def _fail(msg, raise_exception):
     if raise_exception:
         raise GradcheckError(msg)
     return False
+
+
+# ----------------------------------------------------------------------------------------------
+# finding the wrong backward
+
+class NodeCheck:
+    """The check of one node's backward against finite differences of that node alone."""
+
+    __slots__ = ("index", "op", "module", "input", "shape", "analytic", "numeric", "error",
+                 "ok", "skipped")
+
+    def __init__(self, index, op, module, input=None, shape=None, analytic=None, numeric=None,
+                 error=0.0, ok=True, skipped=None):
+        self.index, self.op, self.module, self.input, self.shape = index, op, module, input, shape
+        self.analytic, self.numeric, self.error = analytic, numeric, error
+        self.ok, self.skipped = ok, skipped
+
+    def __repr__(self):
+        where = f" [{self.module}]" if self.module else ""
+        if self.skipped:
+            return f"node {self.index} {self.op}{where}: skipped ({self.skipped})"
+        verdict = "ok" if self.ok else "WRONG"
+        return (f"node {self.index} {self.op}{where} input {self.input} {self.shape}: "
+                f"{verdict}, max |analytic - numeric| {self.error:.3g}")
+
+
+class BisectReport:
+    """What ``bisect_backward`` found: ``ok``, ``first_failure`` (a NodeCheck or None), and
+    ``checks`` (every check made, in topological order)."""
+
+    def __init__(self, checks, n_nodes):
+        self.checks, self.n_nodes = checks, n_nodes
+        bad = [c for c in checks if not c.ok]
+        self.first_failure = bad[0] if bad else None
+        self.ok = not bad
+
+    def __bool__(self):
+        return self.ok
+
+    def __str__(self):
+        if self.ok:
+            done = sum(1 for c in self.checks if c.skipped is None)
+            return (f"bisect_backward: all {self.n_nodes} nodes agree with finite differences "
+                    f"({done} input gradients checked)")
+        c = self.first_failure
+        where = f" in module {c.module}" if c.module else ""
+        return (f"bisect_backward: the first wrong backward is {c.op}{where} (node {c.index} "
+                f"of {self.n_nodes}, inputs before outputs): gradient of its input {c.input}, "
+                f"shape {c.shape}: analytic {c.analytic} vs numeric {c.numeric} (max |diff| "
+                f"{c.error:.3g}). The {c.index - 1} nodes before it agree.")
+
+    __repr__ = __str__
+
+
+def bisect_backward(output, model=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, max_full=64,
+                    stop_at_first=True):
+    """Find the op whose backward is wrong: check every node of the graph behind ``output`` on
+    its own, inputs first, and report the first one that disagrees with finite differences.
+
+    A whole-model gradcheck says *that* a gradient is wrong; the chain rule then carries the
+    error into everything below it, so the leaves cannot tell *where*. Here each node is a
+    small function y = f(x_1, ..., x_n) of its recorded inputs: the node's Function class is
+    run again on them (a fresh instance, the same keyword arguments), its backward gives the
+    vector-Jacobian product for a random cotangent v, and central differences of sum(f(x) * v)
+    check it. Inputs with at most ``max_full`` elements are checked element by element, larger
+    ones along a random direction. Random ops (``deterministic = False``: Dropout) are skipped.
+
+    output:  a float64 Tensor with its graph (call before ``backward``, which frees it); build
+             it from a float64 model (``model.double()``) and float64 inputs.
+    model:   names the modules in the report (``graph.label_modules``).
+    Returns a ``BisectReport``; ``print(report)`` names the first wrong op, its module, the
+    input and the error; ``report.checks`` lists every check.
+    """
+    from tinyllm.autograd import graph
+    if model is not None:
+        graph.label_modules(model)
+    rng = np.random.default_rng(seed)
+    ns = graph.nodes(output)
+    checks = []
+    for index, ctx in enumerate(ns, 1):
+        cls, name = type(ctx), type(ctx).__name__
+        module = graph.module_name(ctx)
+        if hasattr(ctx, "_released"):
+            raise RuntimeError("bisect_backward: the graph was freed by backward(); build the "
+                               "output again and call bisect_backward before backward")
+        if not cls.deterministic:
+            checks.append(NodeCheck(index, name, module, skipped="random forward"))
+            continue
+        parents = ctx.parents
+        for k, p in enumerate(parents):
+            if ctx.needs_input_grad[k] and p.dtype != np.float64:
+                raise TypeError(f"bisect_backward: node {index} ({name}) has a {p.dtype} input "
+                                f"{k} of shape {p.shape}; finite differences need float64 "
+                                f"(model.double() and float64 inputs)")
+        kwargs = getattr(ctx, "forward_kwargs", {})
+        arrays = [p.data for p in parents]
+
+        def run(arrs, cls=cls, ctx=ctx, kwargs=kwargs):
+            fresh = cls(*ctx.parents)
+            fresh.module = getattr(ctx, "module", None)
+            return fresh, fresh.forward(*arrs, **kwargs)
+
+        fresh, y = run(arrays)
+        xp = backend.get_array_module(y)
+        # entries that are +-inf at x (masked scores) are constants there: leave them out
+        finite = xp.isfinite(y)
+        v = xp.where(finite, xp.asarray(rng.standard_normal(y.shape) + 0.5), 0.0)
+        dxs = fresh.backward(v)
+        dxs = dxs if isinstance(dxs, tuple) else (dxs,)
+
+        def objective(k, xk, run=run, arrays=arrays, v=v, finite=finite):
+            arrs = list(arrays)
+            arrs[k] = xk
+            return float(backend.asnumpy(xp.where(finite, run(arrs)[1], 0.0) * v).sum())
+
+        for k, p in enumerate(parents):
+            if not ctx.needs_input_grad[k]:
+                continue
+            a = (np.zeros(p.shape) if dxs[k] is None
+                 else backend.asnumpy(dxs[k]).astype(np.float64))
+            x0 = backend.asnumpy(arrays[k]).astype(np.float64)
+            if p.size <= max_full:
+                n = np.zeros(p.shape)
+                for j in np.ndindex(p.shape):
+                    xs = []
+                    for sign in (1, -1):
+                        xj = x0.copy()
+                        xj[j] += sign * eps
+                        xs.append(objective(k, backend.to_device(xj, p.device)))
+                    n[j] = (xs[0] - xs[1]) / (2 * eps)
+                diff = np.abs(a - n)
+                bad = not (diff <= atol + rtol * np.abs(n)).all()
+                j = np.unravel_index(int(np.argmax(np.nan_to_num(diff, nan=np.inf))), p.shape) \
+                    if p.size else ()
+                an, nu = (float(a[j]), float(n[j])) if p.size else (0.0, 0.0)
+                check = NodeCheck(index, name, module, k, p.shape, f"{an:.10g} at {j}",
+                                  f"{nu:.10g}", float(diff.max()) if p.size else 0.0, not bad)
+            else:
+                u = rng.standard_normal(p.shape)
+                u /= np.linalg.norm(u)
+                f_plus = objective(k, backend.to_device(x0 + eps * u, p.device))
+                f_minus = objective(k, backend.to_device(x0 - eps * u, p.device))
+                nu = (f_plus - f_minus) / (2 * eps)
+                an = float((a * u).sum())
+                bad = not abs(an - nu) <= atol + rtol * abs(nu)
+                check = NodeCheck(index, name, module, k, p.shape, f"grad . u = {an:.10g}",
+                                  f"{nu:.10g}", abs(an - nu), not bad)
+            checks.append(check)
+            if bad and stop_at_first:
+                return BisectReport(checks, len(ns))
+    return BisectReport(checks, len(ns))
+
+
+# ----------------------------------------------------------------------------------------------
+# the finite-difference step-size lab
+
+def eps_sweep(fn, x, eps_values=None, dtypes=("float32", "float64"), seed=0):
+    """How the central-difference error depends on eps, for ``fn`` at ``x``, in each dtype.
+
+    The error of (f(x + eps) - f(x - eps)) / (2 eps) has two parts:
+      truncation  ~ f''' eps^2 / 6     (the Taylor terms the difference leaves out: falls as eps
+                                        shrinks, slope 2 on a log-log plot)
+      rounding    ~ u |f| / eps        (f is only known to the dtype's unit roundoff u, and the
+                                        difference divides that error by eps: slope -1)
+    so the error-vs-eps curve is a V with its bottom near eps ~ u^(1/3): about 1e-5 in float64
+    (u = 1.1e-16, error ~1e-10) and 5e-3 in float32 (u = 6e-8, error ~1e-4 at best). This is
+    why gradchecks run in float64 with eps ~1e-6.
+
+    fn: Tensor -> Tensor (any shape). x: a Tensor or array (kept small: every element is
+    perturbed, twice per eps). The exact gradient is the float64 backward of sum(fn(x) * v)
+    with a fixed random v; the numeric one is computed with x and fn in each dtype. Returns
+    {dtype name: [(eps, max |numeric - exact| / max |exact|), ...]}.
+    """
+    eps_values = (10.0 ** np.arange(-14, 0.01, 0.5)) if eps_values is None else eps_values
+    x64 = np.array(backend.asnumpy(getattr(x, "data", x)), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    t = Tensor(x64.copy(), requires_grad=True)
+    y = fn(t)
+    v = rng.standard_normal(y.shape) + 0.5
+    y.backward(grad=v)
+    exact = backend.asnumpy(t.grad).astype(np.float64)
+    scale = max(float(np.abs(exact).max()), 1e-300)
+    out = {}
+    for dt in dtypes:
+        dt = np.dtype(dt)
+        x_d = x64.astype(dt)
+        rows = []
+
+        def f(arr, dt=dt):
+            with no_grad():
+                yd = fn(Tensor(arr))
+            return float((yd.data.astype(np.float64) * v).sum())
+
+        for eps in eps_values:
+            num = np.zeros(x64.shape)
+            for j in np.ndindex(x64.shape):
+                xp_, xm_ = x_d.copy(), x_d.copy()
+                xp_[j] = xp_[j] + dt.type(eps)
+                xm_[j] = xm_[j] - dt.type(eps)
+                num[j] = (f(xp_) - f(xm_)) / (2 * float(eps))
+            rows.append((float(eps), float(np.abs(num - exact).max()) / scale))
+        out[dt.name] = rows
+    return out
+
+
+def format_eps_sweep(result):
+    """The sweep as a text table, one row per eps, the best eps of each dtype marked *."""
+    names = list(result)
+    best = {n: min(range(len(result[n])), key=lambda i: result[n][i][1]) for n in names}
+    lines = ["eps        " + "  ".join(f"{n + ' rel. error':>22s}" for n in names)]
+    for i, (eps, _) in enumerate(result[names[0]]):
+        cells = [f"{result[n][i][1]:20.2e}{' *' if best[n] == i else '  '}" for n in names]
+        lines.append(f"{eps:9.1e}  " + "  ".join(cells))
+    return "\n".join(lines)

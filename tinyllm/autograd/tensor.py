@@ -20,6 +20,7 @@ Gradients of leaves accumulate across ``backward`` calls, as in PyTorch: call ``
 import numpy as np
 
 from tinyllm import backend
+from tinyllm.autograd import anomaly as _anomaly
 
 
 class _LazyFunctional:
@@ -474,6 +475,24 @@ def _topological_order(root):
 
 
 def _run_backward(root, dout, retain_graph):
+    for _ in backward_walk(root, dout, retain_graph):
+        pass
+
+
+def backward_walk(root, dout, retain_graph=False, call_backward=None):
+    """The backward pass as a generator: one node per step, the engine's only backward walk.
+
+    ``Tensor.backward`` drains it; ``tinyllm.trace`` stops at each step to show it. Each step
+    yields ``(t, ctx, dout, dparents)``: the tensor reached, the Function that made it (None for
+    a leaf), dL/dt summed over all its consumers (after hooks), and what ``ctx.backward``
+    returned (one gradient per input; None for a leaf). A leaf's step comes after its ``.grad``
+    was accumulated; an op's step comes before its saved arrays are freed.
+    ``call_backward(ctx, dout)``, when given, is called instead of ``ctx.backward(dout)`` (the
+    step-through uses it to stop in the debugger right before an op's backward).
+    """
+    check = _anomaly.anomaly_enabled()
+    if check:
+        _anomaly.check_gradient("the gradient passed to backward()", dout)
     grads = {id(root): dout}                  # id(tensor) -> dL/dtensor summed so far
     for t in reversed(_topological_order(root)):
         dout = grads.pop(id(t), None)
@@ -491,19 +510,27 @@ def _run_backward(root, dout, retain_graph):
             else:
                 t.grad += dout
         if ctx is None:
+            yield t, None, dout, None
             continue
         if hasattr(ctx, "_released"):
             raise RuntimeError(
                 f"backward through {ctx._released} a second time: its saved arrays were freed "
                 f"by the first backward. Call backward(retain_graph=True) the first time if you "
                 f"need to backward through the same graph again")
-        dparents = ctx.backward(dout)
+        if call_backward is not None:
+            dparents = call_backward(ctx, dout)
+        elif check:
+            dparents = _anomaly.quietly(ctx.backward, dout)
+        else:
+            dparents = ctx.backward(dout)
         if not isinstance(dparents, tuple):
             dparents = (dparents,)
         parents = ctx.parents
         if len(dparents) != len(parents):
             raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(dparents)} "
                                f"gradients for {len(parents)} inputs")
+        if check:
+            _anomaly.check_backward(ctx, dparents)
         for p, dp, needed in zip(parents, dparents, ctx.needs_input_grad):
             if not needed or dp is None:
                 continue
@@ -515,6 +542,7 @@ def _run_backward(root, dout, retain_graph):
             key = id(p)
             prev = grads.get(key)
             grads[key] = dp if prev is None else prev + dp   # not +=: dp may be shared
+        yield t, ctx, dout, dparents
         if not retain_graph:
             ctx.release()
 

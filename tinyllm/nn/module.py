@@ -23,7 +23,9 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd.grad_mode import no_grad
+from tinyllm.autograd.anomaly import SCOPE
+from tinyllm.autograd.function import Function
+from tinyllm.autograd.grad_mode import is_grad_enabled, no_grad
 from tinyllm.autograd.tensor import Tensor
 
 
@@ -110,7 +112,70 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hooks = self.__dict__.get("_hooks")
+        if hooks is not None:
+            return self._call_with_hooks(hooks, args, kwargs)
+        SCOPE.append(self)                  # ops made inside record this module (study tools)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            SCOPE.pop()
+
+    # ------------------------------------------------------------------------------------------
+    # hooks (PyTorch's signatures)
+
+    def register_forward_pre_hook(self, hook):
+        """``hook(module, args)`` before ``forward``; returning a tuple replaces the args.
+        Returns a handle whose ``remove()`` unregisters it."""
+        return self._add_hook("forward_pre", hook)
+
+    def register_forward_hook(self, hook):
+        """``hook(module, args, output)`` after ``forward``; returning a value replaces the
+        output. Returns a handle whose ``remove()`` unregisters it."""
+        return self._add_hook("forward", hook)
+
+    def register_full_backward_hook(self, hook):
+        """``hook(module, grad_input, grad_output)`` once the gradients of this call's inputs
+        are computed, as ``torch.nn.Module.register_full_backward_hook``.
+
+        grad_output: a tuple with dL/d(output) for each Tensor output (raw arrays; None for
+        an output no gradient reached). grad_input: a tuple with dL/d(input) for each
+        positional Tensor argument (None where the input does not require grad, e.g. token
+        ids). Returning a tuple replaces grad_input (for a module with one input that requires
+        grad). When no input requires grad the hook runs as soon as the output gradients are
+        known.
+        """
+        return self._add_hook("backward", hook)
+
+    def _add_hook(self, kind, hook):
+        hooks = self.__dict__.get("_hooks")
+        if hooks is None:
+            hooks = {"forward_pre": [], "forward": [], "backward": []}
+            object.__setattr__(self, "_hooks", hooks)
+        hooks[kind].append(hook)
+        return _ModuleHookHandle(self, kind, hook)
+
+    def _call_with_hooks(self, hooks, args, kwargs):
+        for hook in list(hooks["forward_pre"]):
+            replaced = hook(self, args)
+            if replaced is not None:
+                args = replaced if isinstance(replaced, tuple) else (replaced,)
+        state = None
+        if hooks["backward"] and is_grad_enabled():
+            state = _BackwardHookState(self, hooks["backward"])
+            args = state.wrap_inputs(args)
+        SCOPE.append(self)
+        try:
+            out = self.forward(*args, **kwargs)
+        finally:
+            SCOPE.pop()
+        for hook in list(hooks["forward"]):
+            replaced = hook(self, args, out)
+            if replaced is not None:
+                out = replaced
+        if state is not None:
+            state.watch_outputs(out)
+        return out
 
     # ------------------------------------------------------------------------------------------
     # walking the tree (explicit stacks, children in assignment order)
@@ -300,6 +365,88 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class _ModuleHookHandle:
+    def __init__(self, module, kind, hook):
+        self._module, self._kind, self._hook = module, kind, hook
+
+    def remove(self):
+        hooks = self._module.__dict__.get("_hooks")
+        if hooks is not None and self._hook in hooks[self._kind]:
+            hooks[self._kind].remove(self._hook)
+
+
+class _HookIdentity(Function):
+    """out = x; dx = dout, after handing dout to a module's backward hook as its grad_input.
+
+    Inserted in front of each input of a module that has full backward hooks, so that the
+    gradient reaching the input is seen where the module's call began."""
+
+    def forward(self, x, state=None, index=0):
+        self.state, self.index = state, index
+        return x
+
+    def backward(self, dout):
+        return self.state.input_grad(self.index, dout)
+
+
+class _BackwardHookState:
+    """Gathers one call's grad_output (tensor hooks on the outputs) and grad_input (identity
+    ops on the inputs) and runs the module's backward hooks once both are complete."""
+
+    def __init__(self, module, hooks):
+        self.module, self.hooks = module, list(hooks)
+        self.grad_input, self.grad_output = [], []
+        self.pending_in = self.pending_out = 0
+
+    def wrap_inputs(self, args):
+        wrapped = []
+        for a in args:
+            if isinstance(a, Tensor) and a.requires_grad:
+                a = _HookIdentity.apply(a, state=self, index=len(self.grad_input))
+                self.pending_in += 1
+            self.grad_input.append(None)
+            wrapped.append(a)
+        return tuple(wrapped)
+
+    def watch_outputs(self, out):
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for t in outs:
+            if isinstance(t, Tensor) and t.requires_grad:
+                index = len(self.grad_output)
+                self.grad_output.append(None)
+                self.pending_out += 1
+                t.register_hook(lambda g, k=index: self._output_grad(k, g))
+
+    def _output_grad(self, index, grad):
+        self.grad_output[index] = grad
+        self.pending_out -= 1
+        if self.pending_out == 0 and self.pending_in == 0:
+            self._fire()
+
+    def input_grad(self, index, grad):
+        self.grad_input[index] = grad
+        self.pending_in -= 1
+        if self.pending_in == 0:
+            self._fire()
+        return self.grad_input[index]
+
+    def _fire(self):
+        for hook in self.hooks:
+            replaced = hook(self.module, tuple(self.grad_input), tuple(self.grad_output))
+            if replaced is not None:
+                replaced = tuple(replaced)
+                if sum(g is not None for g in self.grad_input) > 1:
+                    raise RuntimeError(f"backward hook {getattr(hook, '__name__', hook)!r} of "
+                                       f"{type(self.module).__name__}: replacing grad_input is "
+                                       f"supported for modules with one input that requires "
+                                       f"grad (the others' gradients have already flowed on)")
+                if len(replaced) != len(self.grad_input):
+                    raise RuntimeError(f"backward hook {getattr(hook, '__name__', hook)!r} of "
+                                       f"{type(self.module).__name__} returned {len(replaced)} "
+                                       f"gradients for {len(self.grad_input)} inputs")
+                self.grad_input = list(replaced)
 
 
 def _array(value):

@@ -11,6 +11,8 @@ class Dropout(Function):
     dx = dout * m / (1 - p): the same mask and scale (y is linear in x for a fixed mask).
     """
 
+    deterministic = False                                      # a new mask per forward
+
     def forward(self, x, p=0.5, generator=None):
         u = generator.random(x.shape)                          # uniform [0, 1), x's shape
         if backend.get_array_module(u) is not backend.get_array_module(x):
