@@ -28,6 +28,7 @@ import numpy as np
 
 import tinyllm as tl
 import tinyllm.functional as F
+from tinyllm._files import atomic_write
 from tinyllm.autograd.gradcheck import eps_sweep, format_eps_sweep
 
 # name -> (function of one tensor, the shape of x)
@@ -69,11 +70,8 @@ def make_plot(result, op, path):
     ax.set_ylim(1e-13, 10)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    tl_path = path + ".tmp.png"
-    fig.savefig(tl_path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))   # never half
     plt.close(fig)
-    import os
-    os.replace(tl_path, path)                      # never a half-written figure
     return path
 
 

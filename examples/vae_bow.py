@@ -32,6 +32,7 @@ from collections import Counter
 import numpy as np
 
 import tinyllm as tl
+from tinyllm._files import atomic_write
 from tinyllm.data.corpora import load_labelled_sentences
 from tinyllm.models import VAE
 from tinyllm.optim import Adam
@@ -152,7 +153,7 @@ def plot(history, baseline, path):
     ax[1].set_xlabel("epoch")
     ax[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
 

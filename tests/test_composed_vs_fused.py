@@ -41,8 +41,9 @@ def expected_saved_bytes(case, shape):
         # Exp keeps e^z (N, V), Log its input sum e^z (N, 1), GetItem its index: arange(N)
         # and the targets (int64)
         composed = N * V * F8 + N * F8 + N * F8 + N * F8
-        # CrossEntropy keeps the logits (N, V), the targets (N,) and the log-sum-exp (N,)
-        fused = N * V * F8 + N * F8 + N * F8
+        # CrossEntropy keeps the logits (N, V), the targets (N,), the log-sum-exp (N,) and
+        # the count of counted targets (a scalar in the logits' dtype)
+        fused = N * V * F8 + N * F8 + N * F8 + F8
     elif case == "layer_norm":
         *lead, C = shape
         N = int(np.prod(lead))

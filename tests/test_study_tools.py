@@ -408,3 +408,34 @@ def test_explain_prints_the_ops_card(capsys):
     assert Softmax.__doc__.strip().splitlines()[0] in text
     assert re.search(r"forward  tinyllm/ops/softmax\.py:\d+ in Softmax\.forward", text)
     assert re.search(r"backward tinyllm/ops/softmax\.py:\d+ in Softmax\.backward", text)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line
+
+def test_cli_explain_backward_table_steps_dot_and_bisect(tmp_path, capsys):
+    from tinyllm import cli
+    steps = cli.main(["explain-backward", "--ops", "LayerNorm", "CrossEntropy"])
+    out = capsys.readouterr().out
+    assert "backward pass of a tiny GPT (1 layer, 2 heads, 16 dims" in out
+    assert [s.op for s in steps] == ["CrossEntropy", "LayerNorm", "LayerNorm", "LayerNorm"]
+    assert [s.module for s in steps[1:]] == ["transformer.ln_f", "transformer.h.0.ln_2",
+                                             "transformer.h.0.ln_1"]
+    assert out.count("LayerNorm ") == 3 and "4 steps shown" in out
+
+    steps = cli.main(["explain-backward", "--steps", "--modules", "transformer.h.0.attn",
+                      "--dot", str(tmp_path / "g.dot")])
+    out = capsys.readouterr().out
+    assert "step 12/34  QKVSelfAttention  [transformer.h.0.attn]" in out
+    assert "saved      4.0 KiB: p (2, 2, 8, 8) float32" in out
+    assert (tmp_path / "g.dot").read_text().startswith("digraph tinyllm")
+    assert oct((tmp_path / "g.dot").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    report = cli.main(["explain-backward", "--bisect", "--n-layer", "2"])
+    assert report.ok and "agree with finite differences" in capsys.readouterr().out
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

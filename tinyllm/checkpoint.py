@@ -44,12 +44,12 @@ import dataclasses
 import json
 import os
 import secrets
-import tempfile
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from tinyllm import __version__, backend
+from tinyllm._files import atomic_write
 
 FORMAT_VERSION = 1              # bump when the layout changes; loading refuses newer formats
 META_NAME = "meta.json"
@@ -105,16 +105,16 @@ def save_checkpoint(path, model, optimizer=None, step=None, config=None, extra=N
     written = []                    # data files of this save, removed again if it fails
     try:
         name = f"model-{token}.safetensors"
-        _atomic_write(os.path.join(path, name), lambda tmp: save_file(weights, tmp))
+        atomic_write(os.path.join(path, name), lambda tmp: save_file(weights, tmp))
         written.append(name)
         meta["files"]["model"] = name
         if optim_arrays is not None:
             name = f"optim-{token}.safetensors"
-            _atomic_write(os.path.join(path, name), lambda tmp: save_file(optim_arrays, tmp))
+            atomic_write(os.path.join(path, name), lambda tmp: save_file(optim_arrays, tmp))
             written.append(name)
             meta["files"]["optim"] = name
         text = json.dumps(meta, indent=1)
-        _atomic_write(os.path.join(path, META_NAME), lambda tmp: _write_text(tmp, text))
+        atomic_write(os.path.join(path, META_NAME), lambda tmp: _write_text(tmp, text))
     except BaseException:
         for name in written:
             _remove(os.path.join(path, name))
@@ -196,39 +196,9 @@ def _is_array(v):
 # ----------------------------------------------------------------------------------------------
 # files
 
-def _atomic_write(final_path, write):
-    """Call ``write(tmp)`` on a temporary file beside ``final_path``, then rename it into place.
-
-    The temporary file sits in the same directory (a rename across file systems is a copy, not
-    atomic) and is fsync'ed before the rename, so the renamed file is complete on disk.
-    """
-    directory, base = os.path.split(final_path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final_path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_directory(directory)
-
-
 def _write_text(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _fsync_directory(directory):
-    """Make a rename durable (POSIX); directories cannot be opened for this on Windows."""
-    if hasattr(os, "O_DIRECTORY"):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove(path):

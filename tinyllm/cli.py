@@ -29,6 +29,7 @@ import numpy as np
 
 import tinyllm as tl
 from tinyllm import health
+from tinyllm._files import atomic_write
 from tinyllm.checkpoint import load_checkpoint, save_checkpoint
 from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
@@ -267,7 +268,7 @@ def _plot(run, log):
     ax.legend()
     fig.tight_layout()
     path = run / "loss.png"
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     if log.get("health"):
         health.plot_health(log["health"], run / "health.png")
@@ -335,6 +336,28 @@ def main(argv=None):
     p_eval.add_argument("--data", default=None, help="a text file (default: the run's corpus)")
     p_eval.add_argument("--split", choices=("train", "val"), default="val")
     p_eval.add_argument("--batches", type=int, default=50)
+    p_explain = sub.add_parser("explain-backward",
+                               help="step through the backward pass of a tiny GPT (or a run)")
+    p_explain.add_argument("--out-dir", default=None,
+                           help="a trained run to explain (default: a tiny fresh GPT)")
+    p_explain.add_argument("--n-layer", type=int, default=1)
+    p_explain.add_argument("--n-head", type=int, default=2)
+    p_explain.add_argument("--n-embd", type=int, default=16)
+    p_explain.add_argument("--block-size", type=int, default=8)
+    p_explain.add_argument("--batch-size", type=int, default=2)
+    p_explain.add_argument("--seed", type=int, default=0)
+    p_explain.add_argument("--ops", nargs="*", default=None,
+                           help="show only these ops (Softmax LayerNorm ...; 'leaf' for leaves)")
+    p_explain.add_argument("--modules", nargs="*", default=None,
+                           help="show only nodes in these modules (transformer.h.0.attn ...)")
+    p_explain.add_argument("--steps", action="store_true",
+                           help="print each step in full (upstream and local gradients, saved "
+                                "arrays) instead of the table")
+    p_explain.add_argument("--dot", default=None,
+                           help="also write the graph (.dot; .svg/.png need Graphviz's dot)")
+    p_explain.add_argument("--bisect", action="store_true",
+                           help="check every node's backward against finite differences "
+                                "(float64) and name the first that disagrees")
     args = parser.parse_args(argv)
     tl.backend.keep_freed_memory()       # the command owns the process: reuse freed pages
 
@@ -345,9 +368,50 @@ def main(argv=None):
                       args.top_p, args.seed, args.greedy)
         print(text)
         return text
+    if args.command == "explain-backward":
+        return explain_backward(args)
     result = evaluate(args.out_dir, args.data, args.split, args.batches)
     print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f}")
     return result
+
+
+def explain_backward(args):
+    """``tinyllm explain-backward``: one forward of a tiny GPT (or of a trained run, on a batch
+    of its corpus), then its backward pass step by step (``tinyllm.trace``)."""
+    from tinyllm import trace
+    from tinyllm.autograd import graph
+    dtype = "float64" if args.bisect else "float32"
+    if args.out_dir:
+        cfg, tok, model = _load_run(args.out_dir)
+        model.to(np.dtype(dtype))
+        text = load_text(cfg.data)
+        data = np.array(tok.encode(text[:100_000]), dtype=np.int64)
+        idx, targets = get_batch(data, args.batch_size, cfg.block_size,
+                                 np.random.default_rng(args.seed))
+        what = f"the run in {args.out_dir}"
+    else:
+        model, idx, targets, _ = trace.tiny_gpt_example(
+            args.n_layer, args.n_head, args.n_embd, args.block_size, args.batch_size,
+            args.seed, dtype=dtype)
+        what = (f"a tiny GPT ({args.n_layer} layer, {args.n_head} heads, {args.n_embd} dims, "
+                f"{model.num_parameters():,} parameters)")
+    _, loss = model(idx, targets)
+    print(f"backward pass of {what} on a batch of shape {tuple(idx.shape)}; "
+          f"loss {float(loss.data):.4f}\n")
+    if args.bisect:
+        report = tl.bisect_backward(loss, model=model)
+        print(report)
+        return report
+    if args.dot:
+        path = graph.render(graph.to_dot(loss, model=model), args.dot)
+        print(f"graph written to {path}\n")
+    if args.steps:
+        steps = []
+        for step in trace.backward_steps(loss, model=model, ops=args.ops, modules=args.modules):
+            print(step, end="\n\n")
+            steps.append(step)
+        return steps
+    return trace.explain_backward(loss, model=model, ops=args.ops, modules=args.modules)
 
 
 def run():

@@ -40,11 +40,11 @@ results (one number per group or head) come to the host. Nothing here draws rand
 to a parameter, gradient or optimizer state, so measuring never changes the training numbers.
 """
 import math
-import os
 import re
 
 import numpy as np
 
+from tinyllm._files import atomic_write
 from tinyllm import backend
 from tinyllm.autograd.graph import label_modules, module_name, nodes
 from tinyllm.ops.attention import QKVSelfAttention, ScaledDotProductAttention
@@ -320,13 +320,4 @@ def plot_health(records, path):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

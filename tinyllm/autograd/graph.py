@@ -14,11 +14,11 @@ module it ran in (``ctx.module``) and its forward's keyword arguments (``ctx.for
 import os
 import shutil
 import subprocess
-import tempfile
 
 import numpy as np
 
 from tinyllm import backend
+from tinyllm._files import atomic_write, atomic_write_text
 from tinyllm.autograd.tensor import Tensor, _topological_order
 
 
@@ -37,8 +37,9 @@ def nodes(root):
 
 
 def _is_array(a):
-    return isinstance(a, np.ndarray) or (hasattr(a, "__cuda_array_interface__")
-                                         and hasattr(a, "nbytes"))
+    """NumPy arrays and scalars (a saved count is 8 bytes too), CuPy arrays."""
+    return isinstance(a, (np.ndarray, np.generic)) or (
+        hasattr(a, "__cuda_array_interface__") and hasattr(a, "nbytes"))
 
 
 def saved_arrays(ctx):
@@ -60,7 +61,8 @@ def saved_arrays(ctx):
 
 def _owner(a):
     """The array that owns ``a``'s memory (views count once, with their base)."""
-    while getattr(a, "base", None) is not None:
+    while isinstance(getattr(a, "base", None), (np.ndarray,)) or (
+            getattr(a, "base", None) is not None and not isinstance(a, np.generic)):
         a = a.base
     return a
 
@@ -182,26 +184,15 @@ def _nested_clusters(clusters):
 
 
 def render(dot_text, path):
-    """Write ``dot_text`` to ``path``: .dot as text, .svg/.png/.pdf through Graphviz's ``dot``
-    program (the file is written to a temporary name, then renamed)."""
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix="." + (ext or "dot"))
-    os.close(fd)
-    try:
-        if ext in ("", "dot", "gv"):
-            with open(tmp, "w") as f:
-                f.write(dot_text)
-        else:
-            exe = shutil.which("dot")
-            if exe is None:
-                raise RuntimeError(f"render: writing .{ext} needs Graphviz's `dot` program, "
-                                   f"which is not on PATH (install graphviz, or write a .dot "
-                                   f"file and view it elsewhere)")
-            subprocess.run([exe, f"-T{ext}", "-o", tmp], input=dot_text.encode(), check=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    """Write ``dot_text`` to ``path``: .dot/.gv as text, .svg/.png/.pdf through Graphviz's
+    ``dot`` program (written to a temporary file, then renamed: never half a file)."""
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if ext in ("", "dot", "gv"):
+        return atomic_write_text(path, dot_text)
+    exe = shutil.which("dot")
+    if exe is None:
+        raise RuntimeError(f"render: writing .{ext} needs Graphviz's `dot` program, which is "
+                           f"not on PATH (install graphviz, or write a .dot file and view it "
+                           f"elsewhere)")
+    return atomic_write(path, lambda tmp: subprocess.run([exe, f"-T{ext}", "-o", tmp],
+                                                         input=dot_text.encode(), check=True))

@@ -13,12 +13,13 @@ Only the standard library and NumPy: this module never touches tensors (imports 
 """
 import hashlib
 import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tinyllm._files import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -98,15 +99,7 @@ def _download(corpus, path, timeout):
     if corpus.sha256 and digest != corpus.sha256:
         raise OSError(f"sha256 mismatch: got {digest}, expected {corpus.sha256}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 

@@ -46,7 +46,10 @@ FORMAT_VERSION = 1
 # shared plumbing: atomic files, special-token splitting
 
 def _atomic_write_text(path, text):
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    (tinyllm/_files.py does this for the rest of tinyllm; this file imports nothing from
+    tinyllm, so that it can be used, and tested, on its own.)"""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
@@ -55,6 +58,9 @@ def _atomic_write_text(path, text):
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)    # mkstemp makes it owner-only; give open()'s mode
         os.replace(tmp, path)      # atomic on POSIX and Windows: readers see old or new, never half
     except BaseException:
         if os.path.exists(tmp):

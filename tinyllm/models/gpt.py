@@ -13,7 +13,8 @@ embedding). Linear weights are (in, out), as GPT-2's Conv1D stores them.
 The language-model objective (the chain rule of probability): log p(x_1..x_T) =
 sum_t log p(x_t | x_<t). The causal mask makes position t see only x_<=t, so one forward pass
 gives all T next-token predictions, and the loss is the mean cross-entropy of logits[:, t]
-against idx[:, t + 1].
+against targets[:, t], which the batcher takes as idx shifted by one (targets[:, t] =
+x_{t+1}: ``tinyllm.data.corpora.get_batch``).
 """
 import math
 from dataclasses import dataclass

@@ -57,7 +57,11 @@ class CrossEntropy(Function):
 
 
 class MSELoss(Function):
-    """Mean squared error: loss = reduce((x - y)^2).   dx = 2 (x - y) * dout / n,  dy = -dx."""
+    """Squared error: loss = reduce((x - y)^2).   dx = 2 (x - y) * dout / n,  dy = -dx.
+
+    n is the number of elements for reduction="mean", 1 for "sum" and "none" (then dout has
+    x's shape). Shapes: x, y the same shape; loss () or, with "none", x's shape.
+    """
 
     def forward(self, x, y, reduction="mean"):
         self.diff, self.reduction = x - y, reduction

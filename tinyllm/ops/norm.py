@@ -6,7 +6,8 @@ from tinyllm.ops._util import as_tensor
 
 
 class LayerNorm(Function):
-    """y = (x - mean) / sqrt(var + eps) * w + b, statistics over the last ``n_axes`` axes.
+    """y = (x - mean) / sqrt(var + eps) * w + b, statistics over the last w.ndim axes (the
+    normalized shape S; ``layer_norm`` checks that x ends with S).
 
     With xhat = (x - mu) * rstd, rstd = 1 / sqrt(var + eps), and n the normalized size:
         db = sum of dout over the leading (batch) axes
