@@ -38,6 +38,13 @@ class Function:
 
     deterministic = True        # False: forward draws random numbers (Dropout), so rerunning
                                 # it alone (bisect_backward) would not reproduce the output
+    bookkeeping = False         # True: an identity that feeds a hook; bisect leaves it alone
+
+    def zero_grad_mask(self, k):
+        """Elements of input ``k`` whose gradient this op defines as 0 although the output
+        depends on them (Embedding's padding row, as PyTorch), or None. bisect_backward
+        leaves them out of its finite differences."""
+        return None
 
     def __init__(self, *parents):
         self.parents = parents                                   # the input Tensors

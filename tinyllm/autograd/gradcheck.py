@@ -283,7 +283,9 @@ def bisect_backward(output, model=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, 
     run again on them (a fresh instance, the same keyword arguments), its backward gives the
     vector-Jacobian product for a random cotangent v, and central differences of sum(f(x) * v)
     check it. Inputs with at most ``max_full`` elements are checked element by element, larger
-    ones along a random direction. Random ops (``deterministic = False``: Dropout) are skipped.
+    ones along a random direction. Random ops (``deterministic = False``: Dropout) and hook
+    bookkeeping are skipped; elements an op defines to get no gradient (``zero_grad_mask``:
+    Embedding's padding row) are left out.
 
     output:  a float64 Tensor with its graph (call before ``backward``, which frees it); build
              it from a float64 model (``model.double()``) and float64 inputs.
@@ -303,8 +305,9 @@ def bisect_backward(output, model=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, 
         if hasattr(ctx, "_released"):
             raise RuntimeError("bisect_backward: the graph was freed by backward(); build the "
                                "output again and call bisect_backward before backward")
-        if not cls.deterministic:
-            checks.append(NodeCheck(index, name, module, skipped="random forward"))
+        if not cls.deterministic or cls.bookkeeping:
+            why = "random forward" if not cls.deterministic else "hook bookkeeping"
+            checks.append(NodeCheck(index, name, module, skipped=why))
             continue
         parents = ctx.parents
         for k, p in enumerate(parents):
@@ -339,6 +342,8 @@ def bisect_backward(output, model=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, 
             a = (np.zeros(p.shape) if dxs[k] is None
                  else backend.asnumpy(dxs[k]).astype(np.float64))
             x0 = backend.asnumpy(arrays[k]).astype(np.float64)
+            zero = fresh.zero_grad_mask(k)             # gradient 0 by definition: skip those
+            keep = np.ones(p.shape) if zero is None else 1.0 - backend.asnumpy(zero)
             if p.size <= max_full:
                 n = np.zeros(p.shape)
                 for j in np.ndindex(p.shape):
@@ -348,6 +353,7 @@ def bisect_backward(output, model=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, 
                         xj[j] += sign * eps
                         xs.append(objective(k, backend.to_device(xj, p.device)))
                     n[j] = (xs[0] - xs[1]) / (2 * eps)
+                n *= keep
                 diff = np.abs(a - n)
                 bad = not (diff <= atol + rtol * np.abs(n)).all()
                 j = np.unravel_index(int(np.argmax(np.nan_to_num(diff, nan=np.inf))), p.shape) \
@@ -356,8 +362,8 @@ def bisect_backward(output, model=None, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, 
                 check = NodeCheck(index, name, module, k, p.shape, f"{an:.10g} at {j}",
                                   f"{nu:.10g}", float(diff.max()) if p.size else 0.0, not bad)
             else:
-                u = rng.standard_normal(p.shape)
-                u /= np.linalg.norm(u)
+                u = rng.standard_normal(p.shape) * keep
+                u /= max(np.linalg.norm(u), 1e-300)
                 f_plus = objective(k, backend.to_device(x0 + eps * u, p.device))
                 f_minus = objective(k, backend.to_device(x0 - eps * u, p.device))
                 nu = (f_plus - f_minus) / (2 * eps)

@@ -383,6 +383,8 @@ class _HookIdentity(Function):
     Inserted in front of each input of a module that has full backward hooks, so that the
     gradient reaching the input is seen where the module's call began."""
 
+    bookkeeping = True
+
     def forward(self, x, state=None, index=0):
         self.state, self.index = state, index
         return x
@@ -399,6 +401,7 @@ class _BackwardHookState:
         self.module, self.hooks = module, list(hooks)
         self.grad_input, self.grad_output = [], []
         self.pending_in = self.pending_out = 0
+        self._wrapped, self._n_out = [], 0          # for resetting the counts after firing
 
     def wrap_inputs(self, args):
         wrapped = []
@@ -406,6 +409,7 @@ class _BackwardHookState:
             if isinstance(a, Tensor) and a.requires_grad:
                 a = _HookIdentity.apply(a, state=self, index=len(self.grad_input))
                 self.pending_in += 1
+                self._wrapped.append(len(self.grad_input))
             self.grad_input.append(None)
             wrapped.append(a)
         return tuple(wrapped)
@@ -417,6 +421,7 @@ class _BackwardHookState:
                 index = len(self.grad_output)
                 self.grad_output.append(None)
                 self.pending_out += 1
+                self._n_out += 1
                 t.register_hook(lambda g, k=index: self._output_grad(k, g))
 
     def _output_grad(self, index, grad):
@@ -433,6 +438,9 @@ class _BackwardHookState:
         return self.grad_input[index]
 
     def _fire(self):
+        # ready for another backward through the same graph (retain_graph=True)
+        self.pending_in = len(self._wrapped)
+        self.pending_out = self._n_out
         for hook in self.hooks:
             replaced = hook(self.module, tuple(self.grad_input), tuple(self.grad_output))
             if replaced is not None:

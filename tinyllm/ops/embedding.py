@@ -21,6 +21,14 @@ class Embedding(Function):
         self.padding_idx = padding_idx
         return w[idx]
 
+    def zero_grad_mask(self, k):
+        """The padding row: by convention (PyTorch's) it never receives gradient."""
+        if self.padding_idx is None:
+            return None
+        mask = backend.get_array_module(self.idx).zeros(self.w_shape, dtype=bool)
+        mask[self.padding_idx] = True
+        return mask
+
     def backward(self, dout):
         V, C = self.w_shape
         dw = embedding_backward(self.idx.reshape(-1), dout.reshape(-1, C), V)   # (..., C) -> (N, C)
