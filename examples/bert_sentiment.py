@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 import tinyllm as tl
+from tinyllm._files import atomic_write_text
 from tinyllm import functional as F
 from tinyllm.data.corpora import load_labelled_sentences, load_text
 from tinyllm.data.tokenizers import WordPieceTokenizer
@@ -295,8 +296,7 @@ def main(argv=None):
     print(table(rows))
     result = {"rows": rows, "pretrain_s": pre_s, "pretrain_log": log[-50:]}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), **result}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"args": vars(args), **result}, indent=1) + "\n")
     return result
 
 

@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 import tinyllm as tl
+from tinyllm._files import atomic_write_text
 from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import CharTokenizer
 from tinyllm.generate import generate
@@ -203,8 +204,8 @@ def main(argv=None):
     result = [{**{k: v for k, v in r.items() if k not in ("ngram", "net")}, "vocab": V}
               for r in rows]
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": result, "samples": texts}, f, indent=1)
+        record = {"args": vars(args), "rows": result, "samples": texts}
+        atomic_write_text(args.json, json.dumps(record, indent=1) + "\n")
     return result
 
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 import tinyllm as tl
+from tinyllm._files import atomic_write_text
 from tinyllm.data.corpora import load_sentence_pairs
 from tinyllm.data.tokenizers import ByteBPETokenizer
 from tinyllm.generate import beam_search
@@ -195,8 +196,7 @@ def main(argv=None):
         print(f"  {e['en']}\n    ref:    {e['ref']}\n    greedy: {e['greedy']}\n"
               f"    beam:   {e['beam']}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), **result}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"args": vars(args), **result}, indent=1) + "\n")
     return result
 
 

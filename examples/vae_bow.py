@@ -32,7 +32,7 @@ from collections import Counter
 import numpy as np
 
 import tinyllm as tl
-from tinyllm._files import atomic_write
+from tinyllm._files import atomic_write, atomic_write_text
 from tinyllm.data.corpora import load_labelled_sentences
 from tinyllm.models import VAE
 from tinyllm.optim import Adam
@@ -204,8 +204,7 @@ def main(argv=None):
               "test_kl": final["test_kl"], "centroid_accuracy": acc, "train_s": secs,
               "samples": samples, "history": history}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), **result}, f, indent=1)
+        atomic_write_text(args.json, json.dumps({"args": vars(args), **result}, indent=1) + "\n")
     return result
 
 

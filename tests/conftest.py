@@ -7,6 +7,7 @@ skipped, with the reason, when CuPy sees no CUDA device.
 """
 import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,22 @@ def load_script(relpath):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def shared_data(monkeypatch):
+    """The directory holding the corpora (tinyshakespeare.txt, ...): $TINYLLM_DATA, else
+    ../shared/data beside the repository. Exported, resolved, as TINYLLM_DATA (a relative path
+    would break tests that symlink to it); the test is skipped, with the reason, without it."""
+    candidates = [os.environ["TINYLLM_DATA"]] if os.environ.get("TINYLLM_DATA") else []
+    candidates.append(os.path.join(os.path.dirname(REPO), "shared", "data"))
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "tinyshakespeare.txt")):
+            d = Path(d).resolve()
+            monkeypatch.setenv("TINYLLM_DATA", str(d))
+            return d
+    pytest.skip(f"tinyshakespeare.txt not found in {candidates}; set TINYLLM_DATA to the "
+                f"directory that holds it")
 
 
 def pytest_collection_modifyitems(config, items):

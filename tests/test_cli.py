@@ -2,7 +2,6 @@
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,9 @@ import pytest
 
 from tinyllm import cli
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(autouse=True)
-def data(monkeypatch):
-    d = Path(os.environ["TINYLLM_DATA"]) if os.environ.get("TINYLLM_DATA") else SHARED
-    if not (d / "tinyshakespeare.txt").is_file():
-        pytest.skip(f"tinyshakespeare.txt not found in {d}; set TINYLLM_DATA")
-    monkeypatch.setenv("TINYLLM_DATA", str(d))
+def data(shared_data):
+    return shared_data
 
 
 def _train(out, *extra):

@@ -3,24 +3,11 @@ import hashlib
 import io
 import os
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tinyllm.data import corpora
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-@pytest.fixture
-def shared_data(monkeypatch):
-    d = Path(os.environ["TINYLLM_DATA"]) if os.environ.get("TINYLLM_DATA") else SHARED
-    if not (d / "tinyshakespeare.txt").is_file():
-        pytest.skip(f"corpora not found in {d}; set TINYLLM_DATA")
-    monkeypatch.setenv("TINYLLM_DATA", str(d))
-    return d
-
 
 def test_registry_matches_the_shared_files(shared_data):
     for name in corpora.CORPORA:

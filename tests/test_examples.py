@@ -44,22 +44,12 @@ def train_tiny():
 
 
 @pytest.fixture
-def data_dir(monkeypatch):
-    """A directory holding tinyshakespeare.txt, exported as TINYLLM_DATA (or skip).
-
-    The example is a CPU (NumPy) demonstration, so these tests pin the NumPy backend even when
-    the suite runs with TINYLLM_TEST_BACKEND=cupy.
-    """
+def data_dir(shared_data):
+    """The corpora directory (conftest's ``shared_data``). The examples are CPU (NumPy)
+    demonstrations, so these tests pin the NumPy backend even when the suite runs with
+    TINYLLM_TEST_BACKEND=cupy."""
     tinyllm.set_backend("numpy")
-    candidates = [Path(os.environ["TINYLLM_DATA"])] if os.environ.get("TINYLLM_DATA") else []
-    candidates.append(REPO.parent / "shared" / "data")
-    for d in candidates:
-        if (d / CORPUS).is_file():
-            d = d.resolve()              # a relative TINYLLM_DATA would break the symlink tests
-            monkeypatch.setenv("TINYLLM_DATA", str(d))
-            return d
-    pytest.skip(f"{CORPUS} not found in {[str(d) for d in candidates]}; set TINYLLM_DATA to "
-                f"the directory that holds it")
+    return shared_data
 
 
 @pytest.fixture

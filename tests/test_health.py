@@ -1,8 +1,6 @@
 """Training-health numbers (tinyllm.health) against hand computations, and in the train CLI."""
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from tinyllm.nn import MultiHeadAttention
 from tinyllm.ops.attention import QKVSelfAttention
 from tinyllm.optim import SGD
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _gpt(**kw):
@@ -237,19 +234,11 @@ def test_record_keys_and_plot(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # the train command
 
-@pytest.fixture
-def data(monkeypatch):
-    d = Path(os.environ["TINYLLM_DATA"]) if os.environ.get("TINYLLM_DATA") else SHARED
-    if not (d / "tinyshakespeare.txt").is_file():
-        pytest.skip(f"tinyshakespeare.txt not found in {d}; set TINYLLM_DATA")
-    monkeypatch.setenv("TINYLLM_DATA", str(d))
-
-
 def _train(out, *extra):
     return cli.main(["train", "--preset", "tiny", "--out-dir", str(out), "--quiet", *extra])
 
 
-def test_train_logs_health_and_draws_it(tmp_path, data):
+def test_train_logs_health_and_draws_it(tmp_path, shared_data):
     log = _train(tmp_path / "run", "--health-every", "5")
     saved = json.loads((tmp_path / "run" / "log.json").read_text())
     assert saved["health"] == log["health"]
@@ -273,7 +262,7 @@ def test_train_logs_health_and_draws_it(tmp_path, data):
     assert (tmp_path / "run" / "health.png").stat().st_size > 5000
 
 
-def test_health_changes_no_training_number(tmp_path, data):
+def test_health_changes_no_training_number(tmp_path, shared_data):
     """Measuring every step (dropout on: the composed attention path, random masks) gives
     bit-identical losses to not measuring; a resumed run records the same health numbers."""
     off = _train(tmp_path / "off", "--dropout", "0.1", "--health-every", "0")

@@ -9,7 +9,7 @@ import pytest
 
 import tinyllm as tl
 from tests.conftest import t64
-from tinyllm import nn, trace
+from tinyllm import _files, nn, trace
 from tinyllm.autograd import graph
 from tinyllm.autograd.anomaly import AnomalyError, detect_anomaly
 from tinyllm.autograd.gradcheck import (GradcheckError, bisect_backward, eps_sweep,
@@ -27,6 +27,15 @@ def tiny_gpt(n_layer=2, dtype=np.float64, dropout=0.0, seed=0):
         m.double()
     idx = np.random.default_rng(seed).integers(0, 11, (2, 5))
     return m, idx
+
+
+def plain_grads(m, idx):
+    """Every parameter's gradient from an ordinary backward (then zeroed again)."""
+    _, loss = m(idx, idx)
+    loss.backward()
+    grads = {n: p.grad.copy() for n, p in m.named_parameters()}
+    m.zero_grad()
+    return loss, grads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,10 +120,7 @@ def test_anomaly_from_the_environment(monkeypatch):
 
 def test_anomaly_mode_does_not_change_a_finite_training_step():
     m, idx = tiny_gpt()
-    _, loss = m(idx, idx)
-    loss.backward()
-    plain = {n: p.grad.copy() for n, p in m.named_parameters()}
-    m.zero_grad()
+    loss, plain = plain_grads(m, idx)
     with detect_anomaly():
         _, loss2 = m(idx, idx)
         loss2.backward()
@@ -213,10 +219,7 @@ def test_bisect_leaves_module_hooks_alone():
 
 def test_backward_steps_gives_the_same_gradients_as_backward():
     m, idx = tiny_gpt()
-    _, loss = m(idx, idx)
-    loss.backward()
-    ref = {n: p.grad.copy() for n, p in m.named_parameters()}
-    m.zero_grad()
+    _, ref = plain_grads(m, idx)
     _, loss = m(idx, idx)
     n_tensors = len(graph.tensors(loss))
     steps = list(trace.backward_steps(loss, model=m))
@@ -478,13 +481,21 @@ def test_cli_explain_backward_table_steps_dot_and_bisect(tmp_path, capsys):
     assert "step 12/34  QKVSelfAttention  [transformer.h.0.attn]" in out
     assert "saved      4.0 KiB: p (2, 2, 8, 8) float32" in out
     assert (tmp_path / "g.dot").read_text().startswith("digraph tinyllm")
-    assert oct((tmp_path / "g.dot").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert oct((tmp_path / "g.dot").stat().st_mode & 0o777) == oct(0o666 & ~_files._umask())
 
     report = cli.main(["explain-backward", "--bisect", "--n-layer", "2"])
     assert report.ok and "agree with finite differences" in capsys.readouterr().out
 
 
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def test_cli_explain_backward_on_a_trained_run(tmp_path, capsys, shared_data):
+    from tinyllm import cli
+    run = tmp_path / "run"
+    cli.main(["train", "--preset", "tiny", "--out-dir", str(run), "--quiet", "--max-iters", "2",
+              "--eval-iters", "0"])
+    capsys.readouterr()
+    steps = cli.main(["explain-backward", "--out-dir", str(run), "--ops", "CrossEntropy"])
+    out = capsys.readouterr().out
+    assert f"backward pass of the run in {run} on a batch of shape (2, 16)" in out
+    assert [s.op for s in steps] == ["CrossEntropy"] and steps[0].in_shapes[0][0] == 32
+    report = cli.main(["explain-backward", "--out-dir", str(run), "--bisect"])
+    assert report.ok

@@ -44,9 +44,10 @@ import re
 
 import numpy as np
 
-from tinyllm._files import atomic_write
 from tinyllm import backend
+from tinyllm._files import atomic_write
 from tinyllm.autograd.graph import label_modules, module_name, nodes
+from tinyllm.nn.attention import causal_mask
 from tinyllm.ops.attention import QKVSelfAttention, ScaledDotProductAttention
 from tinyllm.ops.softmax import Softmax
 
@@ -150,9 +151,10 @@ def _attention_weights(ctx):
             return None if p is None else (p, (p > 0).sum(axis=-1))
         xp = backend.get_array_module(p)
         Tq, Tk = p.shape[-2:]
-        visible = xp.ones((Tq, Tk), dtype=bool)
         if kwargs.get("causal", isinstance(ctx, QKVSelfAttention)):
-            visible = ~xp.triu(visible, k=1 + Tk - Tq)           # key j <= i + (Tk - Tq)
+            visible = ~causal_mask(Tq, Tk, backend.device_of(p))  # key j <= i + (Tk - Tq)
+        else:
+            visible = xp.ones((Tq, Tk), dtype=bool)
         visible = visible[None, None]                           # (1, 1, Tq, Tk)
         mask = kwargs.get("mask")
         if mask is not None:

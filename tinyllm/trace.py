@@ -46,7 +46,7 @@ class BackwardStep:
         self.index, self.total, self.tensor, self.ctx = index, total, t, ctx
         self.out_shape, self.dout = t.shape, dout
         if ctx is None:
-            self.op, self.module = "leaf", _leaf_module(pnames.get(id(t)))
+            self.op, self.module = "leaf", graph.owner_module(pnames.get(id(t)))
             self.in_shapes, self.grads, self.saved = (), (), ()
             self.name = pnames.get(id(t)) or t.name or "input"
             self.grad = t.grad
@@ -187,10 +187,6 @@ def explain_backward(loss, model=None, ops=None, modules=None, file=None, max_ro
 
 def _names(x):
     return [x] if isinstance(x, str) else list(x)
-
-
-def _leaf_module(name):
-    return name.rsplit(".", 1)[0] if name and "." in name else ""
 
 
 def _shape(s):

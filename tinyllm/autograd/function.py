@@ -63,8 +63,9 @@ class Function:
         ctx = cls(*tensors)
         arrays = [t.data for t in tensors]
         _check_same_device(cls.__name__, tensors, arrays)
+        check = anomaly.anomaly_enabled()
         try:
-            if anomaly.anomaly_enabled():       # NumPy's warnings off: the check says more
+            if check:                           # NumPy's warnings off: the check says more
                 out = anomaly.quietly(ctx.forward, *arrays, **kwargs)
             else:
                 out = ctx.forward(*arrays, **kwargs)
@@ -73,7 +74,7 @@ class Function:
                 raise
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
             raise ValueError(f"{cls.__name__}: {e} (input shapes {shapes})") from e
-        if anomaly.anomaly_enabled():
+        if check:
             anomaly.check_forward(ctx, arrays, kwargs, out)
         out = Tensor._from_op(out)
         if ctx.requires_grad and grad_mode.is_grad_enabled() and out.data.dtype.kind == "f":
@@ -82,7 +83,7 @@ class Function:
             # for the study tools: the layer it ran in, how to rerun it, where it was made
             ctx.module = anomaly.SCOPE[-1] if anomaly.SCOPE else None
             ctx.forward_kwargs = kwargs
-            if anomaly.anomaly_enabled():
+            if check:
                 ctx.created_at = anomaly.creation_site()
         else:
             # no_grad, constant inputs, or an integer/bool result (a cast to int has no

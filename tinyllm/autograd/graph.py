@@ -98,6 +98,12 @@ def module_name(ctx):
     return getattr(m, "_trace_name", None) or type(m).__name__
 
 
+def owner_module(param_name):
+    """The dotted name of the module a parameter belongs to ("h.0.ln_1.weight" -> "h.0.ln_1";
+    "" for a parameter of the root or an unnamed tensor)."""
+    return param_name.rsplit(".", 1)[0] if param_name and "." in param_name else ""
+
+
 def parameter_names(model):
     """id(parameter) -> dotted name, for every trainable parameter of ``model``."""
     return {id(p): name for name, p in model.named_parameters()} if model is not None else {}
@@ -140,7 +146,7 @@ def to_dot(root, model=None, grad_norms=False, group_modules=True, max_nodes=200
             name = pnames.get(id(t)) or t.name or "input"
             line = (f'{nid} [label="{name}\\n{shape}{norm}", shape=ellipse, '
                     f'style=filled, fillcolor="#dbe9f6"];')
-            owner = name.rsplit(".", 1)[0] if id(t) in pnames and "." in name else ""
+            owner = owner_module(pnames.get(id(t)))
             clusters.setdefault(owner if group_modules else "", []).append(line)
             continue
         ctx = t._ctx

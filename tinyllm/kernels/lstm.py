@@ -124,18 +124,22 @@ def _use_numba(impl, *arrays):
     return choose(impl, auto_numba=True) == "numba"
 
 
+def _into(out, results):
+    """The reference's results, copied into ``out`` when the caller gave arrays to fill."""
+    if out is None:
+        return results
+    for target, r in zip(out, results):
+        target[...] = r
+    return out
+
+
 def lstm_cell_forward(a, c, out=None, impl=None):
     """(h', c', gates, tanh(c')) for pre-activations a (B, 4H) and cell state c (B, H).
 
     ``out``: optional arrays (h', c', gates, tanh(c')) to write into, e.g. one time step's views
     of a whole sequence's storage, so the caller copies nothing."""
     if not _use_numba(impl, a, c):
-        results = lstm_cell_forward_reference(a, c)
-        if out is None:
-            return results
-        for target, r in zip(out, results):
-            target[...] = r
-        return out
+        return _into(out, lstm_cell_forward_reference(a, c))
     if out is None:
         B, H = c.shape
         out = tuple(np.empty((B, n), dtype=a.dtype) for n in (H, H, 4 * H, H))
@@ -148,12 +152,7 @@ def lstm_cell_backward(dh, dc, gates, tanh_c, c, out=None, impl=None):
     """(da (B, 4H), dc_prev (B, H)) from dh, dc (B, H), the saved gates and tanh(c'), and the
     previous cell state c. ``out``: optional (da, dc_prev) arrays to write into."""
     if not _use_numba(impl, dh, dc, gates, tanh_c, c):
-        results = lstm_cell_backward_reference(dh, dc, gates, tanh_c, c)
-        if out is None:
-            return results
-        for target, r in zip(out, results):
-            target[...] = r
-        return out
+        return _into(out, lstm_cell_backward_reference(dh, dc, gates, tanh_c, c))
     if out is None:
         out = (np.empty(gates.shape, dtype=gates.dtype), np.empty(c.shape, dtype=gates.dtype))
     _lstm_cell_backward_numba(dh, dc, gates, tanh_c, c, out[0], out[1])
