@@ -26,7 +26,14 @@ Configs (layers/heads/dims/context/batch, vocab 65) and the targets for tinyllm 
 
 and with ``--backend cupy`` (tinyllm on CuPy / PyTorch CUDA): large <= 1.5x.
 
-How: the two engines never share a process (their thread pools, OpenBLAS/Numba against
+On a machine with more than one core (and the numpy backend) tinyllm is timed twice: in one
+process ("tinyllm", OpenBLAS on all cores for the GEMMs, everything else on one), and with the
+batch split over one process per core ("tinyllm-dp": ``tinyllm.parallel.DataParallel``, the
+default of ``tinyllm train``; its workers share the weights and the gradients are averaged, so
+it computes the same step). The table gives both ratios; "met" takes the better one. PyTorch
+runs as the issue specifies, one process with ``torch.set_num_threads(2)``.
+
+How: the engines never share a process (their thread pools, OpenBLAS/Numba against
 PyTorch's OpenMP, slow each other down). The parent spawns
 ``python benchmarks/train_step.py --worker tinyllm|torch --config NAME --steps N`` one after
 the other, alternating which engine goes first, for ``--rounds`` rounds. Each worker builds the
@@ -102,6 +109,7 @@ BUDGET_S = 540                  # the default run skips its last rounds rather t
 LR, BETAS, EPS, WEIGHT_DECAY = 1e-3, (0.9, 0.99), 1e-8, 0.1
 CHECK_CONFIG, CHECK_STEPS, CHECK_RTOL = "base", 3, 1e-4
 TORCH_THREADS = 2
+ENGINES = ("tinyllm", "tinyllm-dp", "torch")
 VERBOSE = False                  # --verbose: one line per worker on stderr
 
 
@@ -165,6 +173,25 @@ def _tinyllm_setup(cfg, backend="numpy"):
     opt = AdamW(_param_groups(model.named_parameters()), lr=LR, betas=BETAS, eps=EPS,
                 weight_decay=WEIGHT_DECAY)
     return model, opt
+
+
+def _tinyllm_dp_setup(cfg):
+    """tinyllm's model and AdamW with the batch split over one process per core
+    (``tinyllm.parallel.DataParallel``, what ``tinyllm train`` does by default)."""
+    from tinyllm.models import GPT
+    from tinyllm.parallel import DataParallel, auto_workers
+    model, opt = _tinyllm_setup(cfg)
+    dp = DataParallel(model, build=functools.partial(GPT, model.config),
+                      workers=auto_workers(cfg.batch_size))
+    return model, opt, dp
+
+
+def _tinyllm_dp_step(dp, model, opt, x, y, to_device=None):
+    """One data-parallel step; returns the batch's loss (a NumPy scalar: has ``.item()``)."""
+    opt.zero_grad()
+    value = dp.forward_backward(x, y)
+    opt.step()
+    return np.float64(value)
 
 
 def _tinyllm_step(model, opt, x, y, to_device=None):
@@ -426,8 +453,15 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
     if warmup is None:
         warmup = STEPS.get(config, (1, 0))[0] if isinstance(config, str) else 1
     freed = False
-    to_device = gpu_peak_mb = None
-    if engine == "tinyllm":
+    to_device = gpu_peak_mb = dp = None
+    if engine == "tinyllm-dp":
+        if backend != "numpy":
+            raise ValueError("tinyllm-dp runs on the numpy backend only")
+        import tinyllm as tl
+        freed = bool(tl.backend.keep_freed_memory())
+        model, opt, dp = _tinyllm_dp_setup(cfg)
+        step = functools.partial(_tinyllm_dp_step, dp)
+    elif engine == "tinyllm":
         import tinyllm as tl
         keep = getattr(tl.backend, "keep_freed_memory", None)
         freed = bool(keep()) if keep else False          # as tinyllm's CLI does, where it can
@@ -476,6 +510,9 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
         out["peak_gpu_mb"] = gpu_peak_mb()
     if profile and engine == "tinyllm":
         out["profile"] = _profile_tinyllm(model, opt, batches, max(3, min(steps, 10)))
+    if dp is not None:
+        out["workers"] = dp.workers
+        dp.close()
     return out
 
 
@@ -606,6 +643,7 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
     have_torch = importlib.util.find_spec("torch") is not None
     gpu = backend == "cupy"
     info = machine_info(gpu)
+    data_parallel = not gpu and os.cpu_count() and os.cpu_count() > 1
     print("GPT training step (forward + backward + AdamW), tinyllm vs PyTorch "
           f"{'CUDA' if gpu else 'CPU'}, float32")
     print(f"machine: {info['cpu']}, {info['cores']} cores; Python {info['python']}")
@@ -625,7 +663,8 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
         result["check"] = check(sdpa, backend=backend)
     else:
         print("torch not installed: timing tinyllm only, no loss check")
-    engines = ["tinyllm", "torch"] if have_torch else ["tinyllm"]
+    engines = ["tinyllm"] + (["tinyllm-dp"] if data_parallel else []) + (
+        ["torch"] if have_torch else [])
     runs = {(c, e): [] for c in configs for e in engines}
     done = 0
     for r in range(rounds):
@@ -656,8 +695,10 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
     mem_cols = (("host ms tl/pt", "host_ms", ".1f"), ("peak GPU MB tl/pt", "peak_gpu_mb", ".0f")) \
         if gpu else (("peak RSS MB tl/pt", "peak_rss_mb", ".0f"),
                      ("step delta MB", "step_delta_mb", ".0f"))
+    dp_cols = f"{'dp ms':>8}{'ratio dp':>9}" if data_parallel else ""
     print(f"\n{'config':<8}{'L/H/C/T/B':<16}{'tinyllm ms':>11}{'torch ms':>10}{'ratio':>7}"
-          f"{'target':>8}{'met':>5}{'spread tl/pt':>16}{mem_cols[0][0]:>19}{mem_cols[1][0]:>19}")
+          f"{dp_cols}{'target':>8}{'met':>5}{'spread tl/pt':>16}{mem_cols[0][0]:>19}"
+          f"{mem_cols[1][0]:>19}")
     for c in configs:
         entry = {}
         for e in engines:
@@ -673,7 +714,16 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
         pt_ms = entry["torch"]["ms_per_step"] if have_torch else float("nan")
         ratio = tl_ms / pt_ms
         target = (GPU_TARGETS if gpu else TARGETS).get(c)
-        met = "-" if target is None or not have_torch else ("yes" if ratio <= target else "no")
+        best = ratio
+        dp_txt = ""
+        if data_parallel:
+            dp_ms = entry["tinyllm-dp"]["ms_per_step"]
+            entry["ratio_dp"] = dp_ms / pt_ms
+            entry["workers"] = runs[(c, "tinyllm-dp")][0].get("workers")
+            best = min(ratio, entry["ratio_dp"])
+            ratio_dp = entry["ratio_dp"]
+            dp_txt = f"{dp_ms:8.1f}{f'{ratio_dp:.2f}x':>9}"
+        met = "-" if target is None or not have_torch else ("yes" if best <= target else "no")
 
         def spread(e):
             ms = entry[e]["rounds_ms"] if e in entry else [float("nan")]
@@ -684,7 +734,7 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
                             for e in ("tinyllm", "torch"))
 
         print(f"{c:<8}{_shape(_config(c)):<16}{tl_ms:11.1f}{pt_ms:10.1f}{f'{ratio:.2f}x':>7}"
-              f"{f'{target:.1f}x' if target else '(none)':>8}{met:>5}"
+              f"{dp_txt}{f'{target:.1f}x' if target else '(none)':>8}{met:>5}"
               f"{f'{spread(engines[0]):.0%}/{spread(engines[-1]):.0%}':>16}"
               f"{mem(*mem_cols[0][1:]):>19}{mem(*mem_cols[1][1:]):>19}")
         entry.update(ratio=ratio, target=target, shape=_shape(_config(c)))
@@ -739,7 +789,7 @@ def _parse(argv=None):
                    help="PyTorch attention via F.scaled_dot_product_attention (default)")
     p.add_argument("--no-torch-sdpa", dest="sdpa", action="store_false",
                    help="PyTorch attention as an explicit masked softmax")
-    p.add_argument("--worker", choices=["tinyllm", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--config", default="base", help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--max-time", type=float, default=None, help=argparse.SUPPRESS)

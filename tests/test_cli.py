@@ -62,6 +62,28 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, monkeypatch):
     assert resumed["train_loss"] == straight["train_loss"]
 
 
+def test_workers_split_the_batch_and_resume_keeps_their_number(tmp_path):
+    one = _train(tmp_path / "one", "--workers", "1")
+    two = _train(tmp_path / "two", "--workers", "2")
+    assert (one["workers"], two["workers"]) == (1, 2)
+    # the same run up to float32 rounding of the gradient sums
+    np.testing.assert_allclose(two["train_loss"], one["train_loss"], rtol=1e-4)
+    assert two["train_loss"] != one["train_loss"]          # ... but not the same bits
+    _train(tmp_path / "b", "--workers", "2", "--max-iters", "10")
+    resumed = _train(tmp_path / "b", "--resume")          # no --workers: the saved 2
+    assert resumed["workers"] == 2 and resumed["train_loss"] == two["train_loss"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "3"], "--batch-size 8 does not split evenly over --workers 3"),
+    (["--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["--workers", "2", "--backend", "cupy"], "--workers 2 needs --backend numpy"),
+])
+def test_bad_workers_are_refused(tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        _train(tmp_path / "run", *flags)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = cli.GPT.forward
     seen = {"n": 0}

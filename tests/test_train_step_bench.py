@@ -20,6 +20,15 @@ def test_tinyllm_worker_runs(bench):
     assert out["peak_rss_mb"] > 0
 
 
+def test_data_parallel_worker_computes_the_same_steps(bench):
+    """"tinyllm-dp" (the batch split over one process per core) gives the one-process losses."""
+    one = bench.run_worker("tinyllm", "small", steps=0, warmup=3)["losses"]
+    dp = bench.run_worker("tinyllm-dp", "small", steps=1, warmup=2)
+    assert dp["workers"] >= 1 and len(dp["losses"]) == 3
+    for a, b in zip(dp["losses"], one):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
 def test_unknown_backend_is_refused(bench):
     with pytest.raises(ValueError, match="backend must be 'numpy' or 'cupy'"):
         bench.run_worker("tinyllm", "tiny", steps=1, warmup=0, backend="torch")

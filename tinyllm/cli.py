@@ -17,6 +17,7 @@ last good checkpoint.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from tinyllm.generate import generate
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
+from tinyllm.parallel import DataParallel, auto_workers
 
 
 @dataclass
@@ -67,6 +69,8 @@ class TrainConfig:
     health_every: int = 250           # steps between training-health records (0 = off)
     seed: int = 1337                  # seeds init, batches, dropout
     backend: str = "numpy"            # "numpy" (CPU) or "cupy" (GPU)
+    workers: int = 0                  # processes sharing each batch (tinyllm.parallel); 0: one
+    #                                   per core that divides batch_size (numpy), 1: this only
 
 
 PRESETS = {
@@ -113,23 +117,46 @@ def data_generator(seed):
     return np.random.default_rng([seed, 1])
 
 
-@tl.no_grad()
-def estimate_loss(model, splits, cfg, step):
+def estimate_loss(dp, splits, cfg, step):
     """Mean loss over ``eval_iters`` batches per split, from a generator seeded by the step
-    (so evaluation never disturbs the training batches, and resumed runs match)."""
-    model.eval()
+    (so evaluation never disturbs the training batches, and resumed runs match). ``dp`` is the
+    run's ``DataParallel``: each batch is split over its workers as in training."""
+    dp.model.eval()
     out = {}
     for name, data in splits.items():
         rng = np.random.default_rng([cfg.seed, step, len(name)])
-        losses = [model(*get_batch(data, cfg.batch_size, cfg.block_size, rng))[1].item()
+        losses = [dp.loss(*get_batch(data, cfg.batch_size, cfg.block_size, rng))
                   for _ in range(cfg.eval_iters)]
         out[name] = float(np.mean(losses))
-    model.train()
+    dp.model.train()
     return out
+
+
+def resolve_workers(cfg, saved=None):
+    """The number of processes a run uses: ``--workers`` when given; on resume the saved run's
+    (so it continues bit for bit); else one per core that divides the batch (numpy backend)."""
+    _check_workers(cfg)
+    if cfg.workers:
+        return cfg.workers
+    if saved:
+        return saved
+    return auto_workers(cfg.batch_size) if cfg.backend == "numpy" else 1
+
+
+def _check_workers(cfg):
+    if cfg.workers < 0:
+        raise SystemExit(f"tinyllm train: --workers must be >= 0, got {cfg.workers}")
+    if cfg.workers > 1 and cfg.backend != "numpy":
+        raise SystemExit(f"tinyllm train: --workers {cfg.workers} needs --backend numpy "
+                         f"(data parallelism splits the batch over CPU processes)")
+    if cfg.workers and cfg.batch_size % cfg.workers:
+        raise SystemExit(f"tinyllm train: --batch-size {cfg.batch_size} does not split "
+                         f"evenly over --workers {cfg.workers}")
 
 
 def train(cfg, resume=False, quiet=False):
     """Train per ``cfg``; returns the log (a dict). Raises SystemExit on a non-finite loss."""
+    _check_workers(cfg)
     tl.set_backend(cfg.backend)
     run = Path(cfg.out_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -149,14 +176,15 @@ def train(cfg, resume=False, quiet=False):
     train_ids, val_ids = train_val_split(ids)
 
     tl.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
-                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          dropout=cfg.dropout, bias=cfg.bias))
+    gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                           dropout=cfg.dropout, bias=cfg.bias)
+    model = GPT(gpt_config)
     opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
     data_rng = data_generator(cfg.seed)
     log = {"config": dataclasses.asdict(cfg), "train_loss": [], "eval": [], "health": []}
-    start = 0
+    start, meta = 0, None
     ckpt = run / "checkpoint"
     if resume:
         meta = load_checkpoint(ckpt, model, opt)
@@ -165,18 +193,42 @@ def train(cfg, resume=False, quiet=False):
         log["train_loss"] = log["train_loss"][:start]
         log["eval"] = [e for e in log["eval"] if e["step"] < start]
         log["health"] = [h for h in log.get("health", []) if h["step"] < start]
+    saved_workers = meta["extra"].get("workers") if meta else None
+    workers = resolve_workers(cfg, saved_workers)
+    log["workers"] = workers
+    dp = DataParallel(model, build=functools.partial(GPT, gpt_config), workers=workers,
+                      seed=cfg.seed)
+    try:
+        return _train_loop(cfg, run, tok, model, opt, dp, train_ids, val_ids, data_rng, log,
+                           start, meta, saved_workers, quiet)
+    finally:
+        dp.close()
+
+
+def _train_loop(cfg, run, tok, model, opt, dp, train_ids, val_ids, data_rng, log, start, meta,
+                saved_workers, quiet):
+    ckpt = run / "checkpoint"
+    if meta is not None and dp.workers > 1:
+        if saved_workers == dp.workers:
+            dp.set_rng_states(meta["extra"]["worker_rngs"])
+        # else: another split of the batch, so no bit-for-bit continuation to keep
 
     def save(step):
-        save_checkpoint(ckpt, model, opt, step=step, extra={"data_rng": data_rng})
+        save_checkpoint(ckpt, model, opt, step=step,
+                        extra={"data_rng": data_rng, "workers": dp.workers,
+                               "worker_rngs": dp.rng_states()})
         _write_log(run, log)
 
     bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
     tokens = cfg.batch_size * cfg.block_size
+    if dp.workers > 1:
+        _say(bar, quiet, f"data parallel: {dp.workers} processes x "
+                         f"{cfg.batch_size // dp.workers} sequences (--workers 1: one process)")
     t_last, step = time.perf_counter(), start
     try:
         for step in bar:
             if cfg.eval_iters and step % cfg.eval_interval == 0:
-                losses = estimate_loss(model, {"train": train_ids, "val": val_ids}, cfg, step)
+                losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, step)
                 log["eval"].append({"step": step, **losses})
                 _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
                                  f"val loss {losses['val']:.4f}")
@@ -185,20 +237,22 @@ def train(cfg, resume=False, quiet=False):
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
-            _, loss = model(x, y)
-            value = loss.item()
+            # training health (tinyllm.health): reads the graph, gradients and weights, and
+            # changes none of them, nor any random generator
+            measure = cfg.health_every > 0 and step % cfg.health_every == 0
+            attn = {}
+
+            def before_backward(loss):          # rank 0's slice, before backward frees P
+                attn.update(health.attention_stats(loss, model))
+
+            opt.zero_grad()
+            value = dp.forward_backward(x, y, before_backward=before_backward if measure
+                                        else None)         # the batch's loss and gradient
             if not math.isfinite(value):
                 _write_log(run, log)
                 raise SystemExit(f"tinyllm train: loss became {value} at step {step}; stopped. "
                                  f"The last good checkpoint is in {ckpt} (try a lower "
                                  f"--learning-rate or --grad-clip)")
-            # training health (tinyllm.health): reads the graph, gradients and weights, and
-            # changes none of them, nor any random generator
-            measure = cfg.health_every > 0 and step % cfg.health_every == 0
-            if measure:
-                attn = health.attention_stats(loss, model)     # before backward frees P
-            opt.zero_grad()
-            loss.backward()
             if measure:
                 norms, before = health.grad_norms(model), health.snapshot(model)
             if cfg.grad_clip:
@@ -221,7 +275,7 @@ def train(cfg, resume=False, quiet=False):
                          f"continue with --resume")
         raise SystemExit(130) from None
     if cfg.eval_iters:
-        final = estimate_loss(model, {"train": train_ids, "val": val_ids}, cfg, cfg.max_iters)
+        final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, cfg.max_iters)
         log["eval"].append({"step": cfg.max_iters, **final})
         _say(bar, quiet, f"done: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
     save(cfg.max_iters)
