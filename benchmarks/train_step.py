@@ -720,7 +720,8 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
             dp_ms = entry["tinyllm-dp"]["ms_per_step"]
             entry["ratio_dp"] = dp_ms / pt_ms
             entry["workers"] = runs[(c, "tinyllm-dp")][0].get("workers")
-            best = min(ratio, entry["ratio_dp"])
+            if entry["workers"] and entry["workers"] > 1:     # else: the same engine again
+                best = min(ratio, entry["ratio_dp"])
             ratio_dp = entry["ratio_dp"]
             dp_txt = f"{dp_ms:8.1f}{f'{ratio_dp:.2f}x':>9}"
         met = "-" if target is None or not have_torch else ("yes" if best <= target else "no")
@@ -743,6 +744,10 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
         "host ms: the step's time before its closing loss.item() waits for the GPU (close to "
         "the step time: bound by Python and launches); peak GPU MB: CuPy's pool / torch's "
         "reserved" if gpu else "step delta: peak RSS minus the RSS before the first step"))
+    if data_parallel:
+        print("dp: tinyllm with the batch split over " + ", ".join(
+            f"{c} {result['configs'][c].get('workers')}" for c in configs) +
+            " processes (tinyllm.parallel; 1: no split, left out of 'met'); peak RSS is rank 0's")
     steps_done = {c: [w["steps"] for e in engines for w in runs[(c, e)]] for c in configs}
     print("timed steps per worker: " + ", ".join(
         f"{c} {min(v)}-{max(v)}" if min(v) != max(v) else f"{c} {v[0]}"

@@ -8,6 +8,7 @@ import pytest
 
 import tinyllm as tl
 from tinyllm.models import GPT, GPTConfig
+from tinyllm.nn import Parameter
 from tinyllm.optim import SGD, AdamW
 from tinyllm.parallel import DataParallel, auto_workers
 
@@ -33,12 +34,14 @@ def pair():
     """A float64 GPT in one process and its copy split over 2 processes (one spawn per module:
     starting a worker costs an interpreter and tinyllm's imports)."""
     tl.set_default_dtype(np.float64)
-    tl.manual_seed(3)
-    single = GPT(CFG)
-    split = GPT(CFG)
-    split.load_state_dict(single.state_dict())
-    dp = DataParallel(split, build=functools.partial(GPT, CFG), workers=2, seed=5)
-    tl.set_default_dtype(np.float32)
+    try:
+        tl.manual_seed(3)
+        single = GPT(CFG)
+        split = GPT(CFG)
+        split.load_state_dict(single.state_dict())
+        dp = DataParallel(split, build=functools.partial(GPT, CFG), workers=2, seed=5)
+    finally:
+        tl.set_default_dtype(np.float32)
     yield single, split, dp
     dp.close()
 
@@ -129,7 +132,17 @@ def test_training_follows_one_process_and_workers_see_each_update(pair):
     sgd.zero_grad()
     dp.forward_backward(x, y)
     sgd.step()
-    assert all(p.data.base is not None for p in split.parameters())    # still shared views
+    for p, view in zip(split.parameters(), dp._pviews):                 # still the shared block
+        assert p.data is view
+    single.load_state_dict(split.state_dict())
+    x, y = _batch(21)
+    single.eval()
+    split.eval()
+    with tl.no_grad():
+        want = single(x, y)[1].item()
+    assert dp.loss(x, y) == pytest.approx(want, rel=1e-12)    # the workers read SGD's update
+    single.train()
+    split.train()
 
 
 def test_same_inputs_give_the_same_bits(pair):
@@ -194,3 +207,78 @@ def test_a_replica_with_other_parameters_is_refused():
     with pytest.raises(RuntimeError, match="parameters differ from rank 0's"):
         with DataParallel(model, build=functools.partial(GPT, other), workers=2) as dp:
             dp.loss(*_batch(0))
+
+
+class _GPTWithUnused(GPT):
+    """A GPT with one parameter the loss never reaches."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.unused = Parameter(np.zeros(3))
+
+
+def test_frozen_and_unreached_parameters_three_processes_and_accumulation():
+    """W = 3 (more processes than this machine may have cores), a parameter frozen in rank 0
+    after the workers were built, one no loss reaches, and two backwards without zero_grad:
+    the gradients are one process's, and the frozen and unreached ones stay None."""
+    tl.set_default_dtype(np.float64)
+    try:
+        tl.manual_seed(4)
+        single, split = _GPTWithUnused(CFG), _GPTWithUnused(CFG)
+        split.load_state_dict(single.state_dict())
+        dp = DataParallel(split, build=functools.partial(_GPTWithUnused, CFG), workers=3)
+    finally:
+        tl.set_default_dtype(np.float32)
+    with dp:
+        for m in (single, split):
+            m.transformer.wpe.weight.requires_grad = False
+        for seed in (5, 6):                                 # accumulate over two batches
+            x, y = _batch(seed, rows=6)
+            single(x, y)[1].backward()
+            dp.forward_backward(x, y)
+        for (name, p), q in zip(single.named_parameters(), split.parameters()):
+            if name in ("unused", "transformer.wpe.weight"):
+                assert p.grad is None and q.grad is None, name
+            else:
+                np.testing.assert_allclose(q.grad, p.grad, rtol=1e-11, atol=1e-13,
+                                           err_msg=name)
+
+
+def test_close_is_idempotent_and_gives_the_blas_threads_back():
+    from threadpoolctl import threadpool_info
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    model = GPT(CFG)
+    dp = DataParallel(model, build=functools.partial(GPT, CFG), workers=2, blas_threads=1)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == \
+        [1] * len(before)
+    procs = list(dp._procs)
+    dp.close()
+    dp.close()
+    assert not any(p.is_alive() for p in procs)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+    with pytest.raises(RuntimeError, match="used after close"):
+        dp.loss(*_batch(0))
+
+
+def test_a_replaced_or_reshaped_parameter_is_refused(pair):
+    _, split, dp = pair
+    p = split.transformer.wte.weight
+    keep = p.data
+    p.data = np.zeros((3, 3))
+    try:
+        with pytest.raises(RuntimeError, match=r"parameter 'transformer.wte.weight' is now "
+                                               r"ndarray \(3, 3\) float64, expected a NumPy "
+                                               r"array of shape \(11, 16\)"):
+            dp.loss(*_batch(0))
+    finally:
+        p.data = keep
+    ln = split.transformer.h[0].ln_1
+    table = dict(ln._parameters)                        # (reassigning would reorder them)
+    ln.weight = Parameter(ln.weight.data.copy())
+    try:
+        with pytest.raises(RuntimeError, match="parameters changed after DataParallel"):
+            dp.loss(*_batch(0))
+    finally:
+        ln._parameters.clear()
+        ln._parameters.update(table)
+    assert np.isfinite(dp.loss(*_batch(0)))

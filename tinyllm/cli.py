@@ -138,9 +138,11 @@ def resolve_workers(cfg, saved=None):
     _check_workers(cfg)
     if cfg.workers:
         return cfg.workers
-    if saved:
-        return saved
-    return auto_workers(cfg.batch_size) if cfg.backend == "numpy" else 1
+    if cfg.backend != "numpy":
+        return 1
+    if saved is not None:                    # resume: the saved split, where it still applies
+        return saved if cfg.batch_size % saved == 0 else auto_workers(cfg.batch_size)
+    return auto_workers(cfg.batch_size)
 
 
 def _check_workers(cfg):
@@ -193,7 +195,8 @@ def train(cfg, resume=False, quiet=False):
         log["train_loss"] = log["train_loss"][:start]
         log["eval"] = [e for e in log["eval"] if e["step"] < start]
         log["health"] = [h for h in log.get("health", []) if h["step"] < start]
-    saved_workers = meta["extra"].get("workers") if meta else None
+    # a checkpoint from before data parallelism was one process
+    saved_workers = meta["extra"].get("workers", 1) if meta else None
     workers = resolve_workers(cfg, saved_workers)
     log["workers"] = workers
     dp = DataParallel(model, build=functools.partial(GPT, gpt_config), workers=workers,
@@ -208,10 +211,12 @@ def train(cfg, resume=False, quiet=False):
 def _train_loop(cfg, run, tok, model, opt, dp, train_ids, val_ids, data_rng, log, start, meta,
                 saved_workers, quiet):
     ckpt = run / "checkpoint"
-    if meta is not None and dp.workers > 1:
-        if saved_workers == dp.workers:
-            dp.set_rng_states(meta["extra"]["worker_rngs"])
-        # else: another split of the batch, so no bit-for-bit continuation to keep
+    if meta is not None and saved_workers == dp.workers > 1:
+        dp.set_rng_states(meta["extra"]["worker_rngs"])
+    elif meta is not None and saved_workers != dp.workers:
+        _say(None, quiet, f"note: resuming with {dp.workers} processes, the run was saved with "
+                          f"{saved_workers}: the gradients are summed in another order, so the "
+                          f"losses differ from an uninterrupted run in the last digits")
 
     def save(step):
         save_checkpoint(ckpt, model, opt, step=step,

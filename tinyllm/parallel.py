@@ -42,13 +42,33 @@ How it works:
 - BLAS threads: with W processes on ``os.cpu_count()`` cores each gets cores // W BLAS threads
   (threadpoolctl in this process, OPENBLAS_NUM_THREADS and friends in the workers).
 
+What the workers follow, and what not:
+- They follow rank 0's weights (every step), which parameters are frozen (``requires_grad``,
+  sent with every step) and the top-level ``model.training`` flag (a submodule that rank 0 keeps
+  in another mode is not followed). A parameter that no rank's loss reaches keeps ``grad=None``.
+- They do not follow: buffers (built by ``build()``; loading other buffers into rank 0 does not
+  reach them), hooks, anomaly mode, or a model whose parameters were replaced, added or
+  reshaped after ``DataParallel`` was built (that raises, naming the parameter).
+- Slices are weighted equally: ``loss_fn`` must return the mean over its rows, each row
+  counting the same. Targets masked with an ``ignore_index`` that vary per row break that (the
+  batch's mean is then not the mean of the slice means).
+- A worker's error reaches rank 0 with its traceback, after rank 0's own backward: rank 0's
+  ``.grad`` then holds its slice's share only (``zero_grad`` before retrying).
+- Rank 0 limits its BLAS threads (threadpoolctl), not Numba's: tinyllm's kernels run serially
+  below ``parallel_min_elements()``, far above the sizes of a step. The core count is the CPU
+  affinity, not a container's CPU quota.
+- A Ctrl-C during a step is handled by rank 0; the workers finish their slice, and their
+  replies are read and dropped before the next command.
+
 Workers are started with the 'spawn' method: a script that creates a ``DataParallel`` needs the
 usual ``if __name__ == "__main__":`` guard (the CLI has one). They ignore Ctrl-C (rank 0 handles
 it, saves a checkpoint, and stops them) and exit when rank 0 does. NumPy backend only.
 """
 import multiprocessing
 import os
+import pickle
 import signal
+import threading
 import traceback
 
 import numpy as np
@@ -145,7 +165,7 @@ class DataParallel:
                              f"backend is {backend.get_backend()!r} (use workers=1 on a GPU)")
         self.model, self.loss_fn, self.workers = model, loss_fn, int(workers)
         self._procs, self._conns, self._pending = [], [], []
-        self._limits = None
+        self._limits, self._closed = None, False
         if self.workers == 1:
             return
         self.layout, nbytes = _layout(model)
@@ -161,14 +181,21 @@ class DataParallel:
         settings = {"dtype": np.dtype(backend.get_default_dtype()).str,
                     "kernels": _numba.get_impl(), "seed": seed,
                     "workers": self.workers}
+        # pickled here, unpickled inside the worker's error handling: a build that cannot be
+        # imported there comes back as a traceback, not as "exited with code 1"
+        callables = pickle.dumps((build, loss_fn))
         saved = {k: os.environ.get(k) for k in _BLAS_ENV}
+        # the spawned interpreters inherit SIG_IGN: a Ctrl-C during their imports is rank 0's
+        sigint = signal.getsignal(signal.SIGINT) if _main_thread() else None
         try:
             for k in _BLAS_ENV:                 # read by the workers' BLAS and Numba at import
                 os.environ[k] = str(threads)
+            if sigint is not None:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
             for rank in range(1, self.workers):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_worker, name=f"tinyllm-dp-{rank}", daemon=True,
-                                   args=(rank, build, loss_fn, self.layout, self._pbuf,
+                                   args=(rank, callables, self.layout, self._pbuf,
                                          self._gbufs[rank - 1], child, settings))
                 proc.start()
                 child.close()
@@ -179,6 +206,8 @@ class DataParallel:
             self.close()
             raise
         finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -200,8 +229,8 @@ class DataParallel:
                 before_backward(loss)
             loss.backward()
             return value
-        b = self._slice_rows(arrays, "forward_backward")
         self._sync_params()
+        b = self._slice_rows(arrays, "forward_backward")
         self._send_all("grad", arrays, b)
         loss = self.loss_fn(self.model, *(a[:b] for a in arrays))
         values = [loss.item()]
@@ -209,9 +238,9 @@ class DataParallel:
             before_backward(loss)
         loss.backward(self._seed(loss))                # g_0 / W
         del loss
-        values += self._gather()
-        self._average_grads()
-        return sum(values) / self.workers
+        replies = self._gather()
+        self._average_grads([got for _, got in replies])
+        return sum([values[0]] + [v for v, _ in replies]) / self.workers
 
     def loss(self, *arrays):
         """The batch's mean loss (a float), no gradient: evaluation split the same way. Runs in
@@ -219,8 +248,8 @@ class DataParallel:
         if self.workers == 1:
             with no_grad():
                 return self.loss_fn(self.model, *arrays).item()
-        b = self._slice_rows(arrays, "loss")
         self._sync_params()
+        b = self._slice_rows(arrays, "loss")
         self._send_all("loss", arrays, b)
         with no_grad():
             values = [self.loss_fn(self.model, *(a[:b] for a in arrays)).item()]
@@ -246,17 +275,22 @@ class DataParallel:
     def _send_all(self, cmd, arrays, b):
         self._drain()
         training = bool(getattr(self.model, "training", True))
+        mask = [p.requires_grad for p in self._params]
         for rank in range(1, self.workers):
             rows = tuple(np.ascontiguousarray(a[rank * b:(rank + 1) * b]) for a in arrays)
-            self._send(rank, (cmd, rows, training))
+            self._send(rank, (cmd, rows, training, mask))
 
-    def _average_grads(self):
-        """Add the workers' g_r / W into rank 0's ``.grad`` (which holds g_0 / W), rank order."""
+    def _average_grads(self, got):
+        """Add the workers' g_r / W into rank 0's ``.grad`` (which holds g_0 / W), rank order.
+        ``got[r - 1][i]``: worker r's backward reached parameter i (a parameter no rank's loss
+        reached keeps ``grad = None``, as after one process's backward)."""
         for i, p in enumerate(self._params):
             if not p.requires_grad:
                 continue
             g = p.grad
-            for views in self._gviews:
+            for views, reached in zip(self._gviews, got):
+                if not reached[i]:
+                    continue
                 if g is None:
                     g = views[i].copy()                 # the block is rewritten next step
                 elif g.flags.writeable:
@@ -266,11 +300,30 @@ class DataParallel:
             p.grad = g
 
     def _sync_params(self):
-        """Point rank 0's parameters at the shared block (copying any that were replaced)."""
-        for p, view in zip(self._params, self._pviews):
-            if p.data is not view:
-                np.copyto(view, p.data)
-                p.data = view
+        """Point rank 0's parameters at the shared block, copying any whose ``.data`` was
+        replaced; refuse a model whose parameters changed (added, removed, another Parameter
+        object, another shape or dtype), which the workers' replicas could not follow."""
+        if self.workers == 1:
+            return
+        if self._closed:
+            raise RuntimeError("DataParallel: used after close()")
+        params = list(self.model.parameters())
+        if len(params) != len(self._params) or any(
+                p is not q for p, q in zip(params, self._params)):
+            raise RuntimeError("DataParallel: the model's parameters changed after "
+                               "DataParallel was built (a Parameter added, removed or "
+                               "replaced); build a new DataParallel")
+        for p, view, (name, shape, dtype, _) in zip(self._params, self._pviews, self.layout):
+            if p.data is view:
+                continue
+            got = getattr(p.data, "shape", None), getattr(p.data, "dtype", None)
+            if not isinstance(p.data, np.ndarray) or got != (view.shape, view.dtype):
+                raise RuntimeError(f"DataParallel: parameter {name!r} is now "
+                                   f"{type(p.data).__name__} {got[0]} {got[1]}, expected a "
+                                   f"NumPy array of shape {shape} and dtype "
+                                   f"{np.dtype(dtype)} (as when DataParallel was built)")
+            np.copyto(view, p.data)
+            p.data = view
 
     # ------------------------------------------------------------------------------------------
     # random generators (for checkpoints)
@@ -279,7 +332,7 @@ class DataParallel:
         """The workers' generator states (JSON-ready), rank 1 first; [] with one worker."""
         self._drain()
         for rank in range(1, self.workers):
-            self._send(rank, ("rng_get", None, None))
+            self._send(rank, ("rng_get", None, None, None))
         return self._gather()
 
     def set_rng_states(self, states):
@@ -290,7 +343,7 @@ class DataParallel:
                              f"{len(states) + 1} workers)")
         self._drain()
         for rank, state in enumerate(states, start=1):
-            self._send(rank, ("rng_set", state, None))
+            self._send(rank, ("rng_set", state, None, None))
         self._gather()
 
     # ------------------------------------------------------------------------------------------
@@ -318,13 +371,15 @@ class DataParallel:
         return [self._recv(rank) for rank in range(1, self.workers)]
 
     def _drain(self):
+        if self._closed:
+            raise RuntimeError("DataParallel: used after close()")
         for rank in range(1, self.workers):
             while self._pending[rank - 1]:
                 self._recv(rank)
 
     def _dead(self, rank):
         proc = self._procs[rank - 1]
-        proc.join(timeout=1)
+        proc.join(timeout=5)
         raise RuntimeError(f"DataParallel: worker {rank} (pid {proc.pid}) exited with code "
                            f"{proc.exitcode}")
 
@@ -337,9 +392,10 @@ class DataParallel:
 
     def close(self):
         """Stop the workers and give this process its BLAS threads back. Idempotent."""
+        self._closed = self.workers > 1
         for conn in self._conns:
             try:
-                conn.send(("stop", None, None))
+                conn.send(("stop", None, None, None))
             except (BrokenPipeError, OSError):
                 pass
         for proc in self._procs:
@@ -367,7 +423,11 @@ class DataParallel:
             pass
 
 
-def _worker(rank, build, loss_fn, layout, pbuf, gbuf, conn, settings):
+def _main_thread():
+    return threading.current_thread() is threading.main_thread()
+
+
+def _worker(rank, callables, layout, pbuf, gbuf, conn, settings):
     """A worker's life: build the replica, point it at the shared weights, then answer
     commands until "stop" or until rank 0 goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is rank 0's to handle
@@ -375,6 +435,7 @@ def _worker(rank, build, loss_fn, layout, pbuf, gbuf, conn, settings):
         backend.keep_freed_memory()
         backend.set_default_dtype(np.dtype(settings["dtype"]))
         _numba.set_impl(settings["kernels"])
+        build, loss_fn = pickle.loads(callables)
         model = build()
         _check_replica(model, layout)
         params = list(model.parameters())
@@ -383,7 +444,8 @@ def _worker(rank, build, loss_fn, layout, pbuf, gbuf, conn, settings):
         gviews = _views(gbuf, layout)
         backend.manual_seed(settings["seed"])
         world = settings["workers"]
-        rng = np.random.default_rng([settings["seed"], 2, rank])     # this rank's stream
+        # this rank's dropout stream: a spawn key of its own, apart from every list-seeded one
+        rng = np.random.default_rng(np.random.SeedSequence(settings["seed"], spawn_key=(2, rank)))
         backend.set_generator_states({"cpu": rng.bit_generator.state})
         conn.send(("ok", None))
     except BaseException:
@@ -391,7 +453,7 @@ def _worker(rank, build, loss_fn, layout, pbuf, gbuf, conn, settings):
         return
     while True:
         try:
-            cmd, payload, training = conn.recv()
+            cmd, payload, training, mask = conn.recv()
         except (EOFError, OSError):
             return
         if cmd == "stop":
@@ -399,19 +461,20 @@ def _worker(rank, build, loss_fn, layout, pbuf, gbuf, conn, settings):
         try:
             if cmd == "grad":
                 model.train(training)
+                for p, trainable in zip(params, mask):      # rank 0's freezing, this step
+                    p.requires_grad = trainable
+                    p.grad = None
                 loss = loss_fn(model, *payload)
                 value = loss.item()
-                for p in params:
-                    p.grad = None
                 loss.backward(np.full(loss.shape, 1.0 / world, dtype=loss.dtype))  # g_r / W
                 del loss
+                got = []
                 for p, g in zip(params, gviews):
-                    if p.grad is None:
-                        g[...] = 0
-                    else:
+                    got.append(p.grad is not None)
+                    if p.grad is not None:
                         np.copyto(g, p.grad)
                     p.grad = None
-                reply = value
+                reply = (value, got)
             elif cmd == "loss":
                 model.train(training)
                 with no_grad():
