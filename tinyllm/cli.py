@@ -201,91 +201,82 @@ def train(cfg, resume=False, quiet=False):
     log["workers"] = workers
     dp = DataParallel(model, build=functools.partial(GPT, gpt_config), workers=workers,
                       seed=cfg.seed)
-    try:
-        return _train_loop(cfg, run, tok, model, opt, dp, train_ids, val_ids, data_rng, log,
-                           start, meta, saved_workers, quiet)
-    finally:
-        dp.close()
+    with dp:                                    # stops the workers however the run ends
+        if meta is not None and saved_workers == dp.workers > 1:
+            dp.set_rng_states(meta["extra"]["worker_rngs"])
+        elif meta is not None and saved_workers != dp.workers:
+            _say(None, quiet, f"note: resuming with {dp.workers} processes, the run was saved with "
+                              f"{saved_workers}: the gradients are summed in another order, so the "
+                              f"losses differ from an uninterrupted run in the last digits")
 
+        def save(step):
+            save_checkpoint(ckpt, model, opt, step=step,
+                            extra={"data_rng": data_rng, "workers": dp.workers,
+                                   "worker_rngs": dp.rng_states()})
+            _write_log(run, log)
 
-def _train_loop(cfg, run, tok, model, opt, dp, train_ids, val_ids, data_rng, log, start, meta,
-                saved_workers, quiet):
-    ckpt = run / "checkpoint"
-    if meta is not None and saved_workers == dp.workers > 1:
-        dp.set_rng_states(meta["extra"]["worker_rngs"])
-    elif meta is not None and saved_workers != dp.workers:
-        _say(None, quiet, f"note: resuming with {dp.workers} processes, the run was saved with "
-                          f"{saved_workers}: the gradients are summed in another order, so the "
-                          f"losses differ from an uninterrupted run in the last digits")
+        bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
+        tokens = cfg.batch_size * cfg.block_size
+        if dp.workers > 1:
+            _say(bar, quiet, f"data parallel: {dp.workers} processes x "
+                             f"{cfg.batch_size // dp.workers} sequences (--workers 1: one process)")
+        t_last, step = time.perf_counter(), start
+        try:
+            for step in bar:
+                if cfg.eval_iters and step % cfg.eval_interval == 0:
+                    losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, step)
+                    log["eval"].append({"step": step, **losses})
+                    _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
+                                     f"val loss {losses['val']:.4f}")
+                lr = cosine_with_warmup_lr(step, cfg.learning_rate, cfg.warmup_iters,
+                                           cfg.lr_decay_iters, cfg.min_lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
+                # training health (tinyllm.health): reads the graph, gradients and weights, and
+                # changes none of them, nor any random generator
+                measure = cfg.health_every > 0 and step % cfg.health_every == 0
+                attn = {}
 
-    def save(step):
-        save_checkpoint(ckpt, model, opt, step=step,
-                        extra={"data_rng": data_rng, "workers": dp.workers,
-                               "worker_rngs": dp.rng_states()})
-        _write_log(run, log)
+                def before_backward(loss):          # rank 0's slice, before backward frees P
+                    attn.update(health.attention_stats(loss, model))
 
-    bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
-    tokens = cfg.batch_size * cfg.block_size
-    if dp.workers > 1:
-        _say(bar, quiet, f"data parallel: {dp.workers} processes x "
-                         f"{cfg.batch_size // dp.workers} sequences (--workers 1: one process)")
-    t_last, step = time.perf_counter(), start
-    try:
-        for step in bar:
-            if cfg.eval_iters and step % cfg.eval_interval == 0:
-                losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, step)
-                log["eval"].append({"step": step, **losses})
-                _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
-                                 f"val loss {losses['val']:.4f}")
-            lr = cosine_with_warmup_lr(step, cfg.learning_rate, cfg.warmup_iters,
-                                       cfg.lr_decay_iters, cfg.min_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
-            # training health (tinyllm.health): reads the graph, gradients and weights, and
-            # changes none of them, nor any random generator
-            measure = cfg.health_every > 0 and step % cfg.health_every == 0
-            attn = {}
-
-            def before_backward(loss):          # rank 0's slice, before backward frees P
-                attn.update(health.attention_stats(loss, model))
-
-            opt.zero_grad()
-            value = dp.forward_backward(x, y, before_backward=before_backward if measure
-                                        else None)         # the batch's loss and gradient
-            if not math.isfinite(value):
-                _write_log(run, log)
-                raise SystemExit(f"tinyllm train: loss became {value} at step {step}; stopped. "
-                                 f"The last good checkpoint is in {ckpt} (try a lower "
-                                 f"--learning-rate or --grad-clip)")
-            if measure:
-                norms, before = health.grad_norms(model), health.snapshot(model)
-            if cfg.grad_clip:
-                clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            log["train_loss"].append(value)
-            if measure:
-                ratios = health.update_ratios(model, before)
-                log["health"].append(health.record(step, norms, ratios, attn, lr=lr))
-            now = time.perf_counter()
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
-                                tok_s=f"{tokens / max(now - t_last, 1e-9):,.0f}")
-            t_last = now
-            if (step + 1) % cfg.checkpoint_interval == 0:
-                save(step + 1)
-    except KeyboardInterrupt:
-        save(step)
-        _say(bar, quiet, f"interrupted: checkpoint at step {step} in {ckpt}; "
-                         f"continue with --resume")
-        raise SystemExit(130) from None
-    if cfg.eval_iters:
-        final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, cfg.max_iters)
-        log["eval"].append({"step": cfg.max_iters, **final})
-        _say(bar, quiet, f"done: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
-    save(cfg.max_iters)
-    _plot(run, log)
-    return log
+                opt.zero_grad()
+                value = dp.forward_backward(x, y, before_backward=before_backward if measure
+                                            else None)         # the batch's loss and gradient
+                if not math.isfinite(value):
+                    _write_log(run, log)
+                    raise SystemExit(f"tinyllm train: loss became {value} at step {step}; stopped. "
+                                     f"The last good checkpoint is in {ckpt} (try a lower "
+                                     f"--learning-rate or --grad-clip)")
+                if measure:
+                    norms, before = health.grad_norms(model), health.snapshot(model)
+                if cfg.grad_clip:
+                    clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                log["train_loss"].append(value)
+                if measure:
+                    ratios = health.update_ratios(model, before)
+                    log["health"].append(health.record(step, norms, ratios, attn, lr=lr))
+                now = time.perf_counter()
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{tokens / max(now - t_last, 1e-9):,.0f}")
+                t_last = now
+                if (step + 1) % cfg.checkpoint_interval == 0:
+                    save(step + 1)
+        except KeyboardInterrupt:
+            save(step)
+            _say(bar, quiet, f"interrupted: checkpoint at step {step} in {ckpt}; "
+                             f"continue with --resume")
+            raise SystemExit(130) from None
+        if cfg.eval_iters:
+            final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, cfg.max_iters)
+            log["eval"].append({"step": cfg.max_iters, **final})
+            _say(bar, quiet, f"done: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
+        save(cfg.max_iters)
+        _plot(run, log)
+        return log
 
 
 def _progress(it, quiet, **kw):

@@ -14,9 +14,9 @@ What PyTorch's ``DistributedDataParallel`` does for a CPU run started by ``torch
 here: on a small CPU the cores sit half idle during a training step. OpenBLAS spreads a GEMM over
 its threads, but every op between two GEMMs (GELU, LayerNorm, the softmax rows, the residual
 adds, the graph walk) runs on one core, and at the shakespeare-char preset (B=12, T=64, C=128)
-the second BLAS thread shortens a step by only 7% (66.6 ms with two threads, 71.8 ms with one,
-on the 2-core machine of benchmarks/RESULTS.md). Two processes that each take half the batch
-keep both cores busy for every op: the step takes 35-45 ms (0.94x PyTorch's, RESULTS.md).
+a step with two BLAS threads takes 79-81 ms, and two processes that each take half the batch on
+one core keep both cores busy for every op: 58-59 ms (benchmarks/gpt_step.py --workers 2, on the
+2-core machine of benchmarks/RESULTS.md; 0.94x PyTorch's step in benchmarks/train_step.py).
 
 How it works:
 - ``workers`` = W processes in all: this one (rank 0, which owns the model and the optimizer) and
@@ -223,43 +223,37 @@ class DataParallel:
         gradient in the model's ``.grad`` (accumulated as ``loss.backward()`` would, after the
         caller's ``zero_grad``). ``before_backward(loss)`` sees rank 0's loss Tensor (its slice
         only) before the backward walk frees the graph."""
-        if self.workers == 1:
-            loss = self.loss_fn(self.model, *arrays)
-            value = loss.item()
-            if before_backward is not None:
-                before_backward(loss)
-            loss.backward()
-            return value
-        self._sync_params()
-        b = self._slice_rows(arrays, "forward_backward")
-        self._send_all("grad", arrays, b)
-        loss = self.loss_fn(self.model, *(a[:b] for a in arrays))
-        values = [loss.item()]
+        rows = self._start("grad", arrays)
+        loss = self.loss_fn(self.model, *rows)
+        value = loss.item()
         if before_backward is not None:
             before_backward(loss)
-        loss.backward(self._seed(loss))                # g_0 / W
+        loss.backward(_seed(loss, self.workers))       # g_0 / W
         del loss
+        if self.workers == 1:
+            return value
         replies = self._gather()
         self._average_grads([got for _, got in replies])
-        return sum([values[0]] + [v for v, _ in replies]) / self.workers
+        return sum([value] + [v for v, _ in replies]) / self.workers
 
     def loss(self, *arrays):
         """The batch's mean loss (a float), no gradient: evaluation split the same way. Runs in
         the model's current mode (``model.eval()`` for evaluation)."""
-        if self.workers == 1:
-            with no_grad():
-                return self.loss_fn(self.model, *arrays).item()
-        self._sync_params()
-        b = self._slice_rows(arrays, "loss")
-        self._send_all("loss", arrays, b)
+        rows = self._start("loss", arrays)
         with no_grad():
-            values = [self.loss_fn(self.model, *(a[:b] for a in arrays)).item()]
-        values += self._gather()
-        return sum(values) / self.workers
+            value = self.loss_fn(self.model, *rows).item()
+        if self.workers == 1:
+            return value
+        return sum([value] + self._gather()) / self.workers
 
-    def _seed(self, loss):
-        """dL/dloss_r = 1/W: the backward of slice r's mean loss scaled for the batch's mean."""
-        return np.full(loss.shape, 1.0 / self.workers, dtype=loss.dtype)
+    def _start(self, cmd, arrays):
+        """Send each worker its rows of ``arrays``; return rank 0's (all of them when W = 1)."""
+        if self.workers == 1:
+            return arrays
+        self._sync_params()
+        b = self._slice_rows(arrays, "forward_backward" if cmd == "grad" else "loss")
+        self._send_all(cmd, arrays, b)
+        return tuple(a[:b] for a in arrays)
 
     def _slice_rows(self, arrays, op):
         if not arrays:
@@ -424,6 +418,14 @@ class DataParallel:
             pass
 
 
+def _seed(loss, workers):
+    """dL/dL_r = 1/W, the backward's seed for slice r's mean loss L_r in the batch's mean L
+    (None for one process: ``backward()``'s default 1)."""
+    if workers == 1:
+        return None
+    return np.full(loss.shape, 1.0 / workers, dtype=loss.dtype)
+
+
 def _main_thread():
     return threading.current_thread() is threading.main_thread()
 
@@ -467,7 +469,7 @@ def _worker(rank, callables, layout, pbuf, gbuf, conn, settings):
                     p.grad = None
                 loss = loss_fn(model, *payload)
                 value = loss.item()
-                loss.backward(np.full(loss.shape, 1.0 / world, dtype=loss.dtype))  # g_r / W
+                loss.backward(_seed(loss, world))                  # g_r / W
                 del loss
                 got = []
                 for p, g in zip(params, gviews):
