@@ -2,12 +2,15 @@
 import argparse
 import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tinyllm import cli
+
 
 @pytest.fixture(autouse=True)
 def data(shared_data):
@@ -41,25 +44,115 @@ def test_resume_continues_the_same_run_bitwise(tmp_path):
     assert resumed["eval"] == straight["eval"]
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_matches(tmp_path, monkeypatch):
-    straight = _train(tmp_path / "a")
-    real, calls = cli.get_batch, {"n": 0}
+def _ctrl_c():
+    """What the terminal does on Ctrl-C: SIGINT to this process (the workers ignore it)."""
+    os.kill(os.getpid(), signal.SIGINT)
 
-    def interrupt_at_7(*args, **kwargs):
+
+def _after(fn, at_call, times=1):
+    """``fn`` wrapped: its ``at_call``-th call (1-based) runs, then Ctrl-C is pressed ``times``
+    times."""
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == 8:
+        if calls["n"] == at_call:
+            for _ in range(times):
+                _ctrl_c()
+        return out
+    return wrapped
+
+
+# where the Ctrl-C lands (the n-th call of a function the loop makes) -> the step it saves at.
+# Each point is after some state of the step under way has changed: the batch generator
+# (get_batch), the dropout generators and gradients (forward_backward), the weights (AdamW).
+CTRL_C_POINTS = {
+    "after the batch draw": ("get_batch", 12, 8),      # 4 calls by the evaluation at 0
+    "after forward and backward": ("forward_backward", 8, 8),
+    "inside the optimizer step": ("adam", 8, 8),
+    "during an evaluation": ("estimate_loss", 2, 10),        # evaluations at 0, 10, 20
+}
+
+
+@pytest.mark.parametrize("where", sorted(CTRL_C_POINTS))
+def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
+        tmp_path, monkeypatch, where):
+    flags = ("--dropout", "0.1", "--workers", "2")          # every generator in play
+    straight = _train(tmp_path / "a", *flags)
+    name, at_call, saved_at = CTRL_C_POINTS[where]
+    if name == "forward_backward":
+        monkeypatch.setattr(cli.DataParallel, name, _after(cli.DataParallel.forward_backward,
+                                                           at_call))
+    elif name == "adam":         # between two parameters' updates of the at_call-th step
+        import tinyllm.optim.adam as adam_module
+        real, seen = adam_module.adam_step, {"n": 0}
+
+        def adam_step(*args):
+            real(*args)
+            seen["n"] += args[9] == at_call                 # args[9]: the step count t
+            if seen["n"] == 3:
+                _ctrl_c()
+        monkeypatch.setattr(adam_module, "adam_step", adam_step)
+    else:
+        monkeypatch.setattr(cli, name, _after(getattr(cli, name), at_call))
+    with pytest.raises(SystemExit) as info:
+        _train(tmp_path / "b", *flags)
+    assert info.value.code == 130
+    meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == saved_at
+    monkeypatch.undo()
+    resumed = _train(tmp_path / "b", *flags, "--resume")
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["eval"] == straight["eval"]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
+        tmp_path, monkeypatch, capsys):
+    straight = _train(tmp_path / "a")
+    monkeypatch.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 8, times=2))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
+                  "--checkpoint-interval", "5"])
+    assert info.value.code == 130
+    out = capsys.readouterr().out
+    assert "interrupted in the middle of step 7: nothing written" in out
+    assert "(step 5) is kept" in out
+    meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
+    assert meta["step"] == 5                    # not the half-updated state of step 7
+    monkeypatch.undo()
+    resumed = _train(tmp_path / "b", "--resume")
+    assert resumed["train_loss"] == straight["train_loss"]
+
+
+def test_keyboard_interrupt_at_a_step_boundary_saves_there(tmp_path, monkeypatch):
+    """A KeyboardInterrupt the handler did not defer (raised by code, or in a thread where
+    signals cannot be caught) still saves when the state is at a boundary."""
+    straight = _train(tmp_path / "a")
+    real, calls = cli.estimate_loss, {"n": 0}
+
+    def interrupt_second_evaluation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:                     # the evaluation at step 10
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "get_batch", interrupt_at_7)
+    monkeypatch.setattr(cli, "estimate_loss", interrupt_second_evaluation)
     with pytest.raises(SystemExit) as info:
-        _train(tmp_path / "b", "--eval-iters", "0")
+        _train(tmp_path / "b")
     assert info.value.code == 130
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == 7
-    monkeypatch.setattr(cli, "get_batch", real)
+    assert meta["step"] == 10
+    monkeypatch.undo()
     resumed = _train(tmp_path / "b", "--resume")
     assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["eval"] == straight["eval"]
+
+
+def test_ctrl_c_handler_is_restored_after_training(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    _train(tmp_path / "run", "--max-iters", "2")
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_workers_split_the_batch_and_resume_keeps_their_number(tmp_path):

@@ -12,16 +12,20 @@ update-to-weight ratio per layer and the attention entropy per head (``tinyllm.h
 
 Training is resumable: ``--resume`` reloads the weights, optimizer, step and every random
 generator, and continues with exactly the losses an uninterrupted run would have printed (on
-CPU). Ctrl-C saves a checkpoint before exiting; a non-finite loss stops the run, keeping the
-last good checkpoint.
+CPU). Ctrl-C finishes the step under way, saves a checkpoint at that step boundary and exits
+(resuming from it is the uninterrupted run); a second Ctrl-C stops at once, keeping the last
+checkpoint. A non-finite loss stops the run, keeping the last good checkpoint.
 """
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +136,42 @@ def estimate_loss(dp, splits, cfg, step):
     return out
 
 
+class StopRequest:
+    """Ctrl-C during training, deferred to the next step boundary (see ``stop_on_ctrl_c``)."""
+
+    def __init__(self):
+        self.requested = False
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """While training: the first Ctrl-C (SIGINT) only sets ``requested``, which the loop reads
+    between steps; a second raises ``KeyboardInterrupt`` at once.
+
+    Why not let the first one raise: a KeyboardInterrupt lands anywhere, after ``get_batch``
+    has advanced the data generator, between two parameters of ``opt.step()``, inside the
+    dropout draws. A checkpoint saved there holds a state no step boundary ever had (half the
+    weights updated, a batch drawn but never trained on), and resuming from it is not the
+    uninterrupted run. Waiting for the step to finish costs one step's time. Signals reach
+    only the main thread; elsewhere this does nothing (a KeyboardInterrupt raised there is
+    handled by the loop as a second Ctrl-C)."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def resolve_workers(cfg, saved=None):
     """The number of processes a run uses: ``--workers`` when given; on resume the saved run's
     (so it continues bit for bit); else one per core that divides the batch (numpy backend)."""
@@ -209,74 +249,99 @@ def train(cfg, resume=False, quiet=False):
                               f"{saved_workers}: the gradients are summed in another order, so the "
                               f"losses differ from an uninterrupted run in the last digits")
 
+        saved = {"step": start if resume else None}
+
         def save(step):
             save_checkpoint(ckpt, model, opt, step=step,
                             extra={"data_rng": data_rng, "workers": dp.workers,
                                    "worker_rngs": dp.rng_states()})
             _write_log(run, log)
+            saved["step"] = step
 
         bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
         tokens = cfg.batch_size * cfg.block_size
         if dp.workers > 1:
             _say(bar, quiet, f"data parallel: {dp.workers} processes x "
                              f"{cfg.batch_size // dp.workers} sequences (--workers 1: one process)")
-        t_last, step = time.perf_counter(), start
+        t_last = time.perf_counter()
+        done, clean = start, True       # steps fully done; whether the state is at a boundary
+        stopped_at = None               # the boundary a Ctrl-C stopped at
         try:
-            for step in bar:
-                if cfg.eval_iters and step % cfg.eval_interval == 0:
-                    losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, step)
-                    log["eval"].append({"step": step, **losses})
-                    _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
-                                     f"val loss {losses['val']:.4f}")
-                lr = cosine_with_warmup_lr(step, cfg.learning_rate, cfg.warmup_iters,
-                                           cfg.lr_decay_iters, cfg.min_lr)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
-                # training health (tinyllm.health): reads the graph, gradients and weights, and
-                # changes none of them, nor any random generator
-                measure = cfg.health_every > 0 and step % cfg.health_every == 0
-                attn = {}
+            with stop_on_ctrl_c() as ctrl_c:
+                for step in bar:
+                    if ctrl_c.requested:
+                        stopped_at = step
+                        break
+                    if cfg.eval_iters and step % cfg.eval_interval == 0:
+                        losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg,
+                                               step)
+                        log["eval"].append({"step": step, **losses})
+                        _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
+                                         f"val loss {losses['val']:.4f}")
+                        if ctrl_c.requested:                # evaluating changed no state
+                            stopped_at = step
+                            break
+                    lr = cosine_with_warmup_lr(step, cfg.learning_rate, cfg.warmup_iters,
+                                               cfg.lr_decay_iters, cfg.min_lr)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    clean = False           # from here the step changes state: the batch stream
+                    x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
+                    # training health (tinyllm.health): reads the graph, gradients and weights,
+                    # and changes none of them, nor any random generator
+                    measure = cfg.health_every > 0 and step % cfg.health_every == 0
+                    attn = {}
 
-                def before_backward(loss):          # rank 0's slice, before backward frees P
-                    attn.update(health.attention_stats(loss, model))
+                    def before_backward(loss):      # rank 0's slice, before backward frees P
+                        attn.update(health.attention_stats(loss, model))
 
-                opt.zero_grad()
-                value = dp.forward_backward(x, y, before_backward=before_backward if measure
-                                            else None)         # the batch's loss and gradient
-                if not math.isfinite(value):
-                    _write_log(run, log)
-                    raise SystemExit(f"tinyllm train: loss became {value} at step {step}; stopped. "
-                                     f"The last good checkpoint is in {ckpt} (try a lower "
-                                     f"--learning-rate or --grad-clip)")
-                if measure:
-                    norms, before = health.grad_norms(model), health.snapshot(model)
-                if cfg.grad_clip:
-                    clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                log["train_loss"].append(value)
-                if measure:
-                    ratios = health.update_ratios(model, before)
-                    log["health"].append(health.record(step, norms, ratios, attn, lr=lr))
-                now = time.perf_counter()
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
-                                    tok_s=f"{tokens / max(now - t_last, 1e-9):,.0f}")
-                t_last = now
-                if (step + 1) % cfg.checkpoint_interval == 0:
-                    save(step + 1)
-        except KeyboardInterrupt:
-            save(step)
-            _say(bar, quiet, f"interrupted: checkpoint at step {step} in {ckpt}; "
-                             f"continue with --resume")
-            raise SystemExit(130) from None
-        if cfg.eval_iters:
-            final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg, cfg.max_iters)
-            log["eval"].append({"step": cfg.max_iters, **final})
-            _say(bar, quiet, f"done: train loss {final['train']:.4f}, val loss {final['val']:.4f}")
-        save(cfg.max_iters)
-        _plot(run, log)
-        return log
+                    opt.zero_grad()
+                    value = dp.forward_backward(x, y, before_backward=before_backward if measure
+                                                else None)     # the batch's loss and gradient
+                    if not math.isfinite(value):
+                        _write_log(run, log)
+                        raise SystemExit(f"tinyllm train: loss became {value} at step {step}; "
+                                         f"stopped. The last good checkpoint is in {ckpt} (try "
+                                         f"a lower --learning-rate or --grad-clip)")
+                    if measure:
+                        norms, before = health.grad_norms(model), health.snapshot(model)
+                    if cfg.grad_clip:
+                        clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    log["train_loss"].append(value)
+                    if measure:
+                        ratios = health.update_ratios(model, before)
+                        log["health"].append(health.record(step, norms, ratios, attn, lr=lr))
+                    done, clean = step + 1, True
+                    now = time.perf_counter()
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
+                                        tok_s=f"{tokens / max(now - t_last, 1e-9):,.0f}")
+                    t_last = now
+                    if done % cfg.checkpoint_interval == 0:
+                        save(done)
+                if stopped_at is None:          # a Ctrl-C from here on lets the run finish
+                    if cfg.eval_iters:
+                        final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg,
+                                              cfg.max_iters)
+                        log["eval"].append({"step": cfg.max_iters, **final})
+                        _say(bar, quiet, f"done: train loss {final['train']:.4f}, "
+                                         f"val loss {final['val']:.4f}")
+                    save(cfg.max_iters)
+                    _plot(run, log)
+                    return log
+        except KeyboardInterrupt:       # a second Ctrl-C, or one raised where none is deferred
+            if not clean:
+                kept = (f"the last checkpoint in {ckpt} (step {saved['step']}) is kept"
+                        if saved["step"] is not None else "no checkpoint was saved before")
+                _say(bar, quiet, f"interrupted in the middle of step {done}: nothing written, "
+                                 f"its state was half updated; {kept}")
+                raise SystemExit(130) from None
+            stopped_at = done
+        save(stopped_at)
+        _say(bar, quiet, f"interrupted: checkpoint at step {stopped_at} in {ckpt}; "
+                         f"continue with --resume")
+        raise SystemExit(130)
 
 
 def _progress(it, quiet, **kw):
@@ -341,7 +406,7 @@ def _load_run(out_dir):
 
 def sample(out_dir, prompt="\n", num_tokens=300, temperature=0.8, top_k=None, top_p=None,
            seed=0, greedy=False):
-    cfg, tok, model = _load_run(out_dir)
+    _, tok, model = _load_run(out_dir)
     idx = np.array([tok.encode(prompt or "\n")], dtype=np.int64)
     out = generate(model, idx, num_tokens, rng=np.random.default_rng(seed),
                    temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
