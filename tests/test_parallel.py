@@ -2,6 +2,7 @@
 gradient (float64, against one process and against central differences), deterministically,
 with the workers always reading rank 0's current weights; its errors name what went wrong."""
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import tinyllm as tl
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.nn import Parameter
 from tinyllm.optim import SGD, AdamW
-from tinyllm.parallel import DataParallel, auto_workers
+from tinyllm.parallel import DataParallel, auto_workers, available_cores
 
 from tests.conftest import TEST_BACKEND
 
@@ -44,6 +45,25 @@ def pair():
         tl.set_default_dtype(np.float32)
     yield single, split, dp
     dp.close()
+
+
+@pytest.mark.parametrize("files, cap", [
+    ({"cpu.max": "200000 100000\n"}, 2),                       # cgroup v2, --cpus 2
+    ({"cpu.max": "150000 100000\n"}, 2),                       # 1.5 CPUs: rounded up
+    ({"cpu.max": "max 100000\n"}, None),                       # no quota
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),   # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage\n"}, None),
+    ({}, None),                                                 # no cgroup files at all
+])
+def test_available_cores_follows_a_containers_cpu_quota(tmp_path, files, cap):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    want = affinity if cap is None else min(affinity, cap)
+    assert available_cores(cgroup_root=str(tmp_path)) == want
 
 
 def test_auto_workers_is_the_largest_divisor_within_the_cores():

@@ -56,21 +56,24 @@ What the workers follow, and what not:
   ``.grad`` then holds its slice's share only (``zero_grad`` before retrying).
 - Rank 0 limits its BLAS threads (threadpoolctl), not Numba's: tinyllm's kernels run serially
   below ``parallel_min_elements()``, far above the sizes of a step. The core count is the CPU
-  affinity, not a container's CPU quota.
+  affinity capped by a cgroup CPU quota (``available_cores``).
 - A Ctrl-C during a step is handled by rank 0; the workers finish their slice, and their
   replies are read and dropped before the next command. (A Ctrl-C that lands inside a pipe
-  read itself, a window of microseconds, can leave the pipe mid-message: start a new one.)
+  read itself, a window of microseconds, can leave the pipe mid-message: start a new one.
+  ``tinyllm train`` defers the first Ctrl-C to the end of the step, so only a second one can.)
 
 Workers are started with the 'spawn' method: a script that creates a ``DataParallel`` needs the
 usual ``if __name__ == "__main__":`` guard (the CLI has one). They ignore Ctrl-C (rank 0 handles
 it, saves a checkpoint, and stops them) and exit when rank 0 does. NumPy backend only.
 """
+import math
 import multiprocessing
 import os
 import pickle
 import signal
 import threading
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -82,12 +85,37 @@ _ALIGN = 64                    # bytes: each parameter starts on a cache line
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def available_cores():
-    """The cores this process may run on (its CPU affinity where the OS has one)."""
+def available_cores(cgroup_root="/sys/fs/cgroup"):
+    """The cores this process may use: its CPU affinity (where the OS has one), capped by a
+    cgroup CPU quota (a container's ``--cpus``), rounded up, as loky and the JVM count them.
+    Without the cap a 2-CPU container on a 64-core host would start 64 processes that share
+    two CPUs' worth of time."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:                      # macOS, Windows
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cgroup_cpu_quota(root):
+    """CPUs' worth of time per period granted to this cgroup, or None (no quota, no cgroups):
+    cgroup v2's ``cpu.max`` ("<quota> <period>" or "max <period>"), else v1's
+    ``cpu/cpu.cfs_quota_us`` / ``cpu/cpu.cfs_period_us`` (quota -1: none)."""
+    for files in (("cpu.max",), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"),
+                  ("cpu,cpuacct/cpu.cfs_quota_us", "cpu,cpuacct/cpu.cfs_period_us")):
+        try:
+            fields = " ".join(Path(root, f).read_text() for f in files).split()
+        except OSError:
+            continue
+        if len(fields) != 2 or fields[0] in ("max", "-1"):
+            return None
+        try:
+            quota, period = int(fields[0]), int(fields[1])
+        except ValueError:
+            return None
+        return quota / period if quota > 0 and period > 0 else None
+    return None
 
 
 def auto_workers(batch_size, cores=None):
