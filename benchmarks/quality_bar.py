@@ -4,6 +4,7 @@
     python benchmarks/quality_bar.py --rounds 2 --json out.json
     python benchmarks/quality_bar.py --max-iters 40 --eval-iters 4      # a smoke run (seconds)
     python benchmarks/quality_bar.py --skip-torch         # tinyllm only (or --skip-tinyllm)
+    python benchmarks/quality_bar.py --seeds 1337,1,2,3 --score     # the seed study (below)
 
 The bar (the project's issue): "shakespeare-char preset on this 2-core CPU: nanoGPT itself, run
 here at that configuration (2000 iterations, evaluation every 250 steps over 20 batches),
@@ -63,6 +64,15 @@ and loss plot, nanoGPT's 2001st step) are reported separately. tokens/s = max_it
 batch_size * block_size / wall time. The 1-minute load average before and after each run is
 shown, since another job on this 2-core host slows whichever run it overlaps.
 
+The seed study (``--seeds S1,S2,... --score``): one round per seed, both engines seeded with it
+(tinyllm's ``--seed``, the twin's ``torch.manual_seed``), and each final model (after
+max_iters steps) scored after its timed window in its own framework, two ways: on the whole
+validation split (consecutive block_size windows: every character predicted once, 111,488
+predictions), and as ``REDRAWS`` redraws of the log's estimate (eval_iters random batches, the
+same windows for both engines). The first is the model's true validation loss; the redraws'
+spread is the noise of the number the log prints, and the share of redraws <= 1.89 is how
+often a run of that model would print a value under the bar.
+
 ``--max-iters N`` scales the run for smoke tests: lr_decay_iters = N, warmup_iters and
 eval_interval scaled by N / 2000 (eval_interval at least 1); ``--eval-iters`` sets the batches
 per evaluation (20). Without torch installed, only tinyllm runs.
@@ -95,6 +105,35 @@ SCALED = ("max_iters", "lr_decay_iters", "warmup_iters", "eval_interval", "eval_
 NANOGPT = dict(seed=1337, bias=False, log_interval=1, always_save_checkpoint=False,
                dtype="float16")   # train.py's default dtype without CUDA: autocast off on CPU
 ENGINES = ("tinyllm", "torch")
+REDRAWS = 30                    # redraws of the log's 20-batch estimate per scored model
+SCORE_ROWS = 60                 # windows per forward when scoring
+
+
+def score_model(loss_of, val, cfg, redraws=REDRAWS):
+    """The final model's validation loss on the whole split and over ``redraws`` redraws of the
+    log's estimate. ``loss_of(x, y)``: the mean cross-entropy of int64 windows x, y (N, T) as a
+    float; ``val``: the validation split's token ids (1-D). Every call gets at most SCORE_ROWS
+    windows; a mean over equal-size batches is the mean over all their windows, so stacking the
+    estimate's batches changes nothing but the float rounding."""
+    import numpy as np
+    T, B, k = cfg["block_size"], cfg["batch_size"], cfg["eval_iters"]
+    val = np.asarray(val, dtype=np.int64)
+    offsets = np.arange(T)
+
+    def mean_loss(starts):
+        total = 0.0
+        for i in range(0, len(starts), SCORE_ROWS):
+            s = starts[i:i + SCORE_ROWS, None] + offsets            # (rows, T)
+            total += loss_of(val[s], val[s + 1]) * len(s)
+        return total / len(starts)
+
+    n = (len(val) - 1) // T
+    full = mean_loss(np.arange(n) * T)                            # consecutive windows
+    estimates = []
+    for r in range(redraws):                  # the log's estimate: k batches of B windows
+        rng = np.random.default_rng([20261206, r])
+        estimates.append(mean_loss(rng.integers(0, len(val) - T, k * B)))
+    return {"full_val": full, "predictions": n * T, "estimates": estimates}
 
 
 def run_config(max_iters=FULL_ITERS, eval_iters=PRESET["eval_iters"]):
@@ -129,13 +168,14 @@ def get_lr(it, cfg, warmup="original"):
 # workers (each in its own process; they print nothing the parent parses, and write the result
 # as JSON to --result)
 
-def tinyllm_worker(cfg, out_dir):
+def tinyllm_worker(cfg, out_dir, seed=NANOGPT["seed"], score=False):
     """tinyllm's CLI at ``cfg`` (the preset plus flags for what differs from it), timed by
-    wrapping ``tinyllm.cli.estimate_loss``."""
+    wrapping ``tinyllm.cli.estimate_loss``; with ``score``, the final model scored after."""
     t_enter = time.time()
     import tinyllm.cli as cli
     t_imported = time.time()
-    argv = ["train", "--preset", "shakespeare-char", "--out-dir", str(out_dir), "--quiet"]
+    argv = ["train", "--preset", "shakespeare-char", "--out-dir", str(out_dir), "--quiet",
+            "--seed", str(seed)]
     for key in SCALED:
         if cfg[key] != PRESET[key]:
             argv += ["--" + key.replace("_", "-"), str(cfg[key])]
@@ -162,7 +202,21 @@ def tinyllm_worker(cfg, out_dir):
         raise SystemExit("quality_bar: tinyllm's log.json has no final evaluation")
     mismatch = {k: (log["config"].get(k), v) for k, v in cfg.items()
                 if log["config"].get(k) != v}
+    scored = None
+    if score:                                   # the checkpoint at max_iters: the final model
+        import numpy as np
+
+        import tinyllm as tl
+        from tinyllm.data.corpora import load_text, train_val_split
+        _, tok, model = cli._load_run(out_dir)
+        val = train_val_split(np.array(tok.encode(load_text(log["config"]["data"]))))[1]
+
+        def loss_of(x, y):
+            with tl.no_grad():
+                return float(model(x, y)[1].item())
+        scored = score_model(loss_of, val, cfg)
     return {"engine": "tinyllm", "argv": ["tinyllm"] + argv, "evals": log["eval"],
+            "seed": seed, "score": scored,
             "train": final[0]["train"], "val": final[0]["val"],
             "steps": len(log["train_loss"]), "bias": log["config"].get("bias"),
             "config_mismatch": mismatch, "t_enter": t_enter, "t_imported": t_imported,
@@ -170,8 +224,10 @@ def tinyllm_worker(cfg, out_dir):
             "eval_s": sum(b - a for a, b in marks)}
 
 
-def torch_worker(cfg, data_path, out_dir, warmup="original", bias=NANOGPT["bias"]):
-    """nanoGPT's train.py (with prepare.py and model.py) at ``cfg``, on CPU."""
+def torch_worker(cfg, data_path, out_dir, warmup="original", bias=NANOGPT["bias"],
+                 seed=NANOGPT["seed"], score=False):
+    """nanoGPT's train.py (with prepare.py and model.py) at ``cfg``, on CPU; with ``score``, the
+    model its final evaluation saw (after max_iters steps) scored after the loop."""
     t_enter = time.time()
     import inspect
     import pickle
@@ -300,7 +356,7 @@ def torch_worker(cfg, data_path, out_dir, warmup="original", bias=NANOGPT["bias"
             return flops_per_token * T_max * fwdbwd_per_iter * (1.0 / dt) / 312e12
 
     # train.py
-    torch.manual_seed(NANOGPT["seed"])
+    torch.manual_seed(seed)
     device_type = "cpu"
     ctx = nullcontext()                                      # nanoGPT: no autocast on CPU
     block_size, batch_size = cfg["block_size"], cfg["batch_size"]
@@ -376,6 +432,8 @@ def torch_worker(cfg, data_path, out_dir, warmup="original", bias=NANOGPT["bias"
                                   "best_val_loss": best_val_loss, "config": cfg}
                     print(f"saving checkpoint to {out_dir}")
                     torch.save(checkpoint, out_dir / "ckpt.pt")
+            if score and iter_num == max_iters:         # after the timed window's last mark
+                final_state = {k: v.clone() for k, v in model.state_dict().items()}
         with ctx:
             _, loss = model(X, Y)
         X, Y = get_batch("train")
@@ -403,7 +461,18 @@ def torch_worker(cfg, data_path, out_dir, warmup="original", bias=NANOGPT["bias"
             break
     t_loop_end = time.time()
     final = evals[-1]
-    return {"engine": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    scored = None
+    if score:
+        model.load_state_dict(final_state)
+        model.eval()
+
+        @torch.no_grad()
+        def loss_of(x, y):
+            return model(torch.from_numpy(x), torch.from_numpy(y))[1].item()
+        val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
+        scored = score_model(loss_of, val, cfg)
+    return {"engine": "torch", "seed": seed, "score": scored,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "bias": bias,
             "lr_warmup": warmup, "evals": evals, "lrs": lrs, "steps": local_iter_num,
             "train_losses": train_losses, "train": final["train"], "val": final["val"],
@@ -430,7 +499,7 @@ def _machine_info():
 
 
 def run_engine(engine, cfg, data_path=None, warmup="original", bias=NANOGPT["bias"],
-               workdir=None):
+               workdir=None, seed=NANOGPT["seed"], score=False):
     """Run one engine in a fresh subprocess; returns its result with the timings added:
     startup_s (spawn -> first iteration), wall_s (first iteration -> end of the final
     evaluation), teardown_s (-> process exit), total_s, tok_s."""
@@ -439,7 +508,9 @@ def run_engine(engine, cfg, data_path=None, warmup="original", bias=NANOGPT["bia
         result_path, stdout_path = tmp / "result.json", tmp / "stdout.txt"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", engine,
                "--cfg", json.dumps(cfg), "--result", str(result_path),
-               "--out-dir", str(tmp / "run"), "--lr-warmup", warmup]
+               "--out-dir", str(tmp / "run"), "--lr-warmup", warmup, "--seed", str(seed)]
+        if score:
+            cmd.append("--score")
         if engine == "torch":
             cmd += ["--data", data_path or _corpus()] + (["--torch-bias"] if bias else [])
         load_before = os.getloadavg()[0]
@@ -481,7 +552,9 @@ def verdict(tl, ref_wall):
 
 
 def main(rounds=1, max_iters=FULL_ITERS, eval_iters=PRESET["eval_iters"], engines=ENGINES,
-         warmup="original", bias=NANOGPT["bias"], json_path=None):
+         warmup="original", bias=NANOGPT["bias"], json_path=None, seeds=None, score=False):
+    seeds = list(seeds) if seeds else [NANOGPT["seed"]] * rounds
+    rounds = len(seeds)
     cfg = run_config(max_iters, eval_iters)
     if "torch" in engines and importlib.util.find_spec("torch") is None:
         print("torch is not installed: tinyllm only")
@@ -495,13 +568,13 @@ def main(rounds=1, max_iters=FULL_ITERS, eval_iters=PRESET["eval_iters"], engine
           f"NumPy {info.get('numpy')}, Numba {info.get('numba')}, torch {info.get('torch')}; "
           f"tinyllm at {info.get('commit', '?')}")
     print(f"# config: {', '.join(f'{k}={v}' for k, v in cfg.items())}")
-    print(f"# torch twin: nanoGPT train.py (seed 1337, bias={bias}, exact GELU, SDPA, "
-          f"get_lr warmup '{warmup}'); corpus {data_path}")
+    print(f"# torch twin: nanoGPT train.py (bias={bias}, exact GELU, SDPA, get_lr warmup "
+          f"'{warmup}'); corpus {data_path}; seeds {sorted(set(seeds))}")
     results = []
     for r in range(rounds):
         order = engines if r % 2 == 0 else engines[::-1]
         for engine in order:
-            res = run_engine(engine, cfg, data_path, warmup, bias)
+            res = run_engine(engine, cfg, data_path, warmup, bias, seed=seeds[r], score=score)
             res["round"] = r + 1
             results.append(res)
             print(f"# round {r + 1}: {engine} done in {res['total_s']:.1f} s", flush=True)
@@ -520,7 +593,8 @@ def main(rounds=1, max_iters=FULL_ITERS, eval_iters=PRESET["eval_iters"], engine
     for r in range(1, rounds + 1):
         by = {x["engine"]: x for x in results if x["round"] == r}
         if rounds > 1:
-            print(f"round {r} ({' then '.join(x['engine'] for x in results if x['round'] == r)})")
+            print(f"round {r}, seed {seeds[r - 1]} "
+                  f"({' then '.join(x['engine'] for x in results if x['round'] == r)})")
         for engine in ENGINES:
             if engine in by:
                 print(_fmt(by[engine]))
@@ -544,11 +618,47 @@ def main(rounds=1, max_iters=FULL_ITERS, eval_iters=PRESET["eval_iters"], engine
         print(f"median wall ratio tinyllm / torch over {len(ratios)} rounds: "
               f"{statistics.median(ratios):.2f}x; bar met in "
               f"{sum(s['met'] for s in summary)}/{len(summary)} rounds")
+    if score:
+        print_seed_study(results)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"machine": info, "config": cfg, "torch_bias": bias, "lr_warmup": warmup,
                        "issue": ISSUE, "results": results, "summary": summary}, f, indent=1)
     return results, summary
+
+
+def print_seed_study(results):
+    """Per seed and engine: the log's final val, the whole split's, the redraws' mean and spread
+    and the share <= 1.89; then each engine's mean over seeds and the difference."""
+    print(f"\nseed study: the final model's validation loss ({REDRAWS} redraws of the log's "
+          f"estimate, the same windows for both engines)")
+    print(f"{'seed':>6} {'engine':<8} {'log val':>8} {'full split':>10} {'redraws':>8} "
+          f"{'sd':>6} {'<= 1.89':>8}")
+    by_engine = {}
+    for x in sorted(results, key=lambda x: (x["round"], x["engine"])):
+        sc = x["score"]
+        est = sc["estimates"]
+        share = sum(e <= VAL_BAR for e in est) / len(est)
+        sd = statistics.stdev(est) if len(est) > 1 else float("nan")
+        by_engine.setdefault(x["engine"], []).append((x["val"], sc["full_val"], share))
+        print(f"{x['seed']:>6} {x['engine']:<8} {x['val']:>8.4f} {sc['full_val']:>10.4f} "
+              f"{statistics.mean(est):>8.4f} {sd:>6.4f} {share:>8.0%}")
+    for engine, rows in by_engine.items():
+        full = [r[1] for r in rows]
+        se = statistics.stdev(full) / math.sqrt(len(full)) if len(full) > 1 else float("nan")
+        print(f"{engine}: {len(rows)} seeds, full split mean {statistics.mean(full):.4f} "
+              f"(SE {se:.4f}); log val mean {statistics.mean(r[0] for r in rows):.4f}, "
+              f"<= {VAL_BAR} in {sum(r[0] <= VAL_BAR for r in rows)} of {len(rows)} runs; "
+              f"redraws <= {VAL_BAR}: {statistics.mean(r[2] for r in rows):.0%}")
+    if len(by_engine) == 2:
+        pairs = {}
+        for x in results:
+            pairs.setdefault(x["seed"], {})[x["engine"]] = x["score"]["full_val"]
+        diffs = [p["tinyllm"] - p["torch"] for p in pairs.values() if len(p) == 2]
+        if len(diffs) > 1:
+            se = math.sqrt(sum(statistics.variance(r[1] for r in rows) / len(rows)
+                               for rows in by_engine.values()))
+            print(f"full split, tinyllm - torch: {statistics.mean(diffs):+.4f} (SE {se:.4f})")
 
 
 def _parse(argv=None):
@@ -568,6 +678,12 @@ def _parse(argv=None):
     p.add_argument("--torch-bias", action="store_true",
                    help="biases in the twin's Linear/LayerNorm (neither tinyllm's preset nor "
                    "nanoGPT's run has them)")
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, one round each (default: 1337 every round)")
+    p.add_argument("--score", action="store_true",
+                   help="score each final model on the whole validation split and over "
+                   f"{REDRAWS} redraws of the log's estimate (the seed study)")
+    p.add_argument("--seed", type=int, default=NANOGPT["seed"], help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--cfg", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -576,6 +692,11 @@ def _parse(argv=None):
     args = p.parse_args(argv)
     if args.max_iters < 1 or args.eval_iters < 1 or args.rounds < 1:
         p.error("--max-iters, --eval-iters and --rounds must be >= 1")
+    if args.seeds is not None:
+        try:
+            args.seeds = [int(x) for x in args.seeds.split(",")]
+        except ValueError:
+            p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
     return args
 
 
@@ -584,12 +705,13 @@ if __name__ == "__main__":
     if args.worker:
         cfg = json.loads(args.cfg)
         if args.worker == "tinyllm":
-            out = tinyllm_worker(cfg, args.out_dir)
+            out = tinyllm_worker(cfg, args.out_dir, args.seed, args.score)
         else:
-            out = torch_worker(cfg, args.data, args.out_dir, args.lr_warmup, args.torch_bias)
+            out = torch_worker(cfg, args.data, args.out_dir, args.lr_warmup, args.torch_bias,
+                               args.seed, args.score)
         Path(args.result).write_text(json.dumps(out))
     else:
         engines = tuple(e for e in ENGINES
                         if not getattr(args, f"skip_{e}"))
         main(args.rounds, args.max_iters, args.eval_iters, engines, args.lr_warmup,
-             args.torch_bias, args.json)
+             args.torch_bias, args.json, args.seeds, args.score)

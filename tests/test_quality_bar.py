@@ -2,6 +2,7 @@
 and the nanoGPT twin's learning-rate schedule is tinyllm's."""
 import math
 
+import numpy as np
 import pytest
 
 from tests.conftest import load_script
@@ -70,10 +71,45 @@ def _check_losses(res, cfg):
     assert res["tok_s"] == pytest.approx(cfg["max_iters"] * 12 * 64 / res["wall_s"])
 
 
+def test_score_model_reads_consecutive_windows_and_redraws(qb):
+    """With loss_of = the mean of the targets, the full-split score is the mean of val[1:n*T+1]
+    (each position once, rows weighted by count across SCORE_ROWS chunks), and each redraw the
+    mean over eval_iters * batch_size random windows."""
+    cfg = dict(block_size=8, batch_size=3, eval_iters=5)
+    val = np.arange(1000, dtype=np.int64) % 97
+    seen = []
+
+    def loss_of(x, y):
+        assert x.shape == y.shape and x.shape[1] == 8 and len(x) <= qb.SCORE_ROWS
+        np.testing.assert_array_equal(y[:, :-1], x[:, 1:])        # y = x shifted by one
+        seen.append(len(x))
+        return float(y.mean())
+
+    out = qb.score_model(loss_of, val, cfg, redraws=4)
+    n = (len(val) - 1) // 8
+    assert out["predictions"] == n * 8
+    assert out["full_val"] == pytest.approx(val[1:n * 8 + 1].mean(), rel=1e-12)
+    assert len(out["estimates"]) == 4 and len(set(out["estimates"])) == 4
+    assert seen[:3] == [qb.SCORE_ROWS, qb.SCORE_ROWS, n - 2 * qb.SCORE_ROWS]
+    assert seen[3:] == [15] * 4                       # 5 batches of 3 windows, stacked
+    assert all(0 < e < 96 for e in out["estimates"])
+
+
+def _check_score(qb, res):
+    sc = res["score"]
+    assert sc["predictions"] == 111_488                 # tiny Shakespeare's validation split
+    assert len(sc["estimates"]) == qb.REDRAWS
+    # the log's last estimate and the whole split score the same model
+    assert abs(sc["full_val"] - res["val"]) < 0.15
+    assert abs(np.mean(sc["estimates"]) - sc["full_val"]) < 0.1
+
+
 def test_tinyllm_cli_smoke(qb, corpus):
     cfg = qb.run_config(ITERS, EVAL_ITERS)
-    res = qb.run_engine("tinyllm", cfg, corpus)
+    res = qb.run_engine("tinyllm", cfg, corpus, seed=7, score=True)
     _check_losses(res, cfg)
+    _check_score(qb, res)
+    assert res["seed"] == 7 and "--seed" in res["argv"]
     assert res["steps"] == ITERS                           # tinyllm: steps 0..max_iters-1
     assert res["config_mismatch"] == {}
     assert res["argv"][:3] == ["tinyllm", "train", "--preset"]
@@ -82,8 +118,10 @@ def test_tinyllm_cli_smoke(qb, corpus):
 def test_torch_twin_smoke(qb, corpus):
     pytest.importorskip("torch")
     cfg = qb.run_config(ITERS, EVAL_ITERS)
-    res = qb.run_engine("torch", cfg, corpus)
+    res = qb.run_engine("torch", cfg, corpus, seed=7, score=True)
     _check_losses(res, cfg)
+    _check_score(qb, res)
+    assert res["seed"] == 7
     assert res["steps"] == ITERS + 1                       # nanoGPT: iterations 0..max_iters
     assert res["final_step"] == ITERS
     assert res["bias"] is False and res["threads"] >= 1
