@@ -81,27 +81,27 @@ def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
     flags = ("--dropout", "0.1", "--workers", "2")          # every generator in play
     straight = _train(tmp_path / "a", *flags)
     name, at_call, saved_at = CTRL_C_POINTS[where]
-    if name == "forward_backward":
-        monkeypatch.setattr(cli.DataParallel, name, _after(cli.DataParallel.forward_backward,
-                                                           at_call))
-    elif name == "adam":         # between two parameters' updates of the at_call-th step
-        import tinyllm.optim.adam as adam_module
-        real, seen = adam_module.adam_step, {"n": 0}
+    with monkeypatch.context() as mp:       # only these patches end with the block
+        if name == "forward_backward":
+            mp.setattr(cli.DataParallel, name, _after(cli.DataParallel.forward_backward,
+                                                      at_call))
+        elif name == "adam":     # between two parameters' updates of the at_call-th step
+            import tinyllm.optim.adam as adam_module
+            real, seen = adam_module.adam_step, {"n": 0}
 
-        def adam_step(*args):
-            real(*args)
-            seen["n"] += args[9] == at_call                 # args[9]: the step count t
-            if seen["n"] == 3:
-                _ctrl_c()
-        monkeypatch.setattr(adam_module, "adam_step", adam_step)
-    else:
-        monkeypatch.setattr(cli, name, _after(getattr(cli, name), at_call))
-    with pytest.raises(SystemExit) as info:
-        _train(tmp_path / "b", *flags)
+            def adam_step(*args):
+                real(*args)
+                seen["n"] += args[9] == at_call             # args[9]: the step count t
+                if seen["n"] == 3:
+                    _ctrl_c()
+            mp.setattr(adam_module, "adam_step", adam_step)
+        else:
+            mp.setattr(cli, name, _after(getattr(cli, name), at_call))
+        with pytest.raises(SystemExit) as info:
+            _train(tmp_path / "b", *flags)
     assert info.value.code == 130
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == saved_at
-    monkeypatch.undo()
     resumed = _train(tmp_path / "b", *flags, "--resume")
     assert resumed["train_loss"] == straight["train_loss"]
     assert resumed["eval"] == straight["eval"]
@@ -110,8 +110,8 @@ def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
         tmp_path, monkeypatch, capsys):
     straight = _train(tmp_path / "a")
-    monkeypatch.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 8, times=2))
-    with pytest.raises(SystemExit) as info:
+    with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
+        mp.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 8, times=2))
         cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
                   "--checkpoint-interval", "5"])
     assert info.value.code == 130
@@ -120,7 +120,6 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
     assert "(step 5) is kept" in out
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == 5                    # not the half-updated state of step 7
-    monkeypatch.undo()
     resumed = _train(tmp_path / "b", "--resume")
     assert resumed["train_loss"] == straight["train_loss"]
 
@@ -137,13 +136,12 @@ def test_keyboard_interrupt_at_a_step_boundary_saves_there(tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "estimate_loss", interrupt_second_evaluation)
-    with pytest.raises(SystemExit) as info:
+    with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
+        mp.setattr(cli, "estimate_loss", interrupt_second_evaluation)
         _train(tmp_path / "b")
     assert info.value.code == 130
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == 10
-    monkeypatch.undo()
     resumed = _train(tmp_path / "b", "--resume")
     assert resumed["train_loss"] == straight["train_loss"]
     assert resumed["eval"] == straight["eval"]
