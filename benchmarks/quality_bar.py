@@ -432,8 +432,8 @@ def torch_worker(cfg, data_path, out_dir, warmup="original", bias=NANOGPT["bias"
                                   "best_val_loss": best_val_loss, "config": cfg}
                     print(f"saving checkpoint to {out_dir}")
                     torch.save(checkpoint, out_dir / "ckpt.pt")
-            if score and iter_num == max_iters:         # after the timed window's last mark
-                final_state = {k: v.clone() for k, v in model.state_dict().items()}
+        if score and iter_num == max_iters:     # the model after max_iters steps (untimed)
+            final_state = {k: v.clone() for k, v in model.state_dict().items()}
         with ctx:
             _, loss = model(X, Y)
         X, Y = get_batch("train")
@@ -651,14 +651,14 @@ def print_seed_study(results):
               f"<= {VAL_BAR} in {sum(r[0] <= VAL_BAR for r in rows)} of {len(rows)} runs; "
               f"redraws <= {VAL_BAR}: {statistics.mean(r[2] for r in rows):.0%}")
     if len(by_engine) == 2:
-        pairs = {}
+        pairs = {}                                  # round -> engine -> full-split loss
         for x in results:
-            pairs.setdefault(x["seed"], {})[x["engine"]] = x["score"]["full_val"]
+            pairs.setdefault(x["round"], {})[x["engine"]] = x["score"]["full_val"]
         diffs = [p["tinyllm"] - p["torch"] for p in pairs.values() if len(p) == 2]
-        if len(diffs) > 1:
-            se = math.sqrt(sum(statistics.variance(r[1] for r in rows) / len(rows)
-                               for rows in by_engine.values()))
-            print(f"full split, tinyllm - torch: {statistics.mean(diffs):+.4f} (SE {se:.4f})")
+        if len(diffs) > 1:                          # same seed, two engines: paired
+            se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+            print(f"full split, tinyllm - torch over {len(diffs)} seeds: "
+                  f"{statistics.mean(diffs):+.4f} (SE {se:.4f})")
 
 
 def _parse(argv=None):
@@ -693,6 +693,8 @@ def _parse(argv=None):
     if args.max_iters < 1 or args.eval_iters < 1 or args.rounds < 1:
         p.error("--max-iters, --eval-iters and --rounds must be >= 1")
     if args.seeds is not None:
+        if args.rounds != 1:
+            p.error("--seeds sets the rounds (one per seed); leave out --rounds")
         try:
             args.seeds = [int(x) for x in args.seeds.split(",")]
         except ValueError:

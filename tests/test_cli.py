@@ -49,6 +49,26 @@ def _ctrl_c():
     os.kill(os.getpid(), signal.SIGINT)
 
 
+class StraySigint(Exception):
+    pass
+
+
+@pytest.fixture
+def sigint_guard():
+    """A SIGINT that reaches no handler of the code under test fails the test (instead of
+    stopping the whole pytest session as a KeyboardInterrupt); the handler is checked to be
+    this one again after the test, i.e. restored by the code."""
+    def stray(signum, frame):
+        raise StraySigint("SIGINT reached the test's guard: the CLI's handler was not in place")
+
+    previous = signal.signal(signal.SIGINT, stray)
+    try:
+        yield
+        assert signal.getsignal(signal.SIGINT) is stray
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _after(fn, at_call, times=1):
     """``fn`` wrapped: its ``at_call``-th call (1-based) runs, then Ctrl-C is pressed ``times``
     times."""
@@ -71,13 +91,13 @@ CTRL_C_POINTS = {
     "after the batch draw": ("get_batch", 12, 8),      # 4 calls by the evaluation at 0
     "after forward and backward": ("forward_backward", 8, 8),
     "inside the optimizer step": ("adam", 8, 8),
-    "during an evaluation": ("estimate_loss", 2, 10),        # evaluations at 0, 10, 20
+    "right after an evaluation": ("estimate_loss", 2, 10),   # evaluations at 0, 10, 20
 }
 
 
 @pytest.mark.parametrize("where", sorted(CTRL_C_POINTS))
 def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
-        tmp_path, monkeypatch, where):
+        tmp_path, monkeypatch, sigint_guard, where):
     flags = ("--dropout", "0.1", "--workers", "2")          # every generator in play
     straight = _train(tmp_path / "a", *flags)
     name, at_call, saved_at = CTRL_C_POINTS[where]
@@ -108,7 +128,7 @@ def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch, capsys, sigint_guard):
     straight = _train(tmp_path / "a")
     with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
         mp.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 8, times=2))
@@ -116,7 +136,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
                   "--checkpoint-interval", "5"])
     assert info.value.code == 130
     out = capsys.readouterr().out
-    assert "interrupted in the middle of step 7: nothing written" in out
+    assert "interrupted in the middle of step 7: no checkpoint written" in out
     assert "(step 5) is kept" in out
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == 5                    # not the half-updated state of step 7
@@ -124,10 +144,14 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
     assert resumed["train_loss"] == straight["train_loss"]
 
 
-def test_keyboard_interrupt_at_a_step_boundary_saves_there(tmp_path, monkeypatch):
-    """A KeyboardInterrupt the handler did not defer (raised by code, or in a thread where
-    signals cannot be caught) still saves when the state is at a boundary."""
-    straight = _train(tmp_path / "a")
+@pytest.mark.parametrize("workers, saved_at", [("1", 10), ("2", 8)])
+def test_keyboard_interrupt_during_an_evaluation(tmp_path, monkeypatch, workers, saved_at):
+    """A KeyboardInterrupt the handler did not defer (a second Ctrl-C, one raised by code, or
+    one in a thread where signals cannot be caught) inside the evaluation at step 10: in one
+    process the state is at a boundary and is saved there; with workers it may have cut a
+    pipe message, so nothing is written and the periodic checkpoint (step 8) stays."""
+    flags = ("--workers", workers, "--checkpoint-interval", "4")
+    straight = _train(tmp_path / "a", *flags)
     real, calls = cli.estimate_loss, {"n": 0}
 
     def interrupt_second_evaluation(*args, **kwargs):
@@ -138,13 +162,67 @@ def test_keyboard_interrupt_at_a_step_boundary_saves_there(tmp_path, monkeypatch
 
     with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
         mp.setattr(cli, "estimate_loss", interrupt_second_evaluation)
-        _train(tmp_path / "b")
+        _train(tmp_path / "b", *flags)
     assert info.value.code == 130
     meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == 10
-    resumed = _train(tmp_path / "b", "--resume")
+    assert meta["step"] == saved_at
+    resumed = _train(tmp_path / "b", *flags, "--resume")
     assert resumed["train_loss"] == straight["train_loss"]
     assert resumed["eval"] == straight["eval"]
+
+
+@pytest.mark.parametrize("when", ["periodic", "stop"])
+def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch, capsys,
+                                                       sigint_guard, when):
+    """periodic: two Ctrl-Cs while the step-4 checkpoint is written; the write completes
+    (weights, log and every generator of step 4), then the run stops there. stop: a first
+    Ctrl-C in step 6, and another while the stop's checkpoint (step 7) is written, which it
+    does not cut short. Either way the run resumes exactly."""
+    straight = _train(tmp_path / "a", "--checkpoint-interval", "4")
+    real, calls = cli.save_checkpoint, {"n": 0}
+
+    def save_checkpoint(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:                      # the checkpoint at step 4, then the stop's
+            _ctrl_c()
+            _ctrl_c()
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
+        if when == "periodic":
+            mp.setattr(cli, "save_checkpoint", save_checkpoint)
+        else:
+            mp.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 7))
+            calls["n"] = -1                      # skip the checkpoint at step 4
+            mp.setattr(cli, "save_checkpoint", save_checkpoint)
+        cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
+                  "--checkpoint-interval", "4"])
+    assert info.value.code == 130
+    step = 4 if when == "periodic" else 7
+    assert f"interrupted: checkpoint at step {step}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())["step"] == step
+    assert len(json.loads((tmp_path / "b" / "log.json").read_text())["train_loss"]) == step
+    resumed = _train(tmp_path / "b", "--checkpoint-interval", "4", "--resume")
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["eval"] == straight["eval"]
+
+
+def test_ctrl_c_in_the_last_step_lets_the_run_finish(tmp_path, monkeypatch, sigint_guard):
+    with monkeypatch.context() as mp:
+        mp.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 20))    # step 19 of 20
+        log = _train(tmp_path / "run")
+    assert len(log["train_loss"]) == 20 and log["eval"][-1]["step"] == 20
+    assert json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["step"] == 20
+
+
+def test_resume_refuses_a_log_older_than_the_checkpoint(tmp_path):
+    _train(tmp_path / "run", "--max-iters", "10")
+    path = tmp_path / "run" / "log.json"
+    log = json.loads(path.read_text())
+    log["train_loss"] = log["train_loss"][:6]
+    path.write_text(json.dumps(log))
+    with pytest.raises(SystemExit, match="log.json has 6 steps, the checkpoint is at step 10"):
+        _train(tmp_path / "run", "--resume")
 
 
 def test_ctrl_c_handler_is_restored_after_training(tmp_path):

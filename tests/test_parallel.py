@@ -50,20 +50,22 @@ def pair():
 @pytest.mark.parametrize("files, cap", [
     ({"cpu.max": "200000 100000\n"}, 2),                       # cgroup v2, --cpus 2
     ({"cpu.max": "150000 100000\n"}, 2),                       # 1.5 CPUs: rounded up
+    ({"cpu.max": "50000 100000\n"}, 1),                        # half a CPU: still 1
     ({"cpu.max": "max 100000\n"}, None),                       # no quota
-    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),   # v1
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),   # v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "400000\n",
+      "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 4),
     ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "100000 0\n"}, None),                         # a zero period: ignored
     ({"cpu.max": "garbage\n"}, None),
     ({}, None),                                                 # no cgroup files at all
 ])
-def test_available_cores_follows_a_containers_cpu_quota(tmp_path, files, cap):
+def test_available_cores_follows_a_containers_cpu_quota(tmp_path, monkeypatch, files, cap):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-    want = affinity if cap is None else min(affinity, cap)
-    assert available_cores(cgroup_root=str(tmp_path)) == want
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert available_cores(cgroup_root=str(tmp_path)) == (64 if cap is None else cap)
 
 
 def test_auto_workers_is_the_largest_divisor_within_the_cores():

@@ -130,3 +130,14 @@ def test_torch_twin_smoke(qb, corpus):
     for it, lr in enumerate(res["lrs"]):
         assert lr == pytest.approx(_tinyllm_lr(it, cfg), rel=1e-12, abs=0), it
     assert len(res["train_losses"]) == ITERS + 1           # log_interval 1: every iteration
+
+
+def test_torch_twin_scores_the_model_after_max_iters_between_evaluations(qb, corpus):
+    """At 30 iterations the scaled eval_interval (4) does not divide max_iters: the last
+    evaluation is at 28, and the scored model is still the one after 30 steps."""
+    pytest.importorskip("torch")
+    cfg = qb.run_config(30, 2)
+    assert cfg["max_iters"] % cfg["eval_interval"]
+    res = qb.run_engine("torch", cfg, corpus, score=True)
+    assert res["final_step"] == 28 and res["steps"] == 31
+    _check_score(qb, res)

@@ -13,8 +13,9 @@ update-to-weight ratio per layer and the attention entropy per head (``tinyllm.h
 Training is resumable: ``--resume`` reloads the weights, optimizer, step and every random
 generator, and continues with exactly the losses an uninterrupted run would have printed (on
 CPU). Ctrl-C finishes the step under way, saves a checkpoint at that step boundary and exits
-(resuming from it is the uninterrupted run); a second Ctrl-C stops at once, keeping the last
-checkpoint. A non-finite loss stops the run, keeping the last good checkpoint.
+(resuming from it is the uninterrupted run; in the last step the run simply finishes); a second
+Ctrl-C stops at once, keeping the last checkpoint. A non-finite loss stops the run, keeping the
+last good checkpoint.
 """
 import argparse
 import contextlib
@@ -137,16 +138,46 @@ def estimate_loss(dp, splits, cfg, step):
 
 
 class StopRequest:
-    """Ctrl-C during training, deferred to the next step boundary (see ``stop_on_ctrl_c``)."""
+    """Ctrl-C during training, deferred to the next step boundary (see ``stop_on_ctrl_c``).
+
+    ``requested``: a first Ctrl-C came. While ``hold()`` runs (a checkpoint being written) a
+    second one is kept until the block ends and raised there, so it never splits the weights
+    from the log or lands in a worker exchange. ``stopping``: the run is saving its last
+    checkpoint on the way out; further Ctrl-Cs change nothing."""
 
     def __init__(self):
         self.requested = False
+        self.stopping = False
+        self._held = 0
+        self._forced = False
+
+    def on_sigint(self, signum=None, frame=None):
+        if self.stopping:
+            return
+        if not self.requested:
+            self.requested = True
+        elif self._held:
+            self._forced = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def hold(self):
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        if self._forced and not self._held and not self.stopping:
+            self._forced = False
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
-def stop_on_ctrl_c():
-    """While training: the first Ctrl-C (SIGINT) only sets ``requested``, which the loop reads
-    between steps; a second raises ``KeyboardInterrupt`` at once.
+def stop_on_ctrl_c(stop):
+    """While training, SIGINT goes to ``stop.on_sigint``: the first Ctrl-C only sets
+    ``stop.requested``, which the loop reads between steps; a second raises
+    ``KeyboardInterrupt`` at once (at the end of a checkpoint write, if one is under way).
 
     Why not let the first one raise: a KeyboardInterrupt lands anywhere, after ``get_batch``
     has advanced the data generator, between two parameters of ``opt.step()``, inside the
@@ -155,21 +186,15 @@ def stop_on_ctrl_c():
     uninterrupted run. Waiting for the step to finish costs one step's time. Signals reach
     only the main thread; elsewhere this does nothing (a KeyboardInterrupt raised there is
     handled by the loop as a second Ctrl-C)."""
-    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-
-    def handler(signum, frame):
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.requested = True
-
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signal.SIGINT, stop.on_sigint)
     try:
         yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:        # None: the old handler was not installed from Python; use Python's default
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None
+                      else previous)
 
 
 def resolve_workers(cfg, saved=None):
@@ -232,6 +257,10 @@ def train(cfg, resume=False, quiet=False):
         meta = load_checkpoint(ckpt, model, opt)
         start, data_rng = meta["step"], meta["extra"]["data_rng"]
         log = json.loads((run / "log.json").read_text())
+        if len(log["train_loss"]) < start:
+            raise SystemExit(f"tinyllm train --resume: {run / 'log.json'} has "
+                             f"{len(log['train_loss'])} steps, the checkpoint is at step "
+                             f"{start}: the log is older than the checkpoint")
         log["train_loss"] = log["train_loss"][:start]
         log["eval"] = [e for e in log["eval"] if e["step"] < start]
         log["health"] = [h for h in log.get("health", []) if h["step"] < start]
@@ -250,13 +279,17 @@ def train(cfg, resume=False, quiet=False):
                               f"losses differ from an uninterrupted run in the last digits")
 
         saved = {"step": start if resume else None}
+        ctrl_c = StopRequest()
 
         def save(step):
-            save_checkpoint(ckpt, model, opt, step=step,
-                            extra={"data_rng": data_rng, "workers": dp.workers,
-                                   "worker_rngs": dp.rng_states()})
-            _write_log(run, log)
-            saved["step"] = step
+            # the log first: a crash between the two leaves a log ahead of the checkpoint,
+            # which --resume cuts back to the checkpoint's step
+            with ctrl_c.hold():
+                _write_log(run, log)
+                save_checkpoint(ckpt, model, opt, step=step,
+                                extra={"data_rng": data_rng, "workers": dp.workers,
+                                       "worker_rngs": dp.rng_states()})
+                saved["step"] = step
 
         bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
         tokens = cfg.batch_size * cfg.block_size
@@ -266,15 +299,19 @@ def train(cfg, resume=False, quiet=False):
         t_last = time.perf_counter()
         done, clean = start, True       # steps fully done; whether the state is at a boundary
         stopped_at = None               # the boundary a Ctrl-C stopped at
-        try:
-            with stop_on_ctrl_c() as ctrl_c:
+        with stop_on_ctrl_c(ctrl_c):
+            try:
                 for step in bar:
                     if ctrl_c.requested:
                         stopped_at = step
                         break
                     if cfg.eval_iters and step % cfg.eval_interval == 0:
+                        # a KeyboardInterrupt inside a worker exchange can leave a pipe
+                        # mid-message: with workers, no checkpoint is written from there
+                        clean = dp.workers == 1
                         losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg,
                                                step)
+                        clean = True
                         log["eval"].append({"step": step, **losses})
                         _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
                                          f"val loss {losses['val']:.4f}")
@@ -320,28 +357,32 @@ def train(cfg, resume=False, quiet=False):
                     t_last = now
                     if done % cfg.checkpoint_interval == 0:
                         save(done)
-                if stopped_at is None:          # a Ctrl-C from here on lets the run finish
+                if stopped_at is None:   # a first Ctrl-C from the last step on: the run ends
                     if cfg.eval_iters:
+                        clean = dp.workers == 1
                         final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg,
                                               cfg.max_iters)
+                        clean = True
                         log["eval"].append({"step": cfg.max_iters, **final})
                         _say(bar, quiet, f"done: train loss {final['train']:.4f}, "
                                          f"val loss {final['val']:.4f}")
+                    ctrl_c.stopping = True
                     save(cfg.max_iters)
                     _plot(run, log)
                     return log
-        except KeyboardInterrupt:       # a second Ctrl-C, or one raised where none is deferred
-            if not clean:
-                kept = (f"the last checkpoint in {ckpt} (step {saved['step']}) is kept"
-                        if saved["step"] is not None else "no checkpoint was saved before")
-                _say(bar, quiet, f"interrupted in the middle of step {done}: nothing written, "
-                                 f"its state was half updated; {kept}")
-                raise SystemExit(130) from None
-            stopped_at = done
-        save(stopped_at)
-        _say(bar, quiet, f"interrupted: checkpoint at step {stopped_at} in {ckpt}; "
-                         f"continue with --resume")
-        raise SystemExit(130)
+            except KeyboardInterrupt:   # a second Ctrl-C, or one raised where none is deferred
+                if not clean:
+                    kept = (f"the last checkpoint in {ckpt} (step {saved['step']}) is kept"
+                            if saved["step"] is not None else "no checkpoint was saved before")
+                    _say(bar, quiet, f"interrupted in the middle of step {done}: no "
+                                     f"checkpoint written from there; {kept}")
+                    raise SystemExit(130) from None
+                stopped_at = done
+            ctrl_c.stopping = True                  # further Ctrl-Cs: the save goes on
+            save(stopped_at)
+            _say(bar, quiet, f"interrupted: checkpoint at step {stopped_at} in {ckpt}; "
+                             f"continue with --resume")
+            raise SystemExit(130)
 
 
 def _progress(it, quiet, **kw):

@@ -89,7 +89,9 @@ def available_cores(cgroup_root="/sys/fs/cgroup"):
     """The cores this process may use: its CPU affinity (where the OS has one), capped by a
     cgroup CPU quota (a container's ``--cpus``), rounded up, as loky and the JVM count them.
     Without the cap a 2-CPU container on a 64-core host would start 64 processes that share
-    two CPUs' worth of time."""
+    two CPUs' worth of time. Like loky, it reads the cgroup at the mount root, which is the
+    container's own under a cgroup namespace (Docker's and Kubernetes' default on cgroup v2);
+    a quota set on a nested or parent cgroup without a namespace is not seen."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:                      # macOS, Windows
