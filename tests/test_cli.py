@@ -84,6 +84,17 @@ def _after(fn, at_call, times=1):
     return wrapped
 
 
+def _stopped_at_and_resumes(info, run, step, straight, *flags):
+    """The run exited with 130 leaving a checkpoint (and a log) at ``step``, and resuming it
+    gives the uninterrupted run's losses and evaluations, bit for bit."""
+    assert info.value.code == 130
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == step
+    assert len(json.loads((run / "log.json").read_text())["train_loss"]) >= step
+    resumed = _train(run, *flags, "--resume")
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["eval"] == straight["eval"]
+
+
 # where the Ctrl-C lands (the n-th call of a function the loop makes) -> the step it saves at.
 # Each point is after some state of the step under way has changed: the batch generator
 # (get_batch), the dropout generators and gradients (forward_backward), the weights (AdamW).
@@ -119,12 +130,7 @@ def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
             mp.setattr(cli, name, _after(getattr(cli, name), at_call))
         with pytest.raises(SystemExit) as info:
             _train(tmp_path / "b", *flags)
-    assert info.value.code == 130
-    meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == saved_at
-    resumed = _train(tmp_path / "b", *flags, "--resume")
-    assert resumed["train_loss"] == straight["train_loss"]
-    assert resumed["eval"] == straight["eval"]
+    _stopped_at_and_resumes(info, tmp_path / "b", saved_at, straight, *flags)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
@@ -134,14 +140,10 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
         mp.setattr(cli, "clip_grad_norm_", _after(cli.clip_grad_norm_, 8, times=2))
         cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
                   "--checkpoint-interval", "5"])
-    assert info.value.code == 130
     out = capsys.readouterr().out
     assert "interrupted in the middle of step 7: no checkpoint written" in out
     assert "(step 5) is kept" in out
-    meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == 5                    # not the half-updated state of step 7
-    resumed = _train(tmp_path / "b", "--resume")
-    assert resumed["train_loss"] == straight["train_loss"]
+    _stopped_at_and_resumes(info, tmp_path / "b", 5, straight)     # not step 7's half state
 
 
 @pytest.mark.parametrize("workers, saved_at", [("1", 10), ("2", 8)])
@@ -163,12 +165,7 @@ def test_keyboard_interrupt_during_an_evaluation(tmp_path, monkeypatch, workers,
     with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
         mp.setattr(cli, "estimate_loss", interrupt_second_evaluation)
         _train(tmp_path / "b", *flags)
-    assert info.value.code == 130
-    meta = json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())
-    assert meta["step"] == saved_at
-    resumed = _train(tmp_path / "b", *flags, "--resume")
-    assert resumed["train_loss"] == straight["train_loss"]
-    assert resumed["eval"] == straight["eval"]
+    _stopped_at_and_resumes(info, tmp_path / "b", saved_at, straight, *flags)
 
 
 @pytest.mark.parametrize("when", ["periodic", "stop"])
@@ -197,14 +194,10 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch, ca
             mp.setattr(cli, "save_checkpoint", save_checkpoint)
         cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
                   "--checkpoint-interval", "4"])
-    assert info.value.code == 130
     step = 4 if when == "periodic" else 7
     assert f"interrupted: checkpoint at step {step}" in capsys.readouterr().out
-    assert json.loads((tmp_path / "b" / "checkpoint" / "meta.json").read_text())["step"] == step
     assert len(json.loads((tmp_path / "b" / "log.json").read_text())["train_loss"]) == step
-    resumed = _train(tmp_path / "b", "--checkpoint-interval", "4", "--resume")
-    assert resumed["train_loss"] == straight["train_loss"]
-    assert resumed["eval"] == straight["eval"]
+    _stopped_at_and_resumes(info, tmp_path / "b", step, straight, "--checkpoint-interval", "4")
 
 
 def test_ctrl_c_in_the_last_step_lets_the_run_finish(tmp_path, monkeypatch, sigint_guard):
