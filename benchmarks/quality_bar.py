@@ -21,7 +21,7 @@ The two runs, each in its own subprocess, one after the other (never together; w
 
 tinyllm: the product itself, ``tinyllm train --preset shakespeare-char --out-dir DIR --quiet``:
     the worker calls ``tinyllm.cli.main`` with those arguments (what the ``tinyllm`` console
-    script and ``python -m tinyllm.cli`` run), with ``tinyllm.cli.estimate_loss`` wrapped to
+    script and ``python -m tinyllm.cli`` run), with ``tinyllm.trainer.estimate_loss`` wrapped to
     take a timestamp before and after each evaluation (log.json records no timings). The final
     losses are read from the run's log.json (its evaluation at step max_iters), and the config
     recorded there is checked against the one intended here.
@@ -170,18 +170,20 @@ def get_lr(it, cfg, warmup="original"):
 
 def tinyllm_worker(cfg, out_dir, seed=NANOGPT["seed"], score=False):
     """tinyllm's CLI at ``cfg`` (the preset plus flags for what differs from it), timed by
-    wrapping ``tinyllm.cli.estimate_loss``; with ``score``, the final model scored after."""
+    wrapping ``tinyllm.trainer.estimate_loss``; with ``score``, the final model scored after."""
     t_enter = time.time()
     import tinyllm.cli as cli
+    from tinyllm import inference, trainer
     t_imported = time.time()
     argv = ["train", "--preset", "shakespeare-char", "--out-dir", str(out_dir), "--quiet",
             "--seed", str(seed)]
     for key in SCALED:
         if cfg[key] != PRESET[key]:
             argv += ["--" + key.replace("_", "-"), str(cfg[key])]
-    evaluate = getattr(cli, "estimate_loss", None)
+    evaluate = getattr(trainer, "estimate_loss", None)
     if evaluate is None:
-        raise SystemExit("quality_bar: tinyllm.cli.estimate_loss is gone; update the timer hook")
+        raise SystemExit("quality_bar: tinyllm.trainer.estimate_loss is gone; update the timer "
+                         "hook")
     marks = []
 
     def timed_estimate_loss(*args, **kwargs):
@@ -190,11 +192,11 @@ def tinyllm_worker(cfg, out_dir, seed=NANOGPT["seed"], score=False):
         marks.append((t0, time.time()))
         return out
 
-    cli.estimate_loss = timed_estimate_loss
+    trainer.estimate_loss = timed_estimate_loss
     try:
         cli.main(argv)
     finally:
-        cli.estimate_loss = evaluate
+        trainer.estimate_loss = evaluate
     t_done = time.time()
     log = json.loads((Path(out_dir) / "log.json").read_text())
     final = [e for e in log["eval"] if e["step"] == cfg["max_iters"]]
@@ -208,7 +210,7 @@ def tinyllm_worker(cfg, out_dir, seed=NANOGPT["seed"], score=False):
 
         import tinyllm as tl
         from tinyllm.data.corpora import load_text, train_val_split
-        _, tok, model = cli._load_run(out_dir)
+        _, tok, model = inference.load_run(out_dir)
         val = train_val_split(np.array(tok.encode(load_text(log["config"]["data"]))))[1]
 
         def loss_of(x, y):

@@ -33,6 +33,16 @@ names. meta.json is replaced last: that one rename is the commit. A save that fa
 Ctrl-C, an exception) before it leaves the previous checkpoint intact and removes what it wrote;
 a successful save then deletes the data files the old meta.json named. One writer per directory.
 
+Integrity. meta.json records the sha256 of each data file as written to disk; loading checks it
+before reading the arrays, so a corrupted or truncated file is an error naming the file
+(``CheckpointError``), never weights that evaluate to NaN. Checkpoints from before checksums
+load without the check.
+
+Crashes. A process killed during a save (kill -9, power loss) cannot remove what it wrote:
+temporary files (``.model-<token>.safetensors.<random>.tmp``) or complete data files that no
+meta.json names yet. ``clean_checkpoint`` removes them, and ``save_checkpoint`` calls it before
+writing; the data files the committed meta.json names are never touched by it.
+
 Resuming exactly. Training is deterministic given the weights, the optimizer state and every
 random state in play: tinyllm's generators (dropout masks, ``randn``; the CPU's, and the GPU's
 when one was used, whose state lives on the host: ``backend.CupyGenerator``) are saved and
@@ -41,8 +51,10 @@ Generator in the same state. Then steps after a resume equal those of an uninter
 for bit, on the CPU (tests/test_checkpoint.py), and draw the same random numbers on the GPU.
 """
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import secrets
 
 import numpy as np
@@ -54,6 +66,13 @@ from tinyllm._files import atomic_write
 FORMAT_VERSION = 1              # bump when the layout changes; loading refuses newer formats
 META_NAME = "meta.json"
 _GENERATOR_TAG = "__numpy_generator__"      # how a numpy Generator in ``extra`` is stored
+# what a save writes besides meta.json: data files and atomic_write's temporary files
+_DATA_FILE = re.compile(r"(model|optim)-[0-9a-f]+\.safetensors")
+_TEMP_FILE = re.compile(r"\..+\.tmp")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is: corrupted, truncated or missing files."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,19 +119,19 @@ def save_checkpoint(path, model, optimizer=None, step=None, config=None, extra=N
     if optimizer is not None:
         meta["optimizer"], optim_arrays = _split_optimizer_state(optimizer.state_dict())
 
+    clean_checkpoint(path)          # what an earlier save killed mid-way left behind
     old_files = _referenced_files(path)
     token = secrets.token_hex(4)
     written = []                    # data files of this save, removed again if it fails
+    meta["sha256"] = {}
     try:
-        name = f"model-{token}.safetensors"
-        atomic_write(os.path.join(path, name), lambda tmp: save_file(weights, tmp))
-        written.append(name)
-        meta["files"]["model"] = name
-        if optim_arrays is not None:
-            name = f"optim-{token}.safetensors"
-            atomic_write(os.path.join(path, name), lambda tmp: save_file(optim_arrays, tmp))
+        for kind, arrays in (("model", weights), ("optim", optim_arrays)):
+            if arrays is None:
+                continue
+            name = f"{kind}-{token}.safetensors"
+            meta["sha256"][name] = _write_safetensors(os.path.join(path, name), arrays)
             written.append(name)
-            meta["files"]["optim"] = name
+            meta["files"][kind] = name
         text = json.dumps(meta, indent=1)
         atomic_write(os.path.join(path, META_NAME), lambda tmp: _write_text(tmp, text))
     except BaseException:
@@ -122,6 +141,42 @@ def save_checkpoint(path, model, optimizer=None, step=None, config=None, extra=N
     for name in old_files - set(written):       # committed: the old data files are unreferenced
         _remove(os.path.join(path, name))
     return path
+
+
+def _write_safetensors(path, arrays):
+    """Write ``arrays`` atomically; returns the sha256 of the bytes as they are on disk."""
+    digest = {}
+
+    def write(tmp):
+        save_file(arrays, tmp)
+        digest["sha256"] = _sha256(tmp)
+    atomic_write(path, write)
+    return digest["sha256"]
+
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def clean_checkpoint(path):
+    """Remove from checkpoint directory ``path`` what a save killed mid-way left: temporary
+    files and data files the committed meta.json does not name. Returns the names removed.
+    Call it only where no other process is saving into ``path`` (one writer per directory)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return []
+    keep = _referenced_files(path)
+    removed = []
+    for name in sorted(os.listdir(path)):
+        if name in keep or not (_DATA_FILE.fullmatch(name) or _TEMP_FILE.fullmatch(name)):
+            continue
+        _remove(os.path.join(path, name))
+        removed.append(name)
+    return removed
 
 
 def _split_ties(state_dict):
@@ -238,14 +293,22 @@ def load_checkpoint(path, model, optimizer=None, strict=True):
     if not os.path.isfile(meta_path):
         raise FileNotFoundError(f"load_checkpoint: no checkpoint at {path!r} (missing "
                                 f"{META_NAME}; save_checkpoint writes a directory)")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"load_checkpoint: {meta_path} is not valid JSON ({e}); the "
+                              f"checkpoint is corrupted") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) \
+            or "model" not in meta["files"]:
+        raise CheckpointError(f"load_checkpoint: {meta_path} does not describe a checkpoint "
+                              f"(no 'files' entry naming the weights)")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"load_checkpoint: {path!r} has checkpoint format "
                          f"{meta['format_version']}, newer than this tinyllm "
                          f"({__version__}) reads (format {FORMAT_VERSION})")
 
-    weights = load_file(os.path.join(path, meta["files"]["model"]))
+    weights = _load_verified(path, meta, "model")
     for alias, name in meta["aliases"].items():
         weights[alias] = weights[name]
     _check_ties(model, meta["aliases"], strict)
@@ -262,7 +325,7 @@ def load_checkpoint(path, model, optimizer=None, strict=True):
         if meta["optimizer"] is None:
             raise ValueError(f"load_checkpoint: {path!r} holds no optimizer state (it was saved "
                              f"without an optimizer)")
-        arrays = load_file(os.path.join(path, meta["files"]["optim"]))
+        arrays = _load_verified(path, meta, "optim")
         optimizer.load_state_dict(_join_optimizer_state(meta["optimizer"], arrays))
 
     rng = meta["rng"]
@@ -279,6 +342,30 @@ def load_checkpoint(path, model, optimizer=None, strict=True):
         "missing_keys": missing,
         "unexpected_keys": unexpected,
     }
+
+
+def _verified_file(path, meta, kind):
+    name = meta["files"][kind]
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"load_checkpoint: {file} is missing (named by {META_NAME})")
+    expected = meta.get("sha256", {}).get(name)          # None: saved before checksums
+    if expected is not None:
+        got = _sha256(file)
+        if got != expected:
+            raise CheckpointError(f"load_checkpoint: {file} is corrupted: its sha256 is "
+                                  f"{got[:16]}..., {META_NAME} recorded {expected[:16]}... "
+                                  f"when it was saved")
+    return file
+
+
+def _load_verified(path, meta, kind):
+    file = _verified_file(path, meta, kind)
+    try:
+        return load_file(file)
+    except Exception as e:          # safetensors raises its own SafetensorError
+        raise CheckpointError(f"load_checkpoint: {file} cannot be read as safetensors "
+                              f"({e})") from None
 
 
 def _check_ties(model, aliases, strict):

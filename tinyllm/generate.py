@@ -50,7 +50,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None, greedy=Fal
     logits = np.asarray(backend.asnumpy(logits), dtype=np.float64)
     if greedy or temperature == 0:
         return logits.argmax(axis=-1)
-    if temperature < 0:
+    if not temperature >= 0:                                          # NaN too
         raise ValueError(f"sample_next: temperature must be >= 0, got {temperature}")
     z = filter_logits(logits / temperature, top_k, top_p)
     p = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -61,13 +61,20 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None, greedy=Fal
 
 @no_grad()
 def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, top_p=None,
-             greedy=False, eos_id=None, block_size=None, use_cache=True):
+             greedy=False, eos_id=None, block_size=None, use_cache=True, repetition_penalty=1.0,
+             no_repeat_ngram_size=0, on_token=None):
     """Extend prompts ``idx`` (B, T0) by ``max_new_tokens`` tokens; returns (B, T0 + n).
 
     ``model(ids)`` must return logits (B, T, V) (GPT does). After a row emits ``eos_id`` it
     keeps emitting eos_id, and generation stops early once every row has. ``rng`` (a NumPy
-    Generator) makes sampling repeatable.
+    Generator) makes sampling repeatable. ``repetition_penalty`` and ``no_repeat_ngram_size``
+    reshape the logits first (as in ``beam_search``); ``on_token(ids)`` is called with each
+    step's new tokens (B,), e.g. to print text as it is generated.
     """
+    if max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"generate: repetition_penalty must be > 0, got {repetition_penalty}")
     rng = rng if rng is not None else np.random.default_rng()
     block_size = block_size or getattr(getattr(model, "config", None), "block_size", None)
     out = np.asarray(backend.asnumpy(getattr(idx, "data", idx)), dtype=np.int64)
@@ -88,11 +95,18 @@ def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, 
             else:
                 window = out if block_size is None else out[:, -block_size:]
                 logits = model(window)                                    # (B, T, V)
-            nxt = sample_next(logits.data[:, -1], rng, temperature, top_k, top_p, greedy)
+            last = logits.data[:, -1]                                     # (B, V)
+            if repetition_penalty != 1.0 or no_repeat_ngram_size:
+                last = np.asarray(backend.asnumpy(last), dtype=np.float64)
+                last = apply_repetition_penalty(last, out, repetition_penalty)
+                last = block_repeated_ngrams(last, out, no_repeat_ngram_size)
+            nxt = sample_next(last, rng, temperature, top_k, top_p, greedy)
             if eos_id is not None:
                 nxt = np.where(finished, eos_id, nxt)
                 finished |= nxt == eos_id
             out = np.concatenate([out, nxt[:, None].astype(np.int64)], axis=1)
+            if on_token is not None:
+                on_token(out[:, -1])
             if eos_id is not None and finished.all():
                 break
     finally:

@@ -72,6 +72,9 @@ def corpus_path(name, download=True, timeout=30):
         path = Path(name).expanduser()
         if path.is_file():
             return path
+        if path.is_dir():
+            raise IsADirectoryError(f"corpus {name!r}: is a directory; expected a text file "
+                                    f"(or a registered corpus: {', '.join(sorted(CORPORA))})")
         raise FileNotFoundError(f"corpus {name!r}: not a registered corpus "
                                 f"({', '.join(sorted(CORPORA))}) and no such file")
     corpus = CORPORA[name]
@@ -112,7 +115,68 @@ def verify(name):
 
 def load_text(name, download=True):
     """The corpus as one string (UTF-8)."""
-    return corpus_path(name, download).read_text(encoding="utf-8")
+    return read_text(corpus_path(name, download))
+
+
+def read_text(path):
+    """A text file as one string; a file that is not UTF-8 is a ValueError naming the file and
+    the first bad byte's offset (not a bare UnicodeDecodeError)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corpus {str(path)!r}: not UTF-8 text: byte 0x{data[e.start]:02x} at "
+                         f"offset {e.start} ({e.reason}); convert it with e.g. "
+                         f"`iconv -f latin1 -t utf-8`") from None
+
+
+def file_sha256(path):
+    """The sha256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def corpus_record(name, download=True):
+    """What a run records about its corpus so it can find the very same text later, from any
+    directory and without environment variables: the name given, the resolved absolute path,
+    its size and sha256."""
+    path = corpus_path(name, download).resolve()
+    return {"name": str(name), "path": str(path), "bytes": path.stat().st_size,
+            "sha256": file_sha256(path)}
+
+
+def find_recorded_corpus(record, data=None):
+    """The path of the corpus a run recorded (``corpus_record``): ``data`` when given (a moved
+    copy), else the recorded path, else the recorded name resolved again (a registered corpus
+    in $TINYLLM_DATA or the cache). The file must have the recorded sha256: a changed or
+    missing corpus is an error naming it, never another text silently."""
+    want = record["sha256"]
+    if data is not None:
+        path = corpus_path(data).resolve()
+        got = file_sha256(path)
+        if got != want:
+            raise ValueError(f"corpus {str(path)!r}: sha256 {got[:16]}... is not the run's "
+                             f"corpus ({record['path']}, sha256 {want[:16]}...)")
+        return path
+    recorded = Path(record["path"])
+    if recorded.is_file():
+        got = file_sha256(recorded)
+        if got == want:
+            return recorded
+        raise ValueError(f"corpus {record['path']!r} changed since the run recorded it "
+                         f"(sha256 {got[:16]}..., recorded {want[:16]}...); pass --data with a "
+                         f"copy of the original")
+    try:
+        path = corpus_path(record["name"], download=True).resolve()
+    except OSError:
+        path = None
+    if path is not None and file_sha256(path) == want:
+        return path
+    raise FileNotFoundError(f"corpus {record['path']!r}: the run's corpus is missing (sha256 "
+                            f"{want[:16]}...); pass --data with a copy of it")
 
 
 def train_val_split(data, val_fraction=0.1):

@@ -1,0 +1,175 @@
+"""Using a trained run: open it, sample from it, evaluate it (``tinyllm sample``, ``eval``).
+
+    from tinyllm.inference import sample, evaluate
+    print(sample("runs/shakespeare-char", prompt="ROMEO:", num_tokens=200))
+    evaluate("runs/shakespeare-char")      # {'loss': ..., 'perplexity': ..., 'tokens': ...}
+
+Everything is read from the run directory: the settings and the corpus record from log.json,
+the tokenizer, the weights (checked against their sha256). No environment variable and no
+working directory is needed: the corpus is found by its recorded absolute path and sha256.
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+
+import tinyllm as tl
+from tinyllm import rundir
+from tinyllm.checkpoint import load_checkpoint
+from tinyllm.config import Check, saved_config
+from tinyllm.data.corpora import (corpus_path, corpus_record, find_recorded_corpus, read_text,
+                                  train_val_split)
+from tinyllm.data.tokenizers import load_tokenizer
+from tinyllm.generate import beam_search, generate
+from tinyllm.models import GPT, GPTConfig
+
+
+def load_run(out_dir):
+    """(config, tokenizer, model in eval mode) of the run in ``out_dir``."""
+    cfg, tok, model, _ = open_run(out_dir)
+    return cfg, tok, model
+
+
+def open_run(out_dir):
+    run = Path(out_dir)
+    log = rundir.read_log(run)
+    cfg = saved_config(log["config"])
+    tok = load_tokenizer(run / "tokenizer.json")
+    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
+                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                          dropout=0.0, bias=cfg.bias))
+    load_checkpoint(run / "checkpoint", model)
+    return cfg, tok, model.eval(), log
+
+
+def run_corpus(cfg, log, data=None):
+    """The path of the run's own corpus (``data``: a moved copy of it)."""
+    if "corpus" in log:
+        return find_recorded_corpus(log["corpus"], data)
+    return corpus_path(data or cfg.data)            # a run from before the corpus record
+
+
+SAMPLE_CHECKS = {
+    "num_tokens": Check(int, lo=1), "temperature": Check(float, lo=0, lo_open=True),
+    "top_k": Check(int, lo=1), "top_p": Check(float, lo=0, hi=1, lo_open=True),
+    "seed": Check(int, lo=0, hi=2**63 - 1), "num_beams": Check(int, lo=1),
+    "length_penalty": Check(float), "repetition_penalty": Check(float, lo=0, lo_open=True),
+    "no_repeat_ngram_size": Check(int, lo=0),
+}
+
+
+def sample(out_dir, prompt="\n", num_tokens=300, temperature=0.8, top_k=None, top_p=None,
+           seed=0, greedy=False, num_beams=1, length_penalty=0.0, repetition_penalty=1.0,
+           no_repeat_ngram_size=0, stream=None):
+    """Text from the run in ``out_dir``: the prompt and ``num_tokens`` generated tokens.
+
+    Sampling (temperature, top-k, top-p; ``greedy``: argmax) draws from a generator seeded by
+    ``seed``; ``num_beams`` > 1 runs beam search (deterministic; GNMT's ``length_penalty``
+    alpha). ``repetition_penalty`` (CTRL's, > 1 discourages repeats) and
+    ``no_repeat_ngram_size`` apply to both. ``stream(text)``, when given, receives the text as
+    it is generated (beam search: once, at the end)."""
+    args = dict(num_tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                seed=seed, num_beams=num_beams, length_penalty=length_penalty,
+                repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
+    for name, value in args.items():
+        if value is not None:
+            try:
+                SAMPLE_CHECKS[name](value)
+            except ValueError as e:
+                raise ValueError(f"sample: {name} {e}") from None
+    if num_beams > 1 and (greedy or top_k is not None or top_p is not None):
+        raise ValueError("sample: num_beams > 1 is beam search (deterministic); it takes no "
+                         "greedy, top_k or top_p")
+    cfg, tok, model = load_run(out_dir)
+    idx = np.array([tok.encode(prompt or "\n")], dtype=np.int64)
+    if num_beams > 1:
+        block = cfg.block_size
+
+        def next_logits(seqs):                      # (K, t) -> (K, V)
+            return model(seqs[:, -block:]).numpy()[:, -1]
+        (best, _), = beam_search(next_logits, idx, beam_width=num_beams,
+                                 max_new_tokens=num_tokens, alpha=length_penalty,
+                                 repetition_penalty=repetition_penalty,
+                                 no_repeat_ngram_size=no_repeat_ngram_size)
+        text = tok.decode(best.tolist())
+        if stream is not None:
+            stream(text)
+        return text
+    printer = _Streamer(tok, idx[0].tolist(), stream) if stream is not None else None
+    out = generate(model, idx, num_tokens, rng=np.random.default_rng(seed),
+                   temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                   repetition_penalty=repetition_penalty,
+                   no_repeat_ngram_size=no_repeat_ngram_size,
+                   on_token=printer.add if printer else None)
+    text = tok.decode(out[0].tolist())
+    if printer is not None:
+        printer.finish(text)
+    return text
+
+
+class _Streamer:
+    """Passes generated text on as it grows. A token may end inside a multi-byte character
+    (byte-level BPE): text ending in U+FFFD is held back until the character completes."""
+
+    def __init__(self, tok, ids, write):
+        self.tok, self.ids, self.write, self.shown = tok, list(ids), write, 0
+
+    def add(self, new_ids):                         # (B,) with B = 1
+        self.ids.append(int(new_ids[0]))
+        text = self.tok.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            self._show(text)
+
+    def finish(self, text):
+        self._show(text)
+
+    def _show(self, text):
+        if len(text) > self.shown:
+            self.write(text[self.shown:])
+            self.shown = len(text)
+
+
+def evaluate(out_dir, data=None, split="val", batches=None, seed=0):
+    """Mean loss and perplexity (e^loss) of the run in ``out_dir``.
+
+    By default on the whole ``split`` of the run's corpus: consecutive block_size windows, every
+    token predicted once (but the last few that fill no window), deterministic. ``batches``: a
+    quick estimate from that many random batches instead (seeded by ``seed``). ``data``: a text
+    file to score instead; a copy of the run's own corpus (same sha256) is split as in
+    training. Returns loss, perplexity, tokens scored and what was scored."""
+    if batches is not None:
+        batches = Check(int, lo=1)(batches)
+    if split not in ("train", "val"):
+        raise ValueError(f"evaluate: split must be 'train' or 'val', got {split!r}")
+    cfg, tok, model, log = open_run(out_dir)
+    own = data is None or ("corpus" in log and
+                           corpus_record(data)["sha256"] == log["corpus"]["sha256"])
+    if own:
+        source = run_corpus(cfg, log, data)
+        ids = np.array(tok.encode(read_text(source)), dtype=np.int64)
+        ids = dict(zip(("train", "val"), train_val_split(ids)))[split]
+        what = f"the {split} split of {source}"
+    else:
+        source = corpus_path(data)
+        ids = np.array(tok.encode(read_text(source)), dtype=np.int64)
+        what = str(source)
+    T = cfg.block_size
+    if len(ids) <= T:
+        raise ValueError(f"evaluate: {what} has {len(ids)} tokens; a window needs block_size "
+                         f"+ 1 = {T + 1}")
+    with tl.no_grad():
+        if batches is None:
+            starts = np.arange((len(ids) - 1) // T) * T                 # consecutive windows
+        else:
+            starts = np.random.default_rng(seed).integers(0, len(ids) - T,
+                                                          batches * cfg.batch_size)
+        total = 0.0
+        for i in range(0, len(starts), EVAL_ROWS):
+            s = starts[i:i + EVAL_ROWS, None] + np.arange(T)             # (rows, T)
+            total += model(ids[s], ids[s + 1])[1].item() * len(s)
+    loss = total / len(starts)
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(len(starts) * T),
+            "what": what}
+
+
+EVAL_ROWS = 64                  # windows per forward in evaluate
