@@ -4,18 +4,15 @@
     tinyllm sample --out-dir runs/shakespeare --prompt "ROMEO:" --num-tokens 300
     tinyllm eval --out-dir runs/shakespeare
 
-The options of ``train`` are the fields of ``TrainConfig`` (built from the dataclass, never
-``exec``-ed from a config file); a preset fills them, and flags override it. A run directory
-holds the tokenizer, checkpoints (``tinyllm.checkpoint``), ``log.json``, ``loss.png`` and
-``health.png``: every ``--health-every`` steps the log records the gradient norm and
-update-to-weight ratio per layer and the attention entropy per head (``tinyllm.health``).
+The options of ``train`` are the fields of ``TrainConfig`` (``tinyllm.config``: built from the
+dataclass, never ``exec``-ed from a config file; each with its help line and valid range); a
+preset fills them, and flags override it. The loop is ``tinyllm.trainer``, the run directory's
+contract ``tinyllm.rundir``, sampling and evaluation ``tinyllm.inference``.
 
-Training is resumable: ``--resume`` reloads the weights, optimizer, step and every random
-generator, and continues with exactly the losses an uninterrupted run would have printed (on
-CPU). Ctrl-C finishes the step under way, saves a checkpoint at that step boundary and exits
-(resuming from it is the uninterrupted run; in the last step the run simply finishes); a second
-Ctrl-C stops at once, keeping the last checkpoint. A non-finite loss stops the run, keeping the
-last good checkpoint.
+Errors: a bad flag is argparse's (usage and one line, exit 2); anything the library refuses
+(a corrupted checkpoint, a corpus that is not UTF-8, a run directory in use) is printed by
+``run`` as ``tinyllm <command>: error: <message>``, exit 1, without a traceback (``--debug`` or
+``TINYLLM_DEBUG=1`` shows it); Ctrl-C exits 130.
 """
 import argparse
 import dataclasses
