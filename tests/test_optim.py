@@ -423,9 +423,9 @@ def test_step_runs_under_no_grad_and_grows_no_graph():
 # schedules
 
 def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    """nanoGPT train.py's get_lr, as first published (warmup ``it / warmup_iters``)."""
+    """nanoGPT train.py's get_lr (karpathy/nanoGPT 3adf61e, train.py:231-242)."""
     if it < warmup_iters:
-        return learning_rate * it / warmup_iters
+        return learning_rate * (it + 1) / (warmup_iters + 1)
     if it > lr_decay_iters:
         return min_lr
     decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
@@ -437,7 +437,8 @@ def nanogpt_get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
 def test_warmup_cosine_values():
     W, N, r, lr = 100, 1100, 0.1, 6e-4
     f = lr_scheduler.warmup_cosine(W, N, min_lr_ratio=r)
-    expected = {0: 0.0, 50: 0.5, 100: 1.0, 600: r + (1 - r) * 0.5, 1100: r, 5000: r}
+    expected = {0: 1 / 101, 50: 51 / 101, 99: 100 / 101, 100: 1.0, 600: r + (1 - r) * 0.5,
+                1100: r, 5000: r}
     for step, value in expected.items():                          # the shape, by hand
         assert f(step) == pytest.approx(value, rel=1e-12, abs=1e-15), step
     for step in [0, 1, 37, 50, 99, 100, 101, 350, 600, 1000, 1099, 1100, 1101, 5000]:

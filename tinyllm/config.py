@@ -95,6 +95,8 @@ class TrainConfig:
     block_size: int = option(64, "context length in tokens", POSITIVE)
     dropout: float = option(0.0, "dropout probability (0 for small CPU runs)", FRACTION)
     bias: bool = option(True, "biases in Linear and LayerNorm", None)
+    gelu: str = option("tanh", "the MLP's GELU: 'tanh' (GPT-2's form) or 'exact' (erf, as "
+                               "nanoGPT's nn.GELU())", Check(str, choices=("tanh", "exact")))
     batch_size: int = option(12, "sequences per step", POSITIVE)
     max_iters: int = option(2000, "optimizer steps", POSITIVE)
     learning_rate: float = option(1e-3, "peak learning rate", RATE)
@@ -154,8 +156,9 @@ class TrainConfig:
 
 PRESETS = {
     # nanoGPT's config/train_shakespeare_char.py with its README's CPU settings (the defaults
-    # above), and train.py's default bias=False: no biases in Linear and LayerNorm
-    "shakespeare-char": dict(bias=False),
+    # above), train.py's default bias=False (no biases in Linear and LayerNorm) and model.py's
+    # exact GELU
+    "shakespeare-char": dict(bias=False, gelu="exact"),
     # a few seconds: for smoke tests
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=20,
                  warmup_iters=2, lr_decay_iters=20, eval_interval=10, eval_iters=2,
@@ -170,10 +173,16 @@ MUTABLE_ON_RESUME = ("max_iters", "eval_interval", "eval_iters", "checkpoint_int
                      "health_every", "workers", "backend", "data", "out_dir")
 
 
+# settings added since runs were first saved: the value those runs used
+_BEFORE_THE_FIELD = {"gelu": "tanh"}
+
+
 def saved_config(values):
-    """The TrainConfig of a run's log.json ``config`` (fields added since take their default)."""
+    """The TrainConfig of a run's log.json ``config`` (fields added since: what those runs
+    used)."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+    return TrainConfig(**{**_BEFORE_THE_FIELD,
+                          **{k: v for k, v in values.items() if k in known}})
 
 
 def resume_changes(saved, cfg, step):

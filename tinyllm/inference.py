@@ -37,7 +37,7 @@ def open_run(out_dir):
     tok = load_tokenizer(run / "tokenizer.json")
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          dropout=0.0, bias=cfg.bias))
+                          dropout=0.0, bias=cfg.bias, gelu=cfg.gelu))
     load_checkpoint(run / "checkpoint", model)
     return cfg, tok, model.eval(), log
 

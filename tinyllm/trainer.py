@@ -221,7 +221,7 @@ def _train_locked(cfg, run, resume, quiet, overwrite):
     tl.manual_seed(cfg.seed)
     gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                           dropout=cfg.dropout, bias=cfg.bias)
+                           dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu)
     model = GPT(gpt_config)
     opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))

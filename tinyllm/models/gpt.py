@@ -36,11 +36,14 @@ class GPTConfig:
     n_embd: int = 768           # width of the residual stream C
     dropout: float = 0.0        # dropout on embeddings, attention weights and residuals
     bias: bool = True           # biases in Linear and LayerNorm (GPT-2: True)
+    gelu: str = "tanh"          # the MLP's GELU: "tanh" (GPT-2's form) or "exact" (erf, nanoGPT)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head "
                              f"{self.n_head}")
+        if self.gelu not in ("tanh", "exact"):
+            raise ValueError(f"GPTConfig: gelu must be 'tanh' or 'exact', got {self.gelu!r}")
 
 
 class CausalSelfAttention(Module):
@@ -87,16 +90,18 @@ class CausalSelfAttention(Module):
 
 
 class MLP(Module):
-    """c_fc (C, 4C) -> GELU (tanh form, as GPT-2) -> c_proj (4C, C) -> dropout."""
+    """c_fc (C, 4C) -> GELU -> c_proj (4C, C) -> dropout. GELU's tanh form by default, as GPT-2
+    (its checkpoints need it); ``gelu="exact"`` is the erf form, as nanoGPT's ``nn.GELU()``."""
 
     def __init__(self, config):
         super().__init__()
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(Module):
@@ -196,4 +201,3 @@ class GPT(Module):
         the token embeddings count, since they are also the output layer)."""
         n = self.num_parameters()
         return n - self.transformer.wpe.weight.size if non_embedding else n
-

@@ -108,7 +108,7 @@ def warmup_cosine(warmup_steps, total_steps, min_lr_ratio=0.1):
 
     With s the step, W = warmup_steps, N = total_steps, r = min_lr_ratio::
 
-        s < W:        s / W                                      0 -> 1, linearly
+        s < W:        (s + 1) / (W + 1)                          1/(W+1) -> 1, linearly
         W <= s <= N:  r + (1 - r) * 0.5 * (1 + cos(pi * (s - W) / (N - W)))     1 -> r
         s > N:        r
 
@@ -153,17 +153,18 @@ def constant(warmup_steps=0):
 def cosine_with_warmup_lr(step, base_lr, warmup_steps, total_steps, min_lr):
     """The learning rate at ``step``: nanoGPT's ``get_lr`` (linear warmup, cosine decay, floor).
 
-    Written as nanoGPT's train.py first wrote it (``learning_rate * it / warmup_iters`` in the
-    warmup, so step 0 has lr 0; later nanoGPT versions use ``(it + 1) / (warmup_iters + 1)``)::
+    As nanoGPT's train.py has it since December 2024 (its first form, ``base_lr * step /
+    warmup_steps``, gave step 0 a learning rate of 0: a step that moves nothing but Adam's
+    moments)::
 
-        step < warmup_steps:   base_lr * step / warmup_steps
+        step < warmup_steps:   base_lr * (step + 1) / (warmup_steps + 1)
         step > total_steps:    min_lr
         otherwise:             decay_ratio = (step - warmup_steps) / (total_steps - warmup_steps)
                                coeff = 0.5 * (1 + cos(pi * decay_ratio))        # 1 -> 0
                                min_lr + coeff * (base_lr - min_lr)
     """
     if step < warmup_steps:
-        return base_lr * step / warmup_steps
+        return base_lr * (step + 1) / (warmup_steps + 1)
     if step >= total_steps:               # nanoGPT has >; at == both give min_lr, and >= also
         return min_lr                     # avoids 0/0 when warmup_steps == total_steps
     decay_ratio = (step - warmup_steps) / (total_steps - warmup_steps)
