@@ -570,3 +570,40 @@ def test_bad_command_lines_fail_cleanly(trained, tmp_path, capsys, argv, code, m
 
 def test_the_table_has_sixty_command_line_cases():
     assert len(BAD_CLI) >= 60
+
+
+def _api_cases(run):
+    from tinyllm.config import TrainConfig
+    from tinyllm.data import corpora
+    from tinyllm.generate import generate
+    return [
+        (lambda: TrainConfig(batch_size=0), ValueError, "batch_size expected an integer >= 1"),
+        (lambda: TrainConfig(learning_rate=float("nan")), ValueError, "learning_rate"),
+        (lambda: TrainConfig(grad_clip=-1), ValueError, "grad_clip expected a finite number"),
+        (lambda: TrainConfig(dropout=1.0), ValueError, "dropout"),
+        (lambda: TrainConfig(seed=-1), ValueError, "seed"),
+        (lambda: TrainConfig(bias="yes"), ValueError, "bias expected True or False"),
+        (lambda: TrainConfig(n_layer=2.5), ValueError, "n_layer expected an integer"),
+        (lambda: TrainConfig(tokenizer="words"), ValueError, "tokenizer expected one of"),
+        (lambda: inference.sample(run, num_tokens=-5), ValueError, "num_tokens"),
+        (lambda: inference.sample(run, temperature=float("nan")), ValueError, "temperature"),
+        (lambda: inference.sample(run, top_p=0.0), ValueError, "top_p"),
+        (lambda: inference.sample(run, num_beams=0), ValueError, "num_beams"),
+        (lambda: inference.evaluate(run, batches=0), ValueError, "expected an integer >= 1"),
+        (lambda: inference.evaluate(run, split="test"), ValueError, "split must be"),
+        (lambda: inference.evaluate(run.parent / "none"), rundir.RunDirError, "holds no run"),
+        (lambda: generate(None, np.zeros((1, 1), np.int64), -1), ValueError, "max_new_tokens"),
+        (lambda: corpora.corpus_path(str(run)), IsADirectoryError, "is a directory"),
+        (lambda: corpora.read_text(run / "checkpoint" / "meta.json.bin"), FileNotFoundError,
+         "meta.json.bin"),
+    ]
+
+
+def test_bad_api_calls_raise_typed_errors_naming_the_argument(run_copy):
+    before = _snapshot(run_copy)
+    cases = _api_cases(run_copy)
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    assert _snapshot(run_copy) == before
+    assert len(cases) + len(BAD_CLI) >= 80
