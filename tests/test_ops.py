@@ -262,6 +262,17 @@ CASES = [
     C("getitem_tensor_index", lambda a: a[tl.tensor([1, 1, 0])], lambda a: a[[1, 1, 0]],
       normal(2, 3)),
     C("getitem_mixed", lambda a: a[1:, [0, 0, 2]], lambda a: a[1:, [0, 0, 2]], normal(3, 4)),
+    # a tuple inside the index is an integer array, as in NumPy (issue 17: repeats once counted
+    # their gradient once)
+    C("getitem_tuple_in_tuple", lambda a: a[:, (0, 0, 2)], lambda a: a[:, [0, 0, 2]],
+      normal(3, 4)),
+    C("getitem_tuple_alone", lambda a: a[((1, 1, 0),)], lambda a: a[[1, 1, 0]], normal(3, 4)),
+    C("getitem_two_tuples", lambda a: a[(0, 1, 1), (2, 2, -1)],
+      lambda a: a[[0, 1, 1], [2, 2, -1]], normal(2, 3)),
+    C("getitem_nested_tuple", lambda a: a[((0, -1), (2, 2)), 1:],
+      lambda a: a[np.array([[0, -1], [2, 2]]), 1:], normal(3, 4)),
+    C("getitem_nested_list_ellipsis", lambda a: a[..., [[1, 1], [0, 1]]],
+      lambda a: a[..., np.array([[1, 1], [0, 1]])], normal(2, 3)),
     C("concatenate", lambda a, b: F.concatenate([a, b], axis=1),
       lambda a, b: np.concatenate([a, b], axis=1), normal(2, 3), normal(2, 5)),
     C("concatenate_three_neg_axis", lambda a, b, c: F.concatenate([a, b, c], axis=-1),
@@ -482,3 +493,48 @@ def _all_subclasses(cls):
                 out.add(sub)
                 stack.append(sub)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# getitem: the gradient of every index form against np.add.at (issue 17)
+
+GETITEM_INDICES = {
+    "tuple_in_tuple": ((slice(None), (0, 0, 2)), (slice(None), np.array([0, 0, 2]))),
+    "tuple_alone": (((1, 1, 0),), (np.array([1, 1, 0]),)),
+    "tuple_of_tuples": (((1, 1, 0), (2, 2, 0)), (np.array([1, 1, 0]), np.array([2, 2, 0]))),
+    "nested_tuple": ((((0, 2), (2, 2)),), (np.array([[0, 2], [2, 2]]),)),
+    "list": ([2, 0, 2, 2], np.array([2, 0, 2, 2])),
+    "nested_list": ([[0, 0], [1, 0]], np.array([[0, 0], [1, 0]])),
+    "int_array": (np.array([1, 1, 1]), np.array([1, 1, 1])),
+    "tensor": (tl.tensor([0, 0]), np.array([0, 0])),
+    "negative": ((slice(None), (-1, -1, 3)), (slice(None), np.array([-1, -1, 3]))),
+    "slice_then_list": ((slice(1, None), [0, 0, -4]), (slice(1, None), np.array([0, 0, -4]))),
+    "int_and_tuple": ((1, (2, 2, 0)), (1, np.array([2, 2, 0]))),
+    "ellipsis_none": ((Ellipsis, None, (3, 3)), (Ellipsis, None, np.array([3, 3]))),
+    "bool_and_tuple": ((np.array([True, False, True]), (0, 0)),
+                       (np.array([True, False, True]), np.array([0, 0]))),
+    "empty_tuple": ((slice(None), ()), (slice(None), np.array([], dtype=np.intp))),
+    "basic_multi_axis": ((0, 1), (0, 1)),               # a top-level tuple: x[0, 1], no arrays
+}
+
+
+@pytest.mark.parametrize("name", list(GETITEM_INDICES))
+def test_getitem_gradient_matches_np_add_at(name):
+    index, np_index = GETITEM_INDICES[name]
+    data = np.random.default_rng(0).standard_normal((3, 4))
+    x = tl.tensor(data, requires_grad=True)
+    y = x[index]
+    np.testing.assert_array_equal(y.numpy(), data[np_index])
+    dout = np.random.default_rng(1).standard_normal(y.shape)
+    y.backward(tl.tensor(dout))
+    expected = np.zeros_like(data)
+    np.add.at(expected, np_index, dout)               # every read passes its gradient back
+    np.testing.assert_allclose(x.grad, expected, rtol=1e-15, atol=0)
+    x64 = tl.tensor(data, requires_grad=True)
+    assert tl.gradcheck(lambda t: t[index], [x64])
+
+
+def test_getitem_refuses_a_ragged_sequence():
+    x = tl.tensor(np.zeros((3, 4)))
+    with pytest.raises(IndexError, match=r"getitem: .*\(tensor of shape \(3, 4\)\)"):
+        x[((0, 1), (2,)),]

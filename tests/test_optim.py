@@ -6,6 +6,7 @@ float64 and demand agreement to rtol 1e-12: the update rules must be the same, t
 """
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
@@ -310,22 +311,200 @@ def test_bad_params():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda ps: optim.SGD(ps, lr=-0.1), "Invalid learning rate"),
-    (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), "Invalid momentum"),
-    (lambda ps: optim.SGD(ps, lr=0.1, weight_decay=-1), "Invalid weight_decay"),
-    (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), "Nesterov momentum requires"),
+    (lambda ps: optim.SGD(ps, lr=-0.1), r"^SGD: lr must be a finite number >= 0, got -0.1$"),
+    (lambda ps: optim.SGD(ps, lr=0.1, momentum=-0.5), "SGD: momentum must be"),
+    (lambda ps: optim.SGD(ps, lr=0.1, weight_decay=-1), "SGD: weight_decay must be"),
+    (lambda ps: optim.SGD(ps, lr=0.1, nesterov=True), "SGD: Nesterov momentum requires"),
     (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
      "zero dampening"),
-    (lambda ps: optim.Adam(ps, lr=-1e-3), "Invalid learning rate"),
-    (lambda ps: optim.Adam(ps, betas=(1.0, 0.999)), "beta parameter at index 0"),
-    (lambda ps: optim.Adam(ps, betas=(0.9, -0.1)), "beta parameter at index 1"),
-    (lambda ps: optim.AdamW(ps, eps=-1e-8), "Invalid epsilon"),
-    (lambda ps: optim.AdamW(ps, weight_decay=-0.1), "Invalid weight_decay"),
-    (lambda ps: optim.Adam(ps, lr=float("nan")), "Invalid learning rate"),
+    (lambda ps: optim.Adam(ps, lr=-1e-3), "Adam: lr must be a finite number >= 0, got -0.001"),
+    (lambda ps: optim.Adam(ps, betas=(1.0, 0.999)),
+     r"Adam: betas\[0\] must be a number in \[0, 1\), got 1.0"),
+    (lambda ps: optim.Adam(ps, betas=(0.9, -0.1)), r"Adam: betas\[1\] must be"),
+    (lambda ps: optim.AdamW(ps, eps=-1e-8), "AdamW: eps must be a finite number >= 0"),
+    (lambda ps: optim.AdamW(ps, weight_decay=-0.1), "AdamW: weight_decay must be"),
+    (lambda ps: optim.Adam(ps, lr=float("nan")), "Adam: lr must be .*, got nan"),
 ])
 def test_hyperparameter_validation(make, match):
     with pytest.raises(ValueError, match=match):
         make([t64([1.0])])
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 17: every hyperparameter out of its range is refused, at construction, in a parameter
+# group given to the constructor, in add_param_group and in load_state_dict
+
+BAD_NUMBERS = [-1.0, float("nan"), float("inf"), "0.1", True, None]
+HYPER = [   # (optimizer, valid keyword arguments, argument, what the message says it expects)
+    ("SGD", dict(lr=0.1, momentum=0.9), "lr", "a finite number >= 0"),
+    ("SGD", dict(lr=0.1, momentum=0.9), "momentum", "a finite number >= 0"),
+    ("SGD", dict(lr=0.1, momentum=0.9), "dampening", r"a number in \[0, 1\]"),
+    ("SGD", dict(lr=0.1, momentum=0.9), "weight_decay", "a finite number >= 0"),
+    ("Adam", dict(), "lr", "a finite number >= 0"),
+    ("Adam", dict(), "eps", "a finite number >= 0"),
+    ("Adam", dict(), "weight_decay", "a finite number >= 0"),
+    ("AdamW", dict(), "lr", "a finite number >= 0"),
+    ("AdamW", dict(), "eps", "a finite number >= 0"),
+    ("AdamW", dict(), "weight_decay", "a finite number >= 0"),
+]
+
+
+def _shown(value):
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@pytest.mark.parametrize("bad", BAD_NUMBERS, ids=repr)
+@pytest.mark.parametrize("name,kwargs,arg,expected", HYPER, ids=lambda v: str(v))
+def test_optimizers_refuse_out_of_range_hyperparameters(name, kwargs, arg, expected, bad):
+    cls = getattr(optim, name)
+    message = rf"^{name}: {arg} must be {expected}, got {re.escape(_shown(bad))}"
+    a, b = t64([1.0]), t64([2.0])
+    with pytest.raises(ValueError, match=message + "$"):
+        cls([a], **{**kwargs, arg: bad})                              # the constructor
+    with pytest.raises(ValueError, match=message + r" \(parameter group 1\)$"):
+        cls([{"params": [a]}, {"params": [b], arg: bad}], **kwargs)   # a group of its own
+    opt = cls([a], **kwargs)
+    with pytest.raises(ValueError, match=message + r" \(parameter group 1\)$"):
+        opt.add_param_group({"params": [b], arg: bad})
+    assert len(opt.param_groups) == 1                                 # nothing half-added
+    state = copy.deepcopy(opt.state_dict())
+    state["param_groups"][0][arg] = bad
+    with pytest.raises(ValueError, match=message + " \\(parameter group 0 of the loaded"):
+        opt.load_state_dict(state)
+    assert opt.param_groups[0][arg] == cls([a], **kwargs).param_groups[0][arg]
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("betas,match", [
+    ((1.0, 0.999), r"betas\[0\] must be a number in \[0, 1\), got 1.0"),
+    ((float("nan"), 0.999), r"betas\[0\] must be .*, got nan"),
+    ((0.9, -0.1), r"betas\[1\] must be .*, got -0.1"),
+    ((0.9, float("inf")), r"betas\[1\] must be .*, got inf"),
+    ((0.9,), r"betas must be a pair \(beta1, beta2\), got \(0.9,\)"),
+    (0.9, r"betas must be a pair"),
+    ("ab", r"betas must be a pair"),
+])
+def test_adam_refuses_bad_betas(name, betas, match):
+    cls = getattr(optim, name)
+    with pytest.raises(ValueError, match=f"^{name}: {match}"):
+        cls([t64([1.0])], betas=betas)
+    opt = cls([t64([1.0])])
+    with pytest.raises(ValueError, match=f"^{name}: {match}.* \\(parameter group 1\\)$"):
+        opt.add_param_group({"params": [t64([2.0])], "betas": betas})
+
+
+def test_sgd_required_lr_is_checked_in_each_group():
+    a, b = t64([1.0]), t64([2.0])
+    opt = optim.SGD([{"params": [a], "lr": 0.1}])                   # lr only in the group
+    assert opt.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError, match=r"^SGD: lr must be .*, got nan \(parameter group 1\)"):
+        opt.add_param_group({"params": [b], "lr": float("nan")})
+    with pytest.raises(ValueError, match="SGD: Nesterov momentum requires .* group 1"):
+        opt.add_param_group({"params": [b], "lr": 0.1, "nesterov": True})
+    assert optim.SGD([a], lr=0, dampening=1.0).param_groups[0]["dampening"] == 1.0   # edges ok
+
+
+@pytest.mark.parametrize("max_norm", [-1, -0.5, float("nan"), float("-inf"), "abc", None, True])
+def test_clip_grad_norm_refuses_bad_max_norm(max_norm):
+    """A negative max_norm once scaled every gradient by a negative factor: uphill."""
+    p = t64([0.0, 0.0])
+    set_grad(p, [3.0, 4.0])
+    with pytest.raises(ValueError, match=r"^clip_grad_norm_: max_norm must be a number > 0 "
+                                         rf"\(inf allowed\), got {re.escape(_shown(max_norm))}$"):
+        optim.clip_grad_norm_([p], max_norm)
+    np.testing.assert_array_equal(backend.asnumpy(p.grad), [3.0, 4.0])           # untouched
+
+
+def test_clip_grad_norm_zero_and_inf():
+    p = t64([0.0, 0.0])
+    set_grad(p, [3.0, 4.0])
+    for zero in (0, 0.0):
+        with pytest.raises(ValueError, match="max_norm=0 would set every gradient to zero.*"
+                                             "skip the call or pass max_norm=float\\('inf'\\)"):
+            optim.clip_grad_norm_([p], zero)
+    np.testing.assert_array_equal(backend.asnumpy(p.grad), [3.0, 4.0])
+    assert optim.clip_grad_norm_([p], float("inf")) == 5.0                       # as torch: a
+    np.testing.assert_array_equal(backend.asnumpy(p.grad), [3.0, 4.0])           # no-op
+    with pytest.raises(ValueError, match="max_norm must be"):                    # even without
+        optim.clip_grad_norm_([t64([1.0])], -1.0)                               # gradients
+
+
+@pytest.mark.parametrize("norm_type", [-1, 0, float("nan"), "fro", None])
+def test_clip_grad_norm_refuses_bad_norm_type(norm_type):
+    p = t64([0.0, 0.0])
+    set_grad(p, [3.0, 4.0])
+    with pytest.raises(ValueError, match=r"^clip_grad_norm_: norm_type must be a number > 0 "
+                                         rf"\(inf allowed\), got {re.escape(_shown(norm_type))}"):
+        optim.clip_grad_norm_([p], 1.0, norm_type=norm_type)
+    np.testing.assert_array_equal(backend.asnumpy(p.grad), [3.0, 4.0])
+
+
+@pytest.mark.parametrize("clip_value", [-0.3, 0, float("nan"), "x"])
+def test_clip_grad_value_refuses_bad_clip_value(clip_value):
+    """A negative clip_value once set every gradient element to it (clip's bounds swapped)."""
+    p = t64([0.0, 0.0])
+    set_grad(p, [3.0, -4.0])
+    with pytest.raises(ValueError, match=r"^clip_grad_value_: clip_value must be a number > 0"):
+        optim.clip_grad_value_([p], clip_value)
+    np.testing.assert_array_equal(backend.asnumpy(p.grad), [3.0, -4.0])
+    optim.clip_grad_value_([p], float("inf"))
+    np.testing.assert_array_equal(backend.asnumpy(p.grad), [3.0, -4.0])
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: lr_scheduler.warmup_cosine(-1, 10),
+     r"^warmup_cosine: warmup_steps must be a finite number >= 0, got -1$"),
+    (lambda: lr_scheduler.warmup_cosine(float("nan"), 10), "warmup_steps must be .*got nan"),
+    (lambda: lr_scheduler.warmup_cosine(1, float("nan")), "total_steps must be .*got nan"),
+    (lambda: lr_scheduler.warmup_cosine(10, 5), r"^warmup_cosine: total_steps \(5\) must be"),
+    (lambda: lr_scheduler.warmup_cosine(1, 5, min_lr_ratio=-0.1),
+     r"^warmup_cosine: min_lr_ratio must be a number in \[0, 1\], got -0.1$"),
+    (lambda: lr_scheduler.warmup_cosine(1, 5, min_lr_ratio=float("nan")), "min_lr_ratio"),
+    (lambda: lr_scheduler.linear(-1, 5), r"^linear: warmup_steps must be"),
+    (lambda: lr_scheduler.linear(2, float("inf")), r"^linear: total_steps must be .*got inf"),
+    (lambda: lr_scheduler.constant(-3), r"^constant: warmup_steps must be .*got -3$"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(-5, 1e-3, 10, 100, 1e-4),
+     r"^cosine_with_warmup_lr: step must be a finite number >= 0, got -5$"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(0, -1e-3, 10, 100, 0.0),
+     r"^cosine_with_warmup_lr: base_lr must be .*got -0.001$"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(0, float("nan"), 10, 100, 0.0), "base_lr"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(0, 1e-3, -1, 100, 1e-4), "warmup_steps"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(0, 1e-3, 10, float("nan"), 1e-4),
+     "total_steps"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(50, 1e-3, 10, 100, 1e-2),
+     r"^cosine_with_warmup_lr: min_lr must be a number in \[0, 0.001\], got 0.01 \(the floor"),
+    (lambda: lr_scheduler.cosine_with_warmup_lr(50, 1e-3, 10, 100, -1e-4), "min_lr must be"),
+])
+def test_schedules_refuse_out_of_range_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_cosine_with_warmup_lr_edges_stay_valid():
+    assert lr_scheduler.cosine_with_warmup_lr(0, 1e-3, 0, 0, 1e-4) == 1e-4     # no warmup, N=0
+    assert lr_scheduler.cosine_with_warmup_lr(3, 1e-3, 10, 5, 1e-3) > 0          # N < W allowed
+    assert lr_scheduler.cosine_with_warmup_lr(7, 0.0, 2, 10, 0.0) == 0.0         # lr 0 is fine
+
+
+def test_lambda_lr_checks_its_arguments_and_every_lr_it_writes():
+    a = t64([1.0])
+    opt = optim.SGD([a], lr=0.1)
+    with pytest.raises(TypeError, match="LambdaLR: lr_lambda must be a function"):
+        lr_scheduler.LambdaLR(opt, 0.5)
+    with pytest.raises(ValueError, match=r"LambdaLR: last_epoch must be an integer >= -1"):
+        lr_scheduler.LambdaLR(opt, lambda s: 1.0, last_epoch=-2)
+    with pytest.raises(TypeError, match="LambdaLR: optimizer must be an Optimizer"):
+        lr_scheduler.LambdaLR([a], lambda s: 1.0)
+    sched = lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s)          # a sign slip: < 0 from s=2
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0
+    with pytest.raises(ValueError, match=r"^LambdaLR: the learning rate must be a finite number "
+                                         r">= 0, got -0.1 \(group 0 at step 2: base lr 0.1 "
+                                         r"times lr_lambda\(2\)\)$"):
+        sched.step()
+    assert opt.param_groups[0]["lr"] == 0.0                         # not written
+    with pytest.raises(ValueError, match="got nan"):
+        lr_scheduler.LambdaLR(optim.SGD([t64([1.0])], lr=0.1), lambda s: float("nan"))
 
 
 @pytest.mark.parametrize("name,kwargs", [

@@ -68,15 +68,21 @@ IMPLS = ("numpy", "numba", "auto")
 _state = {"impl": None, "warned": False}
 
 
-def jit(parallel=False):
-    """``numba.njit`` with the project's settings, or the plain function without Numba."""
+def jit(parallel=False, fastmath=True):
+    """``numba.njit`` with the project's settings, or the plain function without Numba.
+
+    ``fastmath=False`` compiles without the FASTMATH flags, for scalar formulas that must keep
+    IEEE semantics with infinities: ``reassoc`` with ``nsz`` lets LLVM distribute a product
+    over a sum, and (1 - e) inf + e inf then came out NaN instead of inf (see
+    kernels/cross_entropy.py). A call from a fastmath kernel keeps the callee's own flags.
+    """
     def decorate(fn):
         if not NUMBA_AVAILABLE:
             return fn
         if "NUMBA_THREADING_LAYER" not in os.environ and parallel:
             numba.config.THREADING_LAYER = "workqueue"
-        return numba.njit(cache=True, fastmath=set(FASTMATH), parallel=parallel,
-                          error_model="numpy")(fn)
+        return numba.njit(cache=True, fastmath=set(FASTMATH) if fastmath else False,
+                          parallel=parallel, error_model="numpy")(fn)
     return decorate
 
 

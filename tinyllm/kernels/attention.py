@@ -41,7 +41,7 @@ has register-blocked micro-kernels.
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._math import exp, row_max
+from tinyllm.kernels._math import exp, masked_row_fill, row_max
 from tinyllm.kernels._numba import choose, kernel, prange
 from tinyllm.kernels.softmax import softmax_backward_reference, softmax_forward_reference
 
@@ -112,10 +112,11 @@ def _scaled_masked_softmax_numba(p, H, Tq, scale, causal, has_mask, mask):
             for j in range(Tk):
                 if mask[mb, mh, i, j]:
                     pr[j] = -np.inf
-        m = row_max(pr)
+        m = row_max(pr)                                      # skips NaN: total catches it
         if m == -np.inf:                                     # no visible key: weights 0
+            fill = masked_row_fill(pr)                       # (NaN if a visible score is)
             for j in range(Tk):
-                pr[j] = 0
+                pr[j] = fill
             continue
         total = dt(0)
         for j in range(Tk):

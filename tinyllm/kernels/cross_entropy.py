@@ -6,7 +6,11 @@ Per row n of logits z (C classes), target t, label smoothing e:
     loss = (1 - e)(lse - z_t) + e (lse - mean_c z_c)          (= -sum_c q_c log p_c,
                                                                 q = (1-e) onehot(t) + e/C)
     dloss/dz_c = p_c - q_c = e^(z_c - lse) - (1 - e)[c == t] - e/C
-Rows whose target is ``ignore_index`` get loss 0 and gradient 0.
+Rows whose target is ``ignore_index`` get loss 0 and gradient 0, even when their logits hold NaN
+or inf (they are not part of the loss; the reference once multiplied NaN by a zero dloss).
+Elsewhere NaN and inf go through as in the formulas: a NaN or +inf logit makes its row's lse,
+loss and gradient NaN (m = inf, e^(inf - inf)); a -inf logit has p_c = 0, and an infinite
+loss if it is the target. Only an all -inf max is replaced by 0 (see kernels/softmax.py).
 
 Forward keeps only lse (N,) for backward, not the (N, C) probabilities: backward recomputes
 p_c = e^(z_c - lse) in the same pass that writes the gradient (as llm.c does), so forward +
@@ -20,7 +24,7 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.kernels._math import exp, row_max
-from tinyllm.kernels._numba import choose, kernel, prange
+from tinyllm.kernels._numba import choose, jit, kernel, prange
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 
@@ -34,8 +38,8 @@ def cross_entropy_forward_reference(z, t, ignore_index=-100, label_smoothing=0.0
     N = z.shape[0]
     valid = t != ignore_index
     ts = xp.where(valid, t, 0)                                   # any class on ignored rows
-    m = z.max(axis=1)
-    m = xp.where(xp.isfinite(m), m, 0)
+    m = z.max(axis=1)                                            # NaN if the row has a NaN
+    m = xp.where(m == -xp.inf, 0, m)                             # all -inf row: lse = -inf
     lse = m + xp.log(xp.exp(z - m[:, None]).sum(axis=1))         # (N,)
     loss = lse - z[xp.arange(N), ts]
     if label_smoothing:
@@ -53,7 +57,8 @@ def cross_entropy_backward_reference(z, t, lse, dloss, ignore_index=-100, label_
     dz[xp.arange(N), ts] -= 1 - label_smoothing
     if label_smoothing:
         dz -= label_smoothing / C
-    dz *= xp.where(valid, dloss, 0)[:, None].astype(z.dtype)
+    dz *= dloss[:, None].astype(z.dtype)
+    xp.copyto(dz, 0, where=~valid[:, None])                      # ignored rows: 0, NaN or not
     return dz
 
 
@@ -76,9 +81,17 @@ def _cross_entropy_forward_numba(z, t, ignore_index, eps, loss, lse):
         lse[n] = m + np.log(s)
         if t[n] == ignore_index:
             loss[n] = 0
+        elif eps == 0:                            # no 0 * (lse - mean z): NaN for a -inf logit
+            loss[n] = lse[n] - zr[t[n]]
         else:
-            nll = lse[n] - zr[t[n]]
-            loss[n] = (1 - eps) * nll + eps * (lse[n] - total / C)
+            loss[n] = _smoothed(lse[n] - zr[t[n]], lse[n] - total / C, eps)
+
+
+@jit(fastmath=False)
+def _smoothed(nll, smooth, eps):
+    """(1 - e) nll + e smooth, without fastmath: with it, LLVM distributed the products and a
+    -inf target logit (nll = smooth = inf) gave inf - inf = NaN where the reference has inf."""
+    return (1 - eps) * nll + eps * smooth
 
 
 @kernel
@@ -94,7 +107,12 @@ def _cross_entropy_backward_numba(z, t, lse, dloss, ignore_index, eps, dz):
         off = eps / C
         for c in range(C):
             dzr[c] = (exp(zr[c] - lse[n]) - off) * g
-        dzr[t[n]] -= (1 - eps) * g
+        tn = t[n]
+        if np.isfinite(g):
+            dzr[tn] -= (1 - eps) * g
+        else:        # (p - (1 - e) - e/C) g as the reference: p g - (1 - e) g is inf - inf.
+            dzr[tn] = (np.exp(zr[tn] - lse[n]) - (1 - eps) - off) * g   # (np.exp: a second
+            # inlined fast exp in one kernel makes Numba warn; this runs only for inf dloss)
 
 
 # ----------------------------------------------------------------------------------------------

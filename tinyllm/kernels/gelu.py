@@ -11,6 +11,10 @@ dy), in parallel over the flattened array. Backward recomputes tanh u / erf from
 saving them, so forward saves only x. On CuPy arrays the same element formulas run as one
 ``ElementwiseKernel`` launch (CUDA's tanh, erf, exp) instead of the reference's ~8-12.
 
+NaN and +-inf give what the reference gives, element by element (NaN stays NaN through the
+fast tanh and erf of kernels/_math.py; GELU(-inf) is -inf * 0 = NaN in both, and so is the
+derivative at +-inf); tests/test_kernels_nonfinite.py holds every version to that.
+
 Shapes: x, y, dy, dx any shape (treated as flat).
 """
 import math

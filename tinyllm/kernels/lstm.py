@@ -71,7 +71,8 @@ def _lstm_cell_forward_numba(a, c, h_out, c_out, gates, tanh_c):
         ar, gr = a[b], gates[b]                                   # (4H,) rows
         # every gate as s(k a) = 1 / (1 + e^(-k a)): k = 1 is the sigmoid of i, f and o; for g,
         # k = 2 and tanh(a) = 2 s(2a) - 1. One exp per element in one loop that vectorizes.
-        # (e^(-k a) overflows to inf for very negative a, and s to 0: never NaN.)
+        # (e^(-k a) overflows to inf for very negative a, and s to 0: never NaN unless a is;
+        # a NaN a gives a NaN gate, as the reference: tests/test_kernels_nonfinite.py.)
         for m in range(4 * H):
             k = two if 2 * H <= m < 3 * H else one
             gr[m] = one / (one + exp(-k * ar[m]))

@@ -8,6 +8,14 @@ Subtracting the row max keeps every exponent <= 0, so nothing overflows, even fo
 1e4. A row whose entries are all -inf (a fully masked query) has no distribution: both versions
 return zeros for it (not NaN), and its backward is zero.
 
+NaN and +inf: a row holding a NaN gives NaN everywhere; a row holding +inf gives NaN too
+(m = inf, and e^(inf - inf) is NaN), as in NumPy's formula and PyTorch. -inf entries beside
+finite ones get exactly 0. Only an all -inf max is replaced (by 0): replacing any non-finite
+max, as this file once did, turned a +inf row into [NaN, 0, 0, ...] and let finite entries
+overflow. The Numba kernel's max skips NaNs (kernels/_math.py, ``row_max``); a NaN still
+reaches the sum of exps, and a row of NaN and -inf alone is told from a masked one by
+``masked_row_fill``. tests/test_kernels_nonfinite.py holds both versions equal on NaN and inf.
+
 Shapes: x, y, dy, dx (..., C); the kernels see them as (N, C) rows, N = prod(...).
 
 The Numba kernels run rows in parallel (``prange``): each iteration reads and writes only its
@@ -19,7 +27,7 @@ library call here (no SVML in PyPI's llvmlite), which kept the loop from vectori
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._math import exp, row_max
+from tinyllm.kernels._math import exp, masked_row_fill, row_max
 from tinyllm.kernels._numba import choose, kernel, prange
 
 AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
@@ -33,8 +41,8 @@ def softmax_forward_reference(x, axis=-1):
     xp = backend.get_array_module(x)
     if x.size == 0:                               # max of an empty axis has no identity
         return xp.zeros_like(x)
-    m = x.max(axis=axis, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)            # all -inf row: x - 0 stays -inf, e = 0
+    m = x.max(axis=axis, keepdims=True)           # NaN if the row has a NaN
+    m = xp.where(m == -xp.inf, 0, m)              # all -inf row: x - 0 stays -inf, e = 0
     e = xp.exp(x - m)
     s = e.sum(axis=axis, keepdims=True)
     return e / xp.where(s == 0, 1, s)             # all -inf row: 0 / 1 = 0
@@ -53,10 +61,11 @@ def _softmax_forward_numba(x, y):
     N, C = x.shape
     for n in prange(N):
         xr, yr = x[n], y[n]                       # 1-D row views: the loops vectorize
-        m = row_max(xr)
-        if m == -np.inf:                          # fully masked row
+        m = row_max(xr)                           # NaN entries skipped: they reach s below
+        if m == -np.inf:                          # fully masked row (zeros), or -inf and NaN
+            fill = masked_row_fill(xr)
             for c in range(C):
-                yr[c] = 0
+                yr[c] = fill
             continue
         s = xr.dtype.type(0)
         for c in range(C):

@@ -39,7 +39,8 @@ class Permute(Function):
 
 
 class GetItem(Function):
-    """out = x[index] for NumPy indices: ints, slices, None, Ellipsis, integer and bool arrays.
+    """out = x[index] for NumPy indices: ints, slices, None, Ellipsis, integer and bool arrays
+    (``getitem`` has already turned lists and tuples inside the index into arrays).
 
     dx = zeros like x, with dout added into the positions ``index`` read. With basic indices
     (and bool masks) every position is read at most once, so a plain assignment does it. With
@@ -131,15 +132,25 @@ def swapaxes(x, axis1, axis2):
 
 
 def getitem(x, index):
-    """x[index]; index entries may be Tensors, arrays or lists of ints or bools."""
+    """x[index]; index entries may be Tensors, arrays, or lists or tuples of ints or bools.
+
+    As in NumPy and PyTorch, a top-level tuple is the multi-axis index itself (``x[0, 1]``),
+    while a list or tuple *inside* it, nested or not, is an array index: ``x[:, (0, 0, 2)]`` and
+    ``x[((1, 1, 0),)]`` read columns / rows 0, 0, 2 and 1, 1, 0. Each becomes an integer (or
+    bool) array here, so that backward knows positions may repeat and adds their gradients up.
+    """
     x = as_tensor(x)
     items = index if isinstance(index, tuple) else (index,)
     norm, scatter = [], False
     for item in items:
         if isinstance(item, Tensor):
             item = item.data
-        if isinstance(item, list):
-            item = np.asarray(item)
+        if isinstance(item, (list, tuple)):
+            try:
+                item = np.asarray(item)
+            except ValueError as e:                      # ragged: [[0, 1], [2]]
+                raise IndexError(f"getitem: a sequence index must be rectangular, got {item!r}: "
+                                 f"{e} (tensor of shape {x.shape})") from None
             if item.size == 0:
                 item = item.astype(np.intp)
         if hasattr(item, "dtype") and hasattr(item, "shape"):

@@ -15,10 +15,11 @@ from tinyllm.ops._util import as_float
 
 
 def _row_max(x, axis):
-    """max along ``axis`` (keepdims), with -inf rows replaced by 0 so that x - m stays -inf."""
+    """max along ``axis`` (keepdims), with all -inf rows' max replaced by 0 so that x - m stays
+    -inf. A NaN or +inf max stays: the row comes out NaN, as in PyTorch (e^(inf - inf))."""
     xp = backend.get_array_module(x)
     m = x.max(axis=axis, keepdims=True)
-    return xp.where(xp.isfinite(m), m, 0)
+    return xp.where(m == -xp.inf, 0, m)
 
 
 class Softmax(Function):

@@ -14,7 +14,7 @@ weight, outside the adaptive step. GPT-2-style training uses AdamW.
 from tinyllm.autograd.grad_mode import no_grad
 from tinyllm.backend import get_array_module
 from tinyllm.kernels.adam import adam_step
-from tinyllm.optim.optimizer import Optimizer
+from tinyllm.optim.optimizer import Optimizer, check_number
 
 
 class Adam(Optimizer):
@@ -41,8 +41,10 @@ class Adam(Optimizer):
         params: tensors or parameter groups (see ``Optimizer``).
         lr: learning rate eta >= 0.
         betas: (beta1, beta2), the decay rates of m and v, each in [0, 1).
-        eps: added to sqrt(v_hat) so coordinates with tiny gradients do not divide by ~0.
+        eps: >= 0, added to sqrt(v_hat) so coordinates with tiny gradients do not divide by ~0.
         weight_decay: lambda >= 0, added to the gradient (L2). For decoupled decay use AdamW.
+    All are checked, at construction and for every parameter group: a ValueError names the
+    class, the argument, the value and the valid range (NaN and inf are refused).
 
     State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v).
 
@@ -55,9 +57,23 @@ class Adam(Optimizer):
     _decoupled_weight_decay = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
-        _check_hyperparameters(lr, betas, eps, weight_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.check_hyperparameters(defaults)
+        defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
+
+    def check_hyperparameters(self, group, where=""):
+        """lr, eps, weight_decay finite and >= 0; betas a pair, each in [0, 1)."""
+        owner = type(self).__name__
+        check_number(owner, "lr", group["lr"], where=where)
+        check_number(owner, "eps", group["eps"], where=where)
+        check_number(owner, "weight_decay", group["weight_decay"], where=where)
+        betas = group["betas"]
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}"
+                             f"{where}")
+        for i, beta in enumerate(betas):
+            check_number(owner, f"betas[{i}]", beta, high=1.0, high_open=True, where=where)
 
     @no_grad()
     def step(self, closure=None):
@@ -112,18 +128,3 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-
-def _check_hyperparameters(lr, betas, eps, weight_decay):
-    if not lr >= 0.0:
-        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-    if not eps >= 0.0:
-        raise ValueError(f"Invalid epsilon value: {eps} (must be >= 0)")
-    if len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, beta in enumerate(betas):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {beta} (must be in [0, 1))")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
-

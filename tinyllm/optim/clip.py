@@ -9,6 +9,7 @@ import math
 
 from tinyllm.autograd.grad_mode import no_grad
 from tinyllm.backend import get_array_module
+from tinyllm.optim.optimizer import check_number
 
 
 @no_grad()
@@ -26,8 +27,11 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
 
     Args:
         parameters: a tensor or an iterable of tensors; those with ``grad is None`` are skipped.
-        max_norm: the largest allowed total norm.
-        norm_type: p of the p-norm (> 0), or ``float("inf")``.
+        max_norm: the largest allowed total norm, > 0; ``float("inf")`` clips nothing (and
+            only measures the norm). A negative max_norm would flip every gradient (training
+            uphill) and 0 would zero them all, so both are refused with a ValueError, as are
+            NaN and non-numbers. To turn clipping off, skip the call or pass inf.
+        norm_type: p of the p-norm (> 0), or ``float("inf")`` (the string "inf" too).
         error_if_nonfinite: raise a RuntimeError if the total norm is nan or inf, instead of
             scaling by it (which turns every gradient to nan, or the infinite ones to nan and the
             rest to 0).
@@ -36,11 +40,17 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         The total norm of the gradients *before* clipping, as a Python float (log it: spikes in
         this number are the first sign of an unstable run).
     """
+    if isinstance(max_norm, (int, float)) and not isinstance(max_norm, bool) and max_norm == 0:
+        raise ValueError("clip_grad_norm_: max_norm=0 would set every gradient to zero, so no "
+                         "step would change anything; to turn clipping off, skip the call or "
+                         "pass max_norm=float('inf')")
+    max_norm = check_number("clip_grad_norm_", "max_norm", max_norm, low_open=True,
+                            allow_inf=True)
+    if isinstance(norm_type, str) and norm_type.strip().lower() in ("inf", "+inf"):
+        norm_type = math.inf                        # torch's float(norm_type) accepts "inf"
+    norm_type = check_number("clip_grad_norm_", "norm_type", norm_type, low_open=True,
+                             allow_inf=True)
     grads = [p.grad for p in _as_list(parameters) if p.grad is not None]
-    max_norm = float(max_norm)
-    norm_type = float(norm_type)
-    if not norm_type > 0:
-        raise ValueError(f"clip_grad_norm_: norm_type must be > 0 or inf, got {norm_type}")
     if len(grads) == 0:
         return 0.0
 
@@ -66,9 +76,12 @@ def clip_grad_value_(parameters, clip_value):
     """Clamp every gradient element into [-clip_value, clip_value], in place.
 
     Unlike ``clip_grad_norm_`` this changes the gradient's direction; it exists mostly for
-    parity with PyTorch.
+    parity with PyTorch. ``clip_value`` must be > 0 (inf: no clipping): a negative one would
+    set every gradient to -|clip_value| (``clip`` with its bounds swapped), 0 would zero them
+    all, so both raise a ValueError (PyTorch lets them through).
     """
-    clip_value = float(clip_value)
+    clip_value = check_number("clip_grad_value_", "clip_value", clip_value, low_open=True,
+                              allow_inf=True)
     for p in _as_list(parameters):
         if p.grad is not None:
             xp = get_array_module(p.grad)

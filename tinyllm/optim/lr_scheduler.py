@@ -21,7 +21,10 @@ steps small. Cosine decay afterwards lowers the noise of late steps, to ``min_lr
 (nanoGPT and Chinchilla use a floor of about a tenth).
 """
 import math
+import numbers
 import types
+
+from tinyllm.optim.optimizer import check_number
 
 
 class LambdaLR:
@@ -37,9 +40,20 @@ class LambdaLR:
     Attributes: ``base_lrs`` (each group's ``initial_lr``), ``last_epoch`` (the step count that
     the current learning rates belong to; PyTorch's name, though one "epoch" is usually one
     optimizer step here).
+
+    Every learning rate written is checked: a multiplier that makes it negative or NaN (a sign
+    slip in a hand-written lambda) raises a ValueError naming the step and the group, instead
+    of training uphill.
     """
 
     def __init__(self, optimizer, lr_lambda, last_epoch=-1):
+        if not hasattr(optimizer, "param_groups"):
+            raise TypeError(f"LambdaLR: optimizer must be an Optimizer (with param_groups), got "
+                            f"{type(optimizer).__name__}")
+        if isinstance(last_epoch, bool) or not isinstance(last_epoch, numbers.Integral) \
+                or last_epoch < -1:
+            raise ValueError(f"LambdaLR: last_epoch must be an integer >= -1 (-1: a fresh "
+                             f"start), got {last_epoch!r}")
         self.optimizer = optimizer
         n_groups = len(optimizer.param_groups)
         if isinstance(lr_lambda, (list, tuple)):
@@ -49,6 +63,10 @@ class LambdaLR:
             self.lr_lambdas = list(lr_lambda)
         else:
             self.lr_lambdas = [lr_lambda] * n_groups
+        for i, fn in enumerate(self.lr_lambdas):
+            if not callable(fn):
+                raise TypeError(f"LambdaLR: lr_lambda must be a function of the step (or one "
+                                f"per parameter group), got {type(fn).__name__} for group {i}")
 
         if last_epoch == -1:
             for group in optimizer.param_groups:
@@ -72,7 +90,15 @@ class LambdaLR:
         """Advance one step and write the new learning rates into the optimizer."""
         self._step_count += 1
         self.last_epoch += 1
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+        lrs = self.get_lr()
+        for i, lr in enumerate(lrs):                    # all checked before any is written
+            try:
+                check_number("LambdaLR", "the learning rate", lr)
+            except ValueError as e:
+                raise ValueError(f"{e} (group {i} at step {self.last_epoch}: base lr "
+                                 f"{self.base_lrs[i]} times lr_lambda({self.last_epoch}))") \
+                    from None
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
@@ -115,9 +141,8 @@ def warmup_cosine(warmup_steps, total_steps, min_lr_ratio=0.1):
     ``base_lr * warmup_cosine(W, N, r)(s)`` equals ``cosine_with_warmup_lr(s, base_lr, W, N,
     r * base_lr)``.
     """
-    _check_steps(warmup_steps, total_steps)
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+    _check_steps("warmup_cosine", warmup_steps, total_steps)
+    check_number("warmup_cosine", "min_lr_ratio", min_lr_ratio, high=1.0)
 
     def lr_lambda(step):
         return cosine_with_warmup_lr(step, 1.0, warmup_steps, total_steps, min_lr_ratio)
@@ -130,7 +155,7 @@ def linear(warmup_steps, total_steps):
     Multiplier ``s / W`` for s < W, then ``(N - s) / (N - W)``, and 0 from s = N on (the formula
     of Hugging Face's ``get_linear_schedule_with_warmup``).
     """
-    _check_steps(warmup_steps, total_steps)
+    _check_steps("linear", warmup_steps, total_steps)
 
     def lr_lambda(step):
         if step < warmup_steps:
@@ -141,7 +166,7 @@ def linear(warmup_steps, total_steps):
 
 def constant(warmup_steps=0):
     """Multiplier 1 (after an optional linear warmup ``s / W`` over ``warmup_steps``)."""
-    _check_steps(warmup_steps, warmup_steps)
+    _check_steps("constant", warmup_steps, warmup_steps)
 
     def lr_lambda(step):
         if step < warmup_steps:
@@ -162,7 +187,18 @@ def cosine_with_warmup_lr(step, base_lr, warmup_steps, total_steps, min_lr):
         otherwise:             decay_ratio = (step - warmup_steps) / (total_steps - warmup_steps)
                                coeff = 0.5 * (1 + cos(pi * decay_ratio))        # 1 -> 0
                                min_lr + coeff * (base_lr - min_lr)
+
+    Checked on every call (a few comparisons): step, warmup_steps, total_steps >= 0 and
+    0 <= min_lr <= base_lr, all finite. A negative step gives a negative learning rate in the
+    warmup branch, and NaN anywhere gives a NaN one. total_steps may be below warmup_steps
+    (warmup, then min_lr at once).
     """
+    name = "cosine_with_warmup_lr"
+    for arg, value in (("step", step), ("warmup_steps", warmup_steps),
+                       ("total_steps", total_steps), ("base_lr", base_lr)):
+        check_number(name, arg, value)
+    check_number(name, "min_lr", min_lr, high=float(base_lr),
+                 where=" (the floor of the decay, at most base_lr)")
     if step < warmup_steps:
         return base_lr * (step + 1) / (warmup_steps + 1)
     if step >= total_steps:               # nanoGPT has >; at == both give min_lr, and >= also
@@ -172,8 +208,9 @@ def cosine_with_warmup_lr(step, base_lr, warmup_steps, total_steps, min_lr):
     return min_lr + coeff * (base_lr - min_lr)
 
 
-def _check_steps(warmup_steps, total_steps):
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+def _check_steps(owner, warmup_steps, total_steps):
+    check_number(owner, "warmup_steps", warmup_steps)
+    check_number(owner, "total_steps", total_steps)
     if total_steps < warmup_steps:
-        raise ValueError(f"total_steps ({total_steps}) must be >= warmup_steps ({warmup_steps})")
+        raise ValueError(f"{owner}: total_steps ({total_steps}) must be >= warmup_steps "
+                         f"({warmup_steps})")

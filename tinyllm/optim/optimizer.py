@@ -19,6 +19,7 @@ the groups in order, so a checkpoint does not depend on object identity::
      "param_groups": [{"lr": 1e-3, ..., "params": [0, 1]}, {"lr": 1e-3, ..., "params": [2]}]}
 """
 import copy
+import math
 from collections import defaultdict
 
 import numpy as np
@@ -105,7 +106,18 @@ class Optimizer:
             if any(id(p) in seen for p in other["params"]):
                 raise ValueError("some parameters appear in more than one parameter group")
 
+        self.check_hyperparameters(group, where=f" (parameter group {len(self.param_groups)})")
         self.param_groups.append(group)
+
+    def check_hyperparameters(self, group, where=""):
+        """Raise a ValueError naming the class, the argument, its value and the valid range
+        for any hyperparameter of ``group`` (a parameter group, or the constructor's defaults)
+        out of its range. Subclasses check their own; the base class has none.
+
+        Run by the constructor (on its arguments), by ``add_param_group`` (so a group's own
+        ``lr`` is checked too) and by ``load_state_dict``. A learning rate of -1 or NaN would
+        otherwise train silently uphill or into NaN. ``where`` ends the message (which group).
+        """
 
     # ------------------------------------------------------------------------------------------
     # the training-loop calls
@@ -195,6 +207,9 @@ class Optimizer:
             else:
                 state[key] = copy.deepcopy(value)
 
+        for i, saved in enumerate(saved_groups):
+            self.check_hyperparameters(saved, where=f" (parameter group {i} of the loaded "
+                                                    f"state dict)")
         for group, saved in zip(groups, saved_groups):
             saved["params"] = group["params"]
         self.state = state
@@ -219,6 +234,41 @@ def weight_decay_groups(model, weight_decay):
     params = [p for p in params if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def check_number(owner, name, value, low=0.0, high=None, low_open=False, high_open=False,
+                 allow_inf=False, where=""):
+    """``value`` as a float if it is a real number in the range; else a ValueError in
+    tinyllm's style, naming ``owner`` (the class or function), the argument, what it got and
+    what it expected::
+
+        Adam: lr must be a finite number >= 0, got -1
+
+    The range is [low, high] (``low_open``/``high_open`` make an end open; ``high=None``: no
+    upper end). NaN is never in range; +-inf only with ``allow_inf``. Booleans and strings are
+    refused (``lr=True`` or ``lr="1e-3"`` is a mistake, not a number).
+    """
+    if high is None:
+        bound = f"{'>' if low_open else '>='} {low:g}"
+        expected = f"a number {bound} (inf allowed)" if allow_inf else \
+            f"a finite number {bound}"
+    else:
+        expected = (f"a number in {'(' if low_open else '['}{low:g}, {high:g}"
+                    f"{')' if high_open else ']'}")
+    shown = repr(value) if isinstance(value, (str, bytes)) else str(value)   # np.float64: -1.0
+    message = f"{owner}: {name} must be {expected}, got {shown}{where}"
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError(message)
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    ok = (not math.isnan(number) and (allow_inf or math.isfinite(number))
+          and (number > low if low_open else number >= low)
+          and (high is None or (number < high if high_open else number <= high)))
+    if not ok:
+        raise ValueError(message)
+    return number
 
 
 def _is_tensor(x):

@@ -1,6 +1,6 @@
 """Stochastic gradient descent, with optional momentum, Nesterov momentum and weight decay."""
 from tinyllm.autograd.grad_mode import no_grad
-from tinyllm.optim.optimizer import Optimizer, required
+from tinyllm.optim.optimizer import Optimizer, check_number, required
 
 
 class SGD(Optimizer):
@@ -26,27 +26,36 @@ class SGD(Optimizer):
 
     Args:
         params: tensors or parameter groups (see ``Optimizer``).
-        lr: learning rate eta (no default here: plain SGD has no sensible one).
+        lr: learning rate eta >= 0 (no default here: plain SGD has no sensible one).
         momentum: mu >= 0; 0 turns momentum off and keeps no state.
-        dampening: tau, the fraction of each new gradient left out of the buffer.
+        dampening: tau in [0, 1], the fraction of each new gradient left out of the buffer.
         weight_decay: lambda >= 0, added to the gradient as lambda * p (L2 regularization).
         nesterov: use Nesterov momentum; needs momentum > 0 and dampening 0.
+
+    Each of these is checked, at construction and for every parameter group (a ValueError
+    names the argument): a negative lr or dampening > 1 would step uphill without a sign of it.
+    PyTorch checks lr, momentum and weight_decay; dampening outside [0, 1] it lets through.
     """
 
     def __init__(self, params, lr=required, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False):
-        if lr is not required and lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum} (must be >= 0)")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay} (must be >= 0)")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError(f"Nesterov momentum requires a momentum and zero dampening, got "
-                             f"momentum={momentum}, dampening={dampening}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov)
+        self.check_hyperparameters(defaults)
         super().__init__(params, defaults)
+
+    def check_hyperparameters(self, group, where=""):
+        """lr, momentum, weight_decay finite and >= 0; dampening in [0, 1]; Nesterov's needs."""
+        owner = type(self).__name__
+        if group["lr"] is not required:
+            check_number(owner, "lr", group["lr"], where=where)
+        momentum = check_number(owner, "momentum", group["momentum"], where=where)
+        dampening = check_number(owner, "dampening", group["dampening"], high=1.0, where=where)
+        check_number(owner, "weight_decay", group["weight_decay"], where=where)
+        if group["nesterov"] and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"{owner}: Nesterov momentum requires a momentum > 0 and zero "
+                             f"dampening, got momentum={group['momentum']}, "
+                             f"dampening={group['dampening']}{where}")
 
     @no_grad()
     def step(self, closure=None):
