@@ -1,4 +1,5 @@
 """Checkpoints: the directory layout, tied weights, atomic saves, clear errors, exact resume."""
+import hashlib
 import json
 import os
 
@@ -83,10 +84,12 @@ def test_layout_meta_and_tied_weights_saved_once(tmp_path):
     assert meta["format_version"] == checkpoint.FORMAT_VERSION == 1
     assert meta["tinyllm_version"] == tl.__version__
     assert meta["step"] == 2 and meta["extra"] == {"note": "tiny"}
-    assert meta["config"] == {"class": "GPTConfig", "fields": {**TINY, "dropout": 0.0,
-                                                                 "bias": True}}
+    fields = {**TINY, "dropout": 0.0, "bias": True, "gelu": "tanh"}
+    assert meta["config"] == {"class": "GPTConfig", "fields": fields}
     assert meta["aliases"] == {"lm_head.weight": "transformer.wte.weight"}
     assert meta["files"] == {"model": names[1], "optim": names[2]}
+    assert meta["sha256"] == {n: hashlib.sha256((tmp_path / "ck" / n).read_bytes()).hexdigest()
+                              for n in names[1:]}
 
     weights = load_file(os.path.join(path, names[1]))              # plain safetensors
     expected = _weights(m)
