@@ -7,6 +7,7 @@ over the target. A crash or Ctrl-C leaves the old file or the new one, never a m
 temporary file behind. The result gets the permissions a plain ``open(path, "w")`` would give
 (``tempfile.mkstemp`` creates files readable by their owner only).
 """
+import hashlib
 import os
 import tempfile
 
@@ -46,6 +47,15 @@ def atomic_write_bytes(path, data):
         with open(tmp, "wb") as f:
             f.write(data)
     return atomic_write(path, write)
+
+
+def sha256_file(path):
+    """The sha256 of a file's bytes, as hex (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask():

@@ -51,7 +51,6 @@ Generator in the same state. Then steps after a resume equal those of an uninter
 for bit, on the CPU (tests/test_checkpoint.py), and draw the same random numbers on the GPU.
 """
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -61,7 +60,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from tinyllm import __version__, backend
-from tinyllm._files import atomic_write
+from tinyllm._files import atomic_write, sha256_file
 
 FORMAT_VERSION = 1              # bump when the layout changes; loading refuses newer formats
 META_NAME = "meta.json"
@@ -149,17 +148,9 @@ def _write_safetensors(path, arrays):
 
     def write(tmp):
         save_file(arrays, tmp)
-        digest["sha256"] = _sha256(tmp)
+        digest["sha256"] = sha256_file(tmp)
     atomic_write(path, write)
     return digest["sha256"]
-
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def clean_checkpoint(path):
@@ -351,7 +342,7 @@ def _verified_file(path, meta, kind):
         raise CheckpointError(f"load_checkpoint: {file} is missing (named by {META_NAME})")
     expected = meta.get("sha256", {}).get(name)          # None: saved before checksums
     if expected is not None:
-        got = _sha256(file)
+        got = sha256_file(file)
         if got != expected:
             raise CheckpointError(f"load_checkpoint: {file} is corrupted: its sha256 is "
                                   f"{got[:16]}..., {META_NAME} recorded {expected[:16]}... "

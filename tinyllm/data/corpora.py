@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyllm._files import atomic_write_bytes
+from tinyllm._files import atomic_write_bytes, sha256_file
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,7 @@ def _download(corpus, path, timeout):
 def verify(name):
     """True when the file of registered corpus ``name`` has the registry's sha256."""
     corpus = CORPORA[name]
-    digest = hashlib.sha256(corpus_path(name, download=False).read_bytes()).hexdigest()
-    return digest == corpus.sha256
+    return sha256_file(corpus_path(name, download=False)) == corpus.sha256
 
 
 def load_text(name, download=True):
@@ -130,22 +129,13 @@ def read_text(path):
                          f"`iconv -f latin1 -t utf-8`") from None
 
 
-def file_sha256(path):
-    """The sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def corpus_record(name, download=True):
     """What a run records about its corpus so it can find the very same text later, from any
     directory and without environment variables: the name given, the resolved absolute path,
     its size and sha256."""
     path = corpus_path(name, download).resolve()
     return {"name": str(name), "path": str(path), "bytes": path.stat().st_size,
-            "sha256": file_sha256(path)}
+            "sha256": sha256_file(path)}
 
 
 def find_recorded_corpus(record, data=None):
@@ -156,14 +146,14 @@ def find_recorded_corpus(record, data=None):
     want = record["sha256"]
     if data is not None:
         path = corpus_path(data).resolve()
-        got = file_sha256(path)
+        got = sha256_file(path)
         if got != want:
             raise ValueError(f"corpus {str(path)!r}: sha256 {got[:16]}... is not the run's "
                              f"corpus ({record['path']}, sha256 {want[:16]}...)")
         return path
     recorded = Path(record["path"])
     if recorded.is_file():
-        got = file_sha256(recorded)
+        got = sha256_file(recorded)
         if got == want:
             return recorded
         raise ValueError(f"corpus {record['path']!r} changed since the run recorded it "
@@ -173,7 +163,7 @@ def find_recorded_corpus(record, data=None):
         path = corpus_path(record["name"], download=True).resolve()
     except OSError:
         path = None
-    if path is not None and file_sha256(path) == want:
+    if path is not None and sha256_file(path) == want:
         return path
     raise FileNotFoundError(f"corpus {record['path']!r}: the run's corpus is missing (sha256 "
                             f"{want[:16]}...); pass --data with a copy of it")
