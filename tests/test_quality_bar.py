@@ -21,13 +21,10 @@ def qb():
     return load_script("benchmarks/quality_bar.py")
 
 
-@pytest.fixture(scope="module")
-def corpus():
-    from tinyllm.data.corpora import corpus_path
-    try:
-        return str(corpus_path("tinyshakespeare", download=False))
-    except FileNotFoundError as e:
-        pytest.skip(f"tinyshakespeare not found (set TINYLLM_DATA): {e}")
+@pytest.fixture
+def corpus(shared_data):
+    """tinyshakespeare.txt: $TINYLLM_DATA or ../shared/data (conftest's shared_data)."""
+    return str(shared_data / "tinyshakespeare.txt")
 
 
 def _tinyllm_lr(it, cfg):

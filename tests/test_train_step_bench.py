@@ -80,15 +80,10 @@ def test_torch_twin_matches_tinyllm(bench, sdpa):
     assert tl[0] != tl[2]                                  # the steps did change the weights
 
 
-def test_paired_run_engines_agree_over_a_short_run(tmp_path):
+def test_paired_run_engines_agree_over_a_short_run(tmp_path, shared_data):
     """benchmarks/paired_run.py: tinyllm and PyTorch from the same weights and batches, with
     the CLI's lr schedule, clipping and AdamW groups, give the same losses."""
     pytest.importorskip("torch")
-    from tinyllm.data.corpora import corpus_path
-    try:
-        corpus_path("tinyshakespeare", download=False)
-    except FileNotFoundError:
-        pytest.skip("tinyshakespeare not found (set TINYLLM_DATA)")
     results = load_script("benchmarks/paired_run.py").main(steps=6)
     for step, r in results["tinyllm"].items():
         for key, value in r.items():
