@@ -248,7 +248,7 @@ def main(argv=None):
         p.error("--ce needs N,V, --ln at least two sizes, --attn B,H,T,D; --repeat >= 1")
     shapes = {"cross_entropy": args.ce, "layer_norm": args.ln, "attention": args.attn}
 
-    kernels.set_impl(None if args.kernels == "auto" else args.kernels)
+    kernels.set_impl(args.kernels)
     try:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
               f"python {platform.python_version()}, kernels {args.kernels}, timed in "

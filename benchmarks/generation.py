@@ -17,6 +17,7 @@ from tinyllm.models import GPT, GPTConfig
 
 
 def main(rounds=5):
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
     tl.manual_seed(0)
     model = GPT(GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=128))
     prompt = np.zeros((1, 1), dtype=np.int64)

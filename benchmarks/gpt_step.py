@@ -24,6 +24,7 @@ from tinyllm.parallel import DataParallel
 
 
 def main(rounds=5, steps=10, bias=False, batch_size=12, workers=1):
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
     tl.backend.keep_freed_memory()              # as the CLI does (see tinyllm/backend.py)
     tl.manual_seed(0)
     config = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128,

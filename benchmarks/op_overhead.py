@@ -125,6 +125,7 @@ def bench_mlp_vs_torch(quick):
 
 
 def main(argv=None):
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="benchmarks/op_overhead.json")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")

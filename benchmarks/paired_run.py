@@ -37,6 +37,7 @@ def _train_step_module():
 def worker(engine, steps):
     """Train ``engine`` for ``steps`` steps; returns {step: {train, val, train_fixed}}."""
     import tinyllm as tl
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
     from tinyllm.data.corpora import get_batch, load_text, train_val_split
     from tinyllm.data.tokenizers import CharTokenizer
     from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr

@@ -447,6 +447,9 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
     ``backend="cupy"`` tinyllm runs on CuPy and torch on CUDA; host_ms (the time before the
     step's closing ``loss.item()``) and peak_gpu_mb are added.
     """
+    if engine.startswith("tinyllm"):
+        from tinyllm import kernels
+        kernels.prefer_impl("auto")     # the accelerators; TINYLLM_KERNELS=numpy: the references
     if backend not in ("numpy", "cupy"):
         raise ValueError(f"backend must be 'numpy' or 'cupy', got {backend!r}")
     cfg = _config(config)

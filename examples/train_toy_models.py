@@ -188,6 +188,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="override each task's step count")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
     names = sorted(TASKS) if args.model == "all" else [args.model]
     results = {}
     for name in names:

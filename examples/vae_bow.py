@@ -179,6 +179,7 @@ def main(argv=None):
     p.add_argument("--plot", default=None, help="write the loss curves to this PNG")
     p.add_argument("--json", default=None, help="write the history and results to this file")
     args = p.parse_args(argv)
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
 
     vocab, (x_train, y_train), (x_test, y_test) = bag_of_words(
         load_labelled_sentences("sentiment_train"), load_labelled_sentences("sentiment_test"),

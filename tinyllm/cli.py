@@ -174,6 +174,8 @@ def main(argv=None):
     as exceptions; ``run`` turns them into one line."""
     args = _parser().parse_args(argv)
     tl.backend.keep_freed_memory()       # the command owns the process: reuse freed pages
+    if args.command != "explain-backward":          # that one steps through the references
+        tl.kernels.prefer_impl("auto")   # the accelerators; TINYLLM_KERNELS=numpy: the references
 
     if args.command == "train":
         return train(_config_from_args(args), resume=args.resume, quiet=args.quiet,

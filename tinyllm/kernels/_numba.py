@@ -7,8 +7,13 @@ The switch, from strongest to weakest:
 - the ``impl=`` argument of a kernel call: "numpy" or "numba";
 - ``tinyllm.kernels.set_impl("numpy" | "numba" | "auto")``;
 - the environment variable ``TINYLLM_KERNELS=numpy|numba|auto`` (read on first use);
-- "auto": each dispatcher uses the Numba kernel where benchmarks/kernels.py measured it faster
-  than NumPy on this kind of machine, and the reference elsewhere.
+- an entry point's preference (``prefer_impl("auto")``: the ``tinyllm`` command, the examples
+  that train, the benchmarks), which the two above override;
+- else "numpy": a plain ``import tinyllm`` runs the readable references, so stepping into a
+  backward lands in NumPy code, never in a compiled kernel.
+
+"auto" uses each Numba kernel where benchmarks/kernels.py measured it faster than NumPy on this
+kind of machine, and the reference elsewhere.
 
 ``NUMBA_DISABLE_JIT=1`` makes Numba hand back the plain Python functions. "auto" then takes the
 NumPy references (a Python loop over every element would be very slow), while an explicit
@@ -65,7 +70,9 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 PARALLEL_MIN_ELEMENTS = {"workqueue": 1 << 24, "omp": 1 << 20, "tbb": 1 << 20}
 IMPLS = ("numpy", "numba", "auto")
 
-_state = {"impl": None, "warned": False}
+# impl: set_impl's choice; env: TINYLLM_KERNELS, read on first use ("" when unset);
+# preferred: an entry point's prefer_impl
+_state = {"impl": None, "env": None, "preferred": None, "warned": False}
 
 
 def jit(parallel=False, fastmath=True):
@@ -134,25 +141,42 @@ def jit_disabled():
 
 
 def set_impl(impl):
-    """Choose the kernels globally: "numpy" (references), "numba" or "auto" (the default).
+    """Choose the kernels globally: "numpy" (the readable references, the default), "numba" or
+    "auto" (the accelerators where they win).
 
-    ``None`` goes back to the environment's choice (TINYLLM_KERNELS, else "auto"). A global
-    "numba" applies where a Numba kernel can run (NumPy float arrays, last axis); elsewhere the
-    reference runs. Only a per-call ``impl="numba"`` insists, and raises when it cannot.
+    ``None`` goes back to the environment's choice (TINYLLM_KERNELS, else "numpy"), dropping an
+    entry point's preference too. A global "numba" applies where a Numba kernel can run (NumPy
+    float arrays, last axis); elsewhere the reference runs. Only a per-call ``impl="numba"``
+    insists, and raises when it cannot.
     """
     if impl is not None and impl not in IMPLS:
         raise ValueError(f"set_impl: expected one of {IMPLS}, got {impl!r}")
     _state["impl"] = impl
+    if impl is None:
+        _state["preferred"] = None
+
+
+def prefer_impl(impl):
+    """An entry point's default (``prefer_impl("auto")`` in ``tinyllm train``): used unless the
+    user chose with ``set_impl`` or TINYLLM_KERNELS (so ``TINYLLM_KERNELS=numpy tinyllm train``
+    steps through the references). Returns the choice in force."""
+    if impl not in IMPLS:
+        raise ValueError(f"prefer_impl: expected one of {IMPLS}, got {impl!r}")
+    _state["preferred"] = impl
+    return get_impl()
 
 
 def get_impl():
-    """The global choice: set_impl's, else TINYLLM_KERNELS, else "auto"."""
-    if _state["impl"] is None:
-        env = os.environ.get("TINYLLM_KERNELS", "auto").strip().lower() or "auto"
-        if env not in IMPLS:
+    """The global choice: set_impl's, else TINYLLM_KERNELS, else an entry point's preference,
+    else "numpy" (readable)."""
+    if _state["impl"] is not None:
+        return _state["impl"]
+    if _state["env"] is None:
+        env = os.environ.get("TINYLLM_KERNELS", "").strip().lower()
+        if env and env not in IMPLS:
             raise ValueError(f"TINYLLM_KERNELS must be one of {IMPLS}, got {env!r}")
-        _state["impl"] = env
-    return _state["impl"]
+        _state["env"] = env
+    return _state["env"] or _state["preferred"] or "numpy"
 
 
 def use_gpu_kernel(impl):
