@@ -607,3 +607,19 @@ def test_bad_api_calls_raise_typed_errors_naming_the_argument(run_copy):
             call()
     assert _snapshot(run_copy) == before
     assert len(cases) + len(BAD_CLI) >= 80
+
+
+@pytest.mark.parametrize("meta, message", [(None, "holds no checkpoint (no meta.json)"),
+                                           ('{"step": "ten"}', "is corrupted (step 'ten')"),
+                                           ("[1, 2]", "does not hold a JSON object")])
+def test_resume_of_a_run_without_a_usable_checkpoint_says_so(run_copy, capsys, meta, message):
+    path = run_copy / "checkpoint" / "meta.json"
+    if meta is None:
+        path.unlink()
+    else:
+        path.write_text(meta)
+    before = _snapshot(run_copy)
+    code, _, err = _run(["train", "--resume", "--out-dir", run_copy, "--max-iters", "30"],
+                        capsys)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(run_copy) == before

@@ -258,11 +258,11 @@ def run(argv=None):
     except USER_ERRORS as e:
         if debug:
             raise
-        command = next((a for a in argv if not a.startswith("-")), "")
+        prog = " ".join(["tinyllm"] + [a for a in argv if not a.startswith("-")][:1])
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, MemoryError):
             message = f"out of memory ({e or 'MemoryError'}); try a smaller model or batch"
-        print(f"tinyllm {command}: error: {message}".replace("  ", " "), file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if debug:

@@ -15,9 +15,10 @@ import numpy as np
 
 import tinyllm as tl
 from tinyllm import rundir
+from tinyllm._files import sha256_file
 from tinyllm.checkpoint import load_checkpoint
 from tinyllm.config import Check, saved_config
-from tinyllm.data.corpora import (corpus_path, corpus_record, find_recorded_corpus, read_text,
+from tinyllm.data.corpora import (corpus_path, find_recorded_corpus, read_text,
                                   train_val_split)
 from tinyllm.data.tokenizers import load_tokenizer
 from tinyllm.generate import beam_search, generate
@@ -42,11 +43,11 @@ def open_run(out_dir):
     return cfg, tok, model.eval(), log
 
 
-def run_corpus(cfg, log, data=None):
-    """The path of the run's own corpus (``data``: a moved copy of it)."""
+def run_corpus(cfg, log):
+    """The path of the run's own corpus: the recorded file, checked by its sha256."""
     if "corpus" in log:
-        return find_recorded_corpus(log["corpus"], data)
-    return corpus_path(data or cfg.data)            # a run from before the corpus record
+        return find_recorded_corpus(log["corpus"])
+    return corpus_path(cfg.data)                    # a run from before the corpus record
 
 
 SAMPLE_CHECKS = {
@@ -142,16 +143,16 @@ def evaluate(out_dir, data=None, split="val", batches=None, seed=0):
     if split not in ("train", "val"):
         raise ValueError(f"evaluate: split must be 'train' or 'val', got {split!r}")
     cfg, tok, model, log = open_run(out_dir)
-    own = data is None or ("corpus" in log and
-                           corpus_record(data)["sha256"] == log["corpus"]["sha256"])
+    if data is None:
+        source, own = run_corpus(cfg, log), True
+    else:                                   # a copy of the run's corpus, or another text
+        source = corpus_path(data).resolve()
+        own = "corpus" in log and sha256_file(source) == log["corpus"]["sha256"]
+    ids = np.array(tok.encode(read_text(source)), dtype=np.int64)
     if own:
-        source = run_corpus(cfg, log, data)
-        ids = np.array(tok.encode(read_text(source)), dtype=np.int64)
         ids = dict(zip(("train", "val"), train_val_split(ids)))[split]
         what = f"the {split} split of {source}"
     else:
-        source = corpus_path(data)
-        ids = np.array(tok.encode(read_text(source)), dtype=np.int64)
         what = str(source)
     T = cfg.block_size
     if len(ids) <= T:

@@ -128,17 +128,39 @@ def clean(run):
 
 
 def read_log(run):
+    """The run's log.json (config, corpus record, losses, evaluations)."""
     path = Path(run) / "log.json"
     if not path.is_file():
         raise RunDirError(f"{run} holds no run (no log.json): train one with tinyllm train "
                           f"--out-dir {run}")
-    try:
-        log = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path} is not valid JSON ({e})") from None
-    if not isinstance(log, dict) or not isinstance(log.get("config"), dict):
+    log = _read_json(path)
+    if not isinstance(log.get("config"), dict):
         raise RunDirError(f"{path} is not a tinyllm run log (no 'config')")
     return log
+
+
+def checkpoint_step(run):
+    """The step of the checkpoint committed in ``run``/checkpoint; a run without one (stopped
+    before its first save) is a RunDirError."""
+    meta = Path(run) / "checkpoint" / "meta.json"
+    if not meta.is_file():
+        raise RunDirError(f"{meta.parent} holds no checkpoint (no meta.json): the run stopped "
+                          f"before its first save; start it again with --overwrite")
+    step = _read_json(meta).get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise RunDirError(f"{meta} is corrupted (step {step!r})")
+    return step
+
+
+def _read_json(path):
+    """A JSON object from ``path``; anything else is a RunDirError naming the file."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path} does not hold a JSON object")
+    return value
 
 
 def write_log(run, log):

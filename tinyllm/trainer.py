@@ -21,7 +21,6 @@ last good checkpoint.
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import signal
 import threading
@@ -42,7 +41,6 @@ from tinyllm.models import GPT, GPTConfig
 from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
 from tinyllm.parallel import DataParallel, auto_workers
-from tinyllm.rundir import RunDirError
 
 
 class TrainError(RuntimeError):
@@ -192,7 +190,7 @@ def _train_locked(cfg, run, resume, quiet, overwrite):
     changes, stale = {}, []
     if resume:
         log = rundir.read_log(run)
-        step = _checkpoint_step(ckpt)
+        step = rundir.checkpoint_step(run)
         changes = resume_changes(saved_config(log["config"]), cfg, step)
         changes.pop("out_dir", None)                    # the directory moved: nothing to say
         if step is not None and step >= cfg.max_iters and not changes:
@@ -365,18 +363,6 @@ def _train_locked(cfg, run, resume, quiet, overwrite):
             _say(bar, quiet, f"interrupted: checkpoint at step {stopped_at} in {ckpt}; "
                              f"continue with --resume")
             raise SystemExit(130)
-
-
-def _checkpoint_step(ckpt):
-    """The step of the checkpoint committed in ``ckpt`` (None without one)."""
-    meta = Path(ckpt) / "meta.json"
-    if not meta.is_file():
-        raise RunDirError(f"{ckpt} holds no checkpoint (no meta.json): the run stopped before "
-                          f"its first save; start it again with --overwrite")
-    try:
-        return int(json.loads(meta.read_text(encoding="utf-8"))["step"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{meta} is corrupted ({type(e).__name__}: {e})") from None
 
 
 def _progress(it, quiet, **kw):
