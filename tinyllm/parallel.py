@@ -79,7 +79,7 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.autograd.grad_mode import no_grad
-from tinyllm.kernels import _numba
+from tinyllm import dispatch
 
 _ALIGN = 64                    # bytes: each parameter starts on a cache line
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -210,7 +210,7 @@ class DataParallel:
         threads = blas_threads or max(1, available_cores() // self.workers)
         self._limit_blas(threads)
         settings = {"dtype": np.dtype(backend.get_default_dtype()).str,
-                    "kernels": _numba.get_impl(), "seed": seed,
+                    "kernels": dispatch.get_impl(), "seed": seed,
                     "workers": self.workers}
         # pickled here, unpickled inside the worker's error handling: a build that cannot be
         # imported there comes back as a traceback, not as "exited with code 1"
@@ -467,7 +467,7 @@ def _worker(rank, callables, layout, pbuf, gbuf, conn, settings):
     try:
         backend.keep_freed_memory()
         backend.set_default_dtype(np.dtype(settings["dtype"]))
-        _numba.set_impl(settings["kernels"])
+        dispatch.set_impl(settings["kernels"])
         build, loss_fn = pickle.loads(callables)
         model = build()
         _check_replica(model, layout)

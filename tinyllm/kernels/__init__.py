@@ -13,7 +13,7 @@ kernels beside their Numba versions (``_numba.use_gpu_kernel``; "numpy" picks th
 on both devices). On a GPU a small model's step is bound by kernel launches, and each of
 those kernels replaces 10-20 launches of the reference.
 """
-from tinyllm.kernels._numba import (NUMBA_AVAILABLE, get_impl, jit_disabled, prefer_impl,
-                                    set_impl)
+from tinyllm.dispatch import get_impl, prefer_impl, set_impl, using
+from tinyllm.kernels._numba import NUMBA_AVAILABLE, jit_disabled
 
-__all__ = ["NUMBA_AVAILABLE", "get_impl", "set_impl", "prefer_impl", "jit_disabled"]
+__all__ = ["NUMBA_AVAILABLE", "get_impl", "set_impl", "prefer_impl", "using", "jit_disabled"]

@@ -52,6 +52,8 @@ import os
 import types
 import warnings
 
+from tinyllm.dispatch import IMPLS, _state, get_impl
+
 try:
     import numba
     from numba import prange
@@ -68,11 +70,6 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 # ~450 us and the work did not scale). OpenMP scaled 2.3x at 1M elements with its default
 # spinning wait (which slows BLAS when they alternate) and not at all with a passive wait.
 PARALLEL_MIN_ELEMENTS = {"workqueue": 1 << 24, "omp": 1 << 20, "tbb": 1 << 20}
-IMPLS = ("numpy", "numba", "auto")
-
-# impl: set_impl's choice; env: TINYLLM_KERNELS, read on first use ("" when unset);
-# preferred: an entry point's prefer_impl
-_state = {"impl": None, "env": None, "preferred": None, "warned": False}
 
 
 def jit(parallel=False, fastmath=True):
@@ -138,45 +135,6 @@ def kernel(fn):
 def jit_disabled():
     """True when NUMBA_DISABLE_JIT=1 (Numba returns plain Python functions)."""
     return NUMBA_AVAILABLE and bool(numba.config.DISABLE_JIT)
-
-
-def set_impl(impl):
-    """Choose the kernels globally: "numpy" (the readable references, the default), "numba" or
-    "auto" (the accelerators where they win).
-
-    ``None`` goes back to the environment's choice (TINYLLM_KERNELS, else "numpy"), dropping an
-    entry point's preference too. A global "numba" applies where a Numba kernel can run (NumPy
-    float arrays, last axis); elsewhere the reference runs. Only a per-call ``impl="numba"``
-    insists, and raises when it cannot.
-    """
-    if impl is not None and impl not in IMPLS:
-        raise ValueError(f"set_impl: expected one of {IMPLS}, got {impl!r}")
-    _state["impl"] = impl
-    if impl is None:
-        _state["preferred"] = None
-
-
-def prefer_impl(impl):
-    """An entry point's default (``prefer_impl("auto")`` in ``tinyllm train``): used unless the
-    user chose with ``set_impl`` or TINYLLM_KERNELS (so ``TINYLLM_KERNELS=numpy tinyllm train``
-    steps through the references). Returns the choice in force."""
-    if impl not in IMPLS:
-        raise ValueError(f"prefer_impl: expected one of {IMPLS}, got {impl!r}")
-    _state["preferred"] = impl
-    return get_impl()
-
-
-def get_impl():
-    """The global choice: set_impl's, else TINYLLM_KERNELS, else an entry point's preference,
-    else "numpy" (readable)."""
-    if _state["impl"] is not None:
-        return _state["impl"]
-    if _state["env"] is None:
-        env = os.environ.get("TINYLLM_KERNELS", "").strip().lower()
-        if env and env not in IMPLS:
-            raise ValueError(f"TINYLLM_KERNELS must be one of {IMPLS}, got {env!r}")
-        _state["env"] = env
-    return _state["env"] or _state["preferred"] or "numpy"
 
 
 def use_gpu_kernel(impl):
