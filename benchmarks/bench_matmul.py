@@ -1,4 +1,4 @@
-"""The Numba matmul kernels against NumPy's BLAS (OpenBLAS), float32.
+"""The teaching Numba matmul (tinyllm/kernels/matmul.py) against NumPy's BLAS (OpenBLAS), float32.
 
     python benchmarks/bench_matmul.py [--quick] [--no-coretype]
 
@@ -59,7 +59,7 @@ def bench_shape(name, sa, sb, dtype, rounds, min_seconds):
     b = rng.standard_normal(sb).astype(dtype)
 
     t0 = time.perf_counter()
-    out = matmul(a, b, impl="numba")                     # first call: compile or cache load
+    out = matmul(a, b)                                   # first call: compile or cache load
     compile_s = time.perf_counter() - t0
     ref = np.matmul(a, b)
     scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
@@ -67,7 +67,7 @@ def bench_shape(name, sa, sb, dtype, rounds, min_seconds):
     if out.shape != ref.shape or not (np.abs(out - ref) <= tol).all():
         raise AssertionError(f"bench_matmul: numba result wrong for {name} {sa} @ {sb}")
 
-    fns = {"numpy": lambda: np.matmul(a, b), "numba": lambda: matmul(a, b, impl="numba")}
+    fns = {"numpy": lambda: np.matmul(a, b), "numba": lambda: matmul(a, b)}
     for fn in fns.values():                              # warm-up
         fn()
     samples = {k: [] for k in fns}

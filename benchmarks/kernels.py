@@ -1,13 +1,19 @@
-"""Numba kernels against their NumPy references: validate, then time.
+"""Numba kernels against their ops' formulas: validate, then time.
 
-    python benchmarks/kernels.py [--quick] [--cold] [--json benchmarks/kernels.json]
+    python benchmarks/kernels.py [--quick] [--cold] [--fresh-pages] [--json FILE]
 
-For each kernel and shape: run the reference and the Numba kernel once and check they agree
-(abort otherwise), then time forward + backward of each, interleaved round by round (so machine
-noise hits both), and report medians, the speed-up, the issue's target and the first call's
-time (which includes compilation when no Numba cache exists: ``--cold`` points NUMBA_CACHE_DIR
-at an empty directory to measure that). The matmul rows come from benchmarks/bench_matmul.py
-when it exists.
+For each op with an accelerator and each shape: run the op's forward + backward on raw arrays
+with the switch off (``using("numpy")``: the formula in the op) and on (``using("numba")``: the
+Numba kernel beside it) once and check they agree (abort otherwise), then time both,
+interleaved round by round (so machine noise hits both), and report medians, the speed-up, the
+issue's target and the first call's time (which includes compilation when no Numba cache
+exists: ``--cold`` points NUMBA_CACHE_DIR at an empty directory to measure that). The matmul
+rows come from benchmarks/bench_matmul.py when it exists.
+
+As the ``tinyllm`` command does, the process first calls ``tinyllm.backend.keep_freed_memory()``
+so that freed arrays' pages are reused; ``--fresh-pages`` leaves glibc's default, under which
+most large arrays land on new pages that the OS zero-fills on first touch (at (16384, 256)
+float32 that costs both sides several ms, more than the Numba softmax's own work).
 """
 import argparse
 import json
@@ -17,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -29,7 +36,8 @@ def _timed(fn, number):
 
 
 def compare(name, shape, make, target, rounds, number, tol):
-    """make(impl) -> (callable running forward + backward, callable returning outputs)."""
+    """make(impl) -> (callable running forward + backward, callable returning outputs); impl
+    "numpy" runs the op's formula, "numba" its kernel."""
     run_ref, out_ref = make("numpy")
     t0 = time.perf_counter()
     run_nb, out_nb = make("numba")
@@ -39,7 +47,7 @@ def compare(name, shape, make, target, rounds, number, tol):
         scale = max(1.0, float(np.abs(a).max()))
         err = float(np.abs(a - b).max())
         if not err <= tol * scale:
-            raise SystemExit(f"{name} {shape}: Numba differs from the reference by {err:g}")
+            raise SystemExit(f"{name} {shape}: Numba differs from the formula by {err:g}")
     run_ref()
     ref_t, nb_t = [], []
     for _ in range(rounds):
@@ -50,118 +58,117 @@ def compare(name, shape, make, target, rounds, number, tol):
             "speedup": ref_ms / nb_ms, "target": target, "first_call_s": first_call}
 
 
+def _op(cls, n_inputs=1):
+    """A Function instance to call forward and backward on raw arrays."""
+    return cls(*[SimpleNamespace(requires_grad=True)] * n_inputs)
+
+
 def cases(quick):
-    from tinyllm.kernels import adam as AD
-    from tinyllm.kernels import attention as A
-    from tinyllm.kernels import cross_entropy as CE
-    from tinyllm.kernels import embedding as E
-    from tinyllm.kernels import gelu as G
-    from tinyllm.kernels import layernorm as LN
-    from tinyllm.kernels import softmax as S
+    from tinyllm import kernels, optim
+    from tinyllm import tensor as make_tensor
+    from tinyllm.ops.attention import ScaledDotProductAttention
+    from tinyllm.ops.elementwise import GELU
+    from tinyllm.ops.embedding import Embedding
+    from tinyllm.ops.loss import CrossEntropy
+    from tinyllm.ops.norm import LayerNorm
+    from tinyllm.ops.softmax import Softmax
 
     rng = np.random.default_rng(0)
     f32 = np.float32
 
-    def softmax(shape):
-        x = rng.standard_normal(shape).astype(f32)
-        dy = rng.standard_normal(shape).astype(f32)
-
+    def maker(forward_backward):
+        """make(impl) for a callable (res: dict) -> None that runs the op and fills res."""
         def make(impl):
             res = {}
 
             def run():
-                res["y"] = S.softmax_forward(x, impl=impl)
-                res["dx"] = S.softmax_backward(res["y"], dy, impl=impl)
+                with kernels.using(impl):
+                    forward_backward(res)
             run()
-            return run, lambda: (res["y"], res["dx"])
+            return run, lambda: res["out"]
         return make
+
+    def softmax(shape):
+        x = rng.standard_normal(shape).astype(f32)
+        dout = rng.standard_normal(shape).astype(f32)
+
+        def run(res):
+            op = _op(Softmax)
+            y = op.forward(x)
+            res["out"] = (y, op.backward(dout))
+        return maker(run)
 
     def cross_entropy(shape):
         N, C = shape
         z = rng.standard_normal(shape).astype(f32)
         t = rng.integers(0, C, N)
-        dloss = np.full(N, 1.0 / N, f32)
+        dout = np.ones((), f32)
 
-        def make(impl):
-            res = {}
-
-            def run():
-                res["loss"], lse = CE.cross_entropy_forward(z, t, impl=impl)
-                res["dz"] = CE.cross_entropy_backward(z, t, lse, dloss, impl=impl)
-            run()
-            return run, lambda: (res["loss"], res["dz"])
-        return make
+        def run(res):
+            op = _op(CrossEntropy)
+            loss = op.forward(z, target=t)                      # reduction="mean"
+            res["out"] = (loss, op.backward(dout))
+        return maker(run)
 
     def layer_norm(shape):
         x = rng.standard_normal(shape).astype(f32)
         w, b = rng.standard_normal(shape[1]).astype(f32), rng.standard_normal(shape[1]).astype(f32)
-        dy = rng.standard_normal(shape).astype(f32)
+        dout = rng.standard_normal(shape).astype(f32)
 
-        def make(impl):
-            res = {}
-
-            def run():
-                res["y"], mu, rstd = LN.layer_norm_forward(x, w, b, impl=impl)
-                res["g"] = LN.layer_norm_backward(dy, x, w, mu, rstd, impl=impl)
-            run()
-            return run, lambda: (res["y"],) + tuple(res["g"])
-        return make
+        def run(res):
+            op = _op(LayerNorm, 3)
+            y = op.forward(x, w, b)
+            res["out"] = (y,) + tuple(op.backward(dout))
+        return maker(run)
 
     def gelu(shape, approximate):
         x = rng.standard_normal(shape).astype(f32)
-        dy = rng.standard_normal(shape).astype(f32)
+        dout = rng.standard_normal(shape).astype(f32)
 
-        def make(impl):
-            res = {}
-
-            def run():
-                res["y"] = G.gelu_forward(x, approximate, impl=impl)
-                res["dx"] = G.gelu_backward(x, dy, approximate, impl=impl)
-            run()
-            return run, lambda: (res["y"], res["dx"])
-        return make
+        def run(res):
+            op = _op(GELU)
+            y = op.forward(x, approximate)
+            res["out"] = (y, op.backward(dout))
+        return maker(run)
 
     def embedding(N, C, V):
         idx = rng.integers(0, V, N)
+        w = np.zeros((V, C), f32)
         dout = rng.standard_normal((N, C)).astype(f32)
 
-        def make(impl):
-            res = {}
-
-            def run():
-                res["dw"] = E.embedding_backward(idx, dout, V, impl=impl)
-            run()
-            return run, lambda: (res["dw"],)
-        return make
+        def run(res):
+            op = _op(Embedding)
+            op.forward(w, idx=idx)
+            res["out"] = (op.backward(dout),)
+        return maker(run)
 
     def attention(B, H, T, D):
         """Causal attention on the thirds of a packed qkv (B, T, 3, H, D), as GPT's layer."""
         qkv = rng.standard_normal((B, T, 3, H, D)).astype(f32)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))   # (B, H, T, D)
         dout = rng.standard_normal((B, H, T, D)).astype(f32)
-        scale = 1 / np.sqrt(D)
 
-        def make(impl):
-            res = {}
-
-            def run():
-                res["o"], p = A.attention_forward(q, k, v, scale, True, impl=impl)
-                res["g"] = A.attention_backward(dout, q, k, v, p, scale, impl=impl)
-            run()
-            return run, lambda: (res["o"],) + tuple(res["g"])
-        return make
+        def run(res):
+            op = _op(ScaledDotProductAttention, 3)
+            out = op.forward(q, k, v, causal=True)
+            res["out"] = (out,) + tuple(op.backward(dout))
+        return maker(run)
 
     def adamw(n):
         p0, g = rng.standard_normal(n).astype(f32), rng.standard_normal(n).astype(f32)
 
         def make(impl):
-            p, m, v = p0.copy(), np.zeros(n, f32), np.zeros(n, f32)
+            param = make_tensor(p0, requires_grad=True)
+            param.grad = g
+            opt = optim.AdamW([param], lr=1e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
 
             def run():
-                AD.adam_step(p, g, m, v, 1e-3, 0.9, 0.99, 1e-8, 0.1, 1, True, impl=impl)
+                with kernels.using(impl):
+                    opt.step()
             run()
-            first = (p.copy(), m.copy(), v.copy())       # compared: the same first step
-            return run, lambda: first
+            state = opt.state[param]
+            first = (param.data.copy(), state["exp_avg"].copy(), state["exp_avg_sq"].copy())
+            return run, lambda: first                    # compared: the same first step
         return make
 
     # (name, shape, maker, target speed-up from the issue or None, calls per round, tolerance)
@@ -191,19 +198,24 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     parser.add_argument("--cold", action="store_true",
                         help="compile from scratch (empty NUMBA_CACHE_DIR) to time compilation")
+    parser.add_argument("--fresh-pages", action="store_true",
+                        help="do not call tinyllm.backend.keep_freed_memory() (glibc's default)")
     parser.add_argument("--json", default="benchmarks/kernels.json")
     args = parser.parse_args(argv)
     if args.cold:
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="tinyllm-numba-")
     import numba
 
+    from tinyllm import backend
     from tinyllm.kernels import _numba
+
+    kept = False if args.fresh_pages else backend.keep_freed_memory()
 
     rounds = 3 if args.quick else 7
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}, "
           f"threads {numba.get_num_threads()}, OPENBLAS_CORETYPE="
-          f"{os.environ.get('OPENBLAS_CORETYPE', '(default)')}")
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(default)')}, keep_freed_memory {kept}")
     rows = []
     for name, shape, make, target, number, tol in cases(args.quick):
         rows.append(compare(name, shape, make, target, rounds,
@@ -217,7 +229,7 @@ def main(argv=None):
         target = f"{r['target']:.1f}x" if r["target"] else "-"
         print(f"{r['kernel']:<24}{r['shape']:>16}{r['numpy_ms']:>10.3f}{r['numba_ms']:>10.3f}"
               f"{r['speedup']:>8.2f}x{target:>8}{r['first_call_s']:>11.2f}")
-    result = {"kernels": rows}
+    result = {"kernels": rows, "keep_freed_memory": kept}
     try:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import bench_matmul

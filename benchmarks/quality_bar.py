@@ -27,7 +27,7 @@ The two runs, each in its own subprocess, one after the other (never together; w
 
 tinyllm: the product itself, ``tinyllm train --preset shakespeare-char --out-dir DIR --quiet``:
     the worker calls ``tinyllm.cli.main`` with those arguments (what the ``tinyllm`` console
-    script and ``python -m tinyllm.cli`` run), with ``tinyllm.trainer.estimate_loss`` wrapped to
+    script and ``python -m tinyllm.cli`` run), with ``tinyllm.loop.estimate_loss`` wrapped to
     take a timestamp before and after each evaluation (log.json records no timings). The final
     losses are read from the run's log.json (its evaluation at step max_iters), and the config
     recorded there is checked against the one intended here.
@@ -217,19 +217,19 @@ def get_lr(it, cfg, warmup="current"):
 
 def tinyllm_worker(cfg, out_dir, seed=NANOGPT["seed"], score=False):
     """tinyllm's CLI at ``cfg`` (the preset plus flags for what differs from it), timed by
-    wrapping ``tinyllm.trainer.estimate_loss``; with ``score``, the final model scored after."""
+    wrapping ``tinyllm.loop.estimate_loss``; with ``score``, the final model scored after."""
     t_enter = time.time()
     import tinyllm.cli as cli
-    from tinyllm import inference, trainer
+    from tinyllm import inference, loop
     t_imported = time.time()
     argv = ["train", "--preset", "shakespeare-char", "--out-dir", str(out_dir), "--quiet",
             "--seed", str(seed)]
     for key in SCALED:
         if cfg[key] != PRESET[key]:
             argv += ["--" + key.replace("_", "-"), str(cfg[key])]
-    evaluate = getattr(trainer, "estimate_loss", None)
+    evaluate = getattr(loop, "estimate_loss", None)
     if evaluate is None:
-        raise SystemExit("quality_bar: tinyllm.trainer.estimate_loss is gone; update the timer "
+        raise SystemExit("quality_bar: tinyllm.loop.estimate_loss is gone; update the timer "
                          "hook")
     marks = []
 
@@ -239,11 +239,11 @@ def tinyllm_worker(cfg, out_dir, seed=NANOGPT["seed"], score=False):
         marks.append((t0, time.time()))
         return out
 
-    trainer.estimate_loss = timed_estimate_loss
+    loop.estimate_loss = timed_estimate_loss
     try:
         cli.main(argv)
     finally:
-        trainer.estimate_loss = evaluate
+        loop.estimate_loss = evaluate
     t_done = time.time()
     log = json.loads((Path(out_dir) / "log.json").read_text())
     final = [e for e in log["eval"] if e["step"] == cfg["max_iters"]]

@@ -5,9 +5,9 @@
 A training step alternates Numba kernels and BLAS matmuls. If the pool that just finished keeps
 its threads spinning (OpenMP's default active wait), the other pool runs on fewer cores. Each
 configuration runs in its own process (the layer is fixed at Numba's first parallel launch):
-a loop of softmax (Numba, 4M elements: the parallel variant) -> matmul (OpenBLAS) -> softmax
-backward (Numba), against
-the same loop with the NumPy softmax, so the ratio isolates the cost of alternating.
+a loop of softmax (Numba, 4M elements, the parallel variant forced) -> matmul (OpenBLAS) -> softmax
+backward (Numba), against the same loop with the op's NumPy formula (the switch off), so the
+ratio isolates the cost of alternating.
 """
 import json
 import os
@@ -16,17 +16,24 @@ import sys
 
 CHILD = r"""
 import time, statistics, numpy as np
-from tinyllm.kernels import softmax as S
+from types import SimpleNamespace
+from tinyllm import kernels
+from tinyllm.kernels import _numba
+from tinyllm.ops.softmax import Softmax
 import numba
+# the parallel variant at every size (by default workqueue runs 4M elements serially)
+_numba.PARALLEL_MIN_ELEMENTS = dict.fromkeys(_numba.PARALLEL_MIN_ELEMENTS, 0)
 rng = np.random.default_rng(0)
 x = rng.standard_normal((16384, 256)).astype(np.float32)
 w = rng.standard_normal((256, 256)).astype(np.float32)
 def loop(impl, n=10):
     t0 = time.perf_counter()
-    for _ in range(n):
-        y = S.softmax_forward(x, impl=impl)
-        h = y @ w
-        S.softmax_backward(y, h, impl=impl)
+    with kernels.using(impl):
+        for _ in range(n):
+            op = Softmax(SimpleNamespace(requires_grad=True))
+            y = op.forward(x)
+            h = y @ w
+            op.backward(h)
     return (time.perf_counter() - t0) / n * 1e3
 loop("numba", 3); loop("numpy", 3)
 nb, ref = [], []

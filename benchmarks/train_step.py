@@ -60,7 +60,7 @@ pool, torch.cuda.max_memory_reserved) rather than RSS.
 
 ``--profile`` runs one more tinyllm worker per config after the rounds, whose steps after the
 first are instrumented (the timed steps never are), and splits a step into: matmul (time
-inside tinyllm.kernels.matmul), the forward and backward of every other op (each ``Function``
+inside tinyllm.ops.matmul.gemm), the forward and backward of every other op (each ``Function``
 subclass's methods wrapped with timers), the optimizer (zero_grad + AdamW step), and the rest:
 Python and autograd overhead (module calls, graph recording, the backward walk, gradient
 accumulation). Times are exclusive: a matmul inside ``MatMul.backward`` counts as matmul, not
@@ -368,12 +368,12 @@ def _subclasses(cls):
 def _instrumented(prof):
     """Wrap tinyllm's matmul kernels (wherever a tinyllm module holds them) and every
     Function subclass's own forward/backward; restore them on exit."""
-    import tinyllm.kernels.matmul as km
+    import tinyllm.ops.matmul as om
     from tinyllm.autograd.function import Function
 
     originals = {}
-    for attr in ("matmul", "matmul_reference"):
-        fn = getattr(km, attr, None)
+    for attr in ("gemm",):
+        fn = getattr(om, attr, None)
         if callable(fn):
             originals[id(fn)] = (fn, prof.wrap(fn, "matmul", attr))
     patches = []
@@ -636,7 +636,7 @@ def _print_profile(name, timed_ms, prof):
     ops = sorted(prof["ops"].items(), key=lambda kv: -(kv[1][0] + kv[1][1]))
     for op, (f, b, n) in ops[:10]:
         print(f"  {op:<28}{f:8.2f}{b:8.2f}{f + b:8.2f}{(f + b) / total:7.0%}{n:11.0f}")
-    print("  (matmul = calls into tinyllm.kernels.matmul; BLAS calls an op makes itself, such as "
+    print("  (matmul = calls of tinyllm.ops.matmul.gemm; BLAS calls an op makes itself, such as "
           "np.matmul\n   inside a fused kernel, count as that op; calls/step: forward + backward)")
 
 

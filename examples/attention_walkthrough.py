@@ -24,8 +24,9 @@ Run it from the repository root:
     python examples/attention_walkthrough.py
     python examples/attention_walkthrough.py --T 3 --D 3 --seed 1
 
-The formulas are those of tinyllm/kernels/attention.py, whose docstring has the same
-derivation in the batched (B, H, T, D) form the models use.
+The formulas are those of tinyllm/ops/attention.py, whose docstring has the same derivation in
+the batched (B, H, T, D) form the models use, and whose ``ScaledDotProductAttention.forward``
+and ``.backward`` compute them.
 """
 import argparse
 import math

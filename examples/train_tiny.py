@@ -11,7 +11,8 @@ result through one hidden layer to logits over the vocabulary:
 Everything runs on the tinyllm engine: the forward pass builds a graph of named Functions,
 ``loss.backward()`` fills ``p.grad`` for every parameter, and a small Adam written here on raw
 arrays updates them. The file is meant to be read top to bottom, and stepped through with a
-debugger from ``loss.backward()`` into the backward of any op.
+debugger from ``loss.backward()`` into the backward of any op. ``tinyllm train`` runs the same
+loop for a GPT (``tinyllm/loop.py``), with checkpoints, resume and Ctrl-C around it.
 
 Run it (from the repository root, with the corpus in ../shared/data/tinyshakespeare.txt):
 
@@ -164,7 +165,7 @@ def estimate_loss(params, x, y, activation, chunk=4096):
 
 
 # ----------------------------------------------------------------------------------------------
-# optimizer: Adam on raw arrays (this moves to tinyllm.optim once that package exists)
+# optimizer: Adam on raw arrays, written out here to be read (the library's: tinyllm.optim)
 
 class Adam:
     """Adam (Kingma & Ba 2015), updating p.data in place from p.grad.
@@ -279,13 +280,13 @@ def main(argv=None):
             break
 
         t0 = time.perf_counter()
+        opt.lr = lr_at(step, args.steps, args.lr)
         x, y = windows(train, random_starts(batch_rng, train, T, args.batch_size), T)
         logits = forward(params, x, args.activation)                 # (B, V)
         loss = F.cross_entropy(logits, y)
-        opt.zero_grad()
         loss.backward()
-        opt.lr = lr_at(step, args.steps, args.lr)
         opt.step()
+        opt.zero_grad()
         losses.append(loss.item())
         t_train += time.perf_counter() - t0
         n_timed += 1

@@ -91,7 +91,7 @@ def train_seq2seq(steps, seed):
     tl.manual_seed(seed)
     rng = np.random.default_rng(seed)
     V, S = 12, 6
-    model = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=V, d_model=32, n_heads=4,
+    model = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=V, n_embd=32, n_head=4,
                                              num_encoder_layers=1, num_decoder_layers=1,
                                              d_ff=64, dropout=0.0, max_len=S + 2, pad_id=PAD))
     opt = AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)

@@ -72,9 +72,9 @@ def train_model(tok, src, tgt, args):
     pad_id = tok.special_tokens[PAD]
     tl.manual_seed(args.seed)
     model = Seq2SeqTransformer(Seq2SeqConfig(
-        src_vocab_size=tok.vocab_size, d_model=args.d_model, n_heads=args.heads,
+        src_vocab_size=tok.vocab_size, n_embd=args.n_embd, n_head=args.n_head,
         num_encoder_layers=args.layers, num_decoder_layers=args.layers,
-        d_ff=4 * args.d_model, dropout=args.dropout, pad_id=pad_id))
+        d_ff=4 * args.n_embd, dropout=args.dropout, pad_id=pad_id))
     opt = AdamW(weight_decay_groups(model, 0.01), lr=args.lr, betas=(0.9, 0.98))
     rng = np.random.default_rng([args.seed, 1])
     warmup = max(1, args.steps // 10)
@@ -153,8 +153,8 @@ def bleu(tok, hyps, refs):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vocab-size", type=int, default=2000)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--n-embd", "--d-model", type=int, default=128, help="model width C")
+    p.add_argument("--n-head", "--heads", type=int, default=4, help="attention heads")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=1500)

@@ -1,8 +1,9 @@
-"""The fused Adam/AdamW update (tinyllm/kernels/adam.py): the Numba kernel gives the NumPy
-reference's numbers bit for bit, both match a scalar loop written out and torch.optim, the
-update is in place, and the dispatcher sends what the kernel cannot take to the reference.
+"""The fused Adam/AdamW update (tinyllm/kernels/adam.py): the Numba kernel gives the numbers
+of the formula in ``Adam.step`` (tinyllm/optim/adam.py) bit for bit, both match a scalar loop
+written out and torch.optim, the update is in place, and the optimizer runs its formula where
+the kernel cannot take the arrays.
 
-Exact equality, not a tolerance, between kernel and reference: both round the same float32 (or
+Exact equality, not a tolerance, between kernel and formula: both round the same float32 (or
 float64) operations in the same order (the kernel is compiled without fastmath for that). Any
 drift, an FMA contraction or a reordered product, makes these tests fail.
 """
@@ -45,40 +46,64 @@ def _grads(shape, dtype, steps, seed=1):
     return [rng.standard_normal(shape).astype(dtype) for _ in range(steps)]
 
 
+def optimizer_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled,
+                   impl=None):
+    """``Adam.step`` (``AdamW.step`` if decoupled) at step ``step`` on the raw arrays p, m, v, in
+    place, with gradient g, under the switch ``impl`` (None: the switch in force)."""
+    param = tl.tensor(np.zeros((), np.float32), requires_grad=True)
+    param.data, param.grad = p, g                       # the optimizer updates p itself
+    cls = optim.AdamW if decoupled else optim.Adam
+    opt = cls([param], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    opt.state[param] = {"step": step - 1, "exp_avg": m, "exp_avg_sq": v}
+    if impl is None:
+        opt.step()
+    else:
+        with kernels.using(impl):
+            opt.step()
+    assert opt.state[param]["step"] == step and param.data is p
+
+
 def _run(impl, shape, dtype, weight_decay, decoupled, steps=5, **hyper):
+    """p, m, v after ``steps`` updates: ``impl`` "numpy" (the optimizer's formula), "numba" (the
+    optimizer with the switch on) or "kernel" (tinyllm.kernels.adam.adam_step itself)."""
     hyper = {**HYPER, **hyper}
     p, m, v = _arrays(shape, dtype)
     for t, g in enumerate(_grads(shape, dtype, steps), start=1):
-        A.adam_step(p, g, m, v, hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
-                    weight_decay, t, decoupled, impl=impl)
+        args = (p, g, m, v, hyper["lr"], hyper["beta1"], hyper["beta2"], hyper["eps"],
+                weight_decay, t, decoupled)
+        if impl == "kernel":
+            A.adam_step(*args)
+        else:
+            optimizer_step(*args, impl=impl)
     return p, m, v
 
 
 # ----------------------------------------------------------------------------------------------
-# kernel == reference, and both == the formula
+# kernel == formula, and both == a scalar loop
 
 @needs_numba
 @pytest.mark.parametrize("weight_decay,decoupled", MODES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_numba_equals_reference_bit_for_bit(dtype, shape, weight_decay, decoupled):
+def test_kernel_equals_formula_bit_for_bit(dtype, shape, weight_decay, decoupled):
     ref = _run("numpy", shape, dtype, weight_decay, decoupled)
-    out = _run("numba", shape, dtype, weight_decay, decoupled)
-    for a, r in zip(out, ref):
-        assert a.shape == shape and a.dtype == dtype
-        np.testing.assert_array_equal(a, r)
+    for impl in ("kernel", "numba"):
+        out = _run(impl, shape, dtype, weight_decay, decoupled)
+        for a, r in zip(out, ref):
+            assert a.shape == shape and a.dtype == dtype
+            np.testing.assert_array_equal(a, r)
     if ref[0].size:                                 # and the step did something
         assert not np.array_equal(ref[0], _arrays(shape, dtype)[0])
 
 
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_numba_equals_reference_over_many_steps_and_hyperparameters(dtype):
+def test_kernel_equals_formula_over_many_steps_and_hyperparameters(dtype):
     # 50 steps, where bias corrections are far from 1 at first and near 1 at the end; a large
     # eps and a zero eps; beta2 = 0.999 (the torch default)
     for hyper in (dict(), dict(eps=1e-3, beta2=0.999), dict(eps=0.0, lr=0.3, beta1=0.5)):
         ref = _run("numpy", (33, 31), dtype, 0.05, True, steps=50, **hyper)
-        out = _run("numba", (33, 31), dtype, 0.05, True, steps=50, **hyper)
+        out = _run("kernel", (33, 31), dtype, 0.05, True, steps=50, **hyper)
         for a, r in zip(out, ref):
             np.testing.assert_array_equal(a, r)
 
@@ -102,7 +127,7 @@ def _by_hand(p, m, v, grads, lr, beta1, beta2, eps, weight_decay, decoupled):
     return p, m, v
 
 
-@pytest.mark.parametrize("impl", ["numpy", "numba"])
+@pytest.mark.parametrize("impl", ["numpy", "numba", "kernel"])
 @pytest.mark.parametrize("weight_decay,decoupled", MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_both_equal_a_scalar_loop(impl, dtype, weight_decay, decoupled):
@@ -124,7 +149,7 @@ def test_first_step_is_lr_sized():
     for impl in ("numpy", "numba"):
         g = np.array([1e-3, -1.0, 1e3, 0.0])
         p, m, v = np.zeros(4), np.zeros(4), np.zeros(4)
-        A.adam_step(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, 0.0, 1, False, impl=impl)
+        optimizer_step(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, 0.0, 1, False, impl=impl)
         np.testing.assert_allclose(p, -0.01 * g / (np.abs(g) + 1e-8), rtol=1e-15, atol=0)
         np.testing.assert_allclose(m, 0.1 * g, rtol=1e-15)
         np.testing.assert_allclose(v, 0.001 * g * g, rtol=1e-15)
@@ -133,7 +158,7 @@ def test_first_step_is_lr_sized():
 # ----------------------------------------------------------------------------------------------
 # in place
 
-@pytest.mark.parametrize("impl", ["numpy", "numba"])
+@pytest.mark.parametrize("impl", ["numpy", "numba", "kernel"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_update_is_in_place(impl, dtype):
     p, m, v = _arrays((4, 6), dtype)
@@ -141,7 +166,10 @@ def test_update_is_in_place(impl, dtype):
     g = _grads((4, 6), dtype, 1)[0]
     g0 = g.copy()
     ids = [id(p), id(m), id(v)]
-    assert A.adam_step(p, g, m, v, 0.1, 0.9, 0.99, 1e-8, 0.1, 1, False, impl=impl) is None
+    if impl == "kernel":
+        assert A.adam_step(p, g, m, v, 0.1, 0.9, 0.99, 1e-8, 0.1, 1, False) is None
+    else:
+        optimizer_step(p, g, m, v, 0.1, 0.9, 0.99, 1e-8, 0.1, 1, False, impl=impl)
     assert [id(p), id(m), id(v)] == ids
     for new, old in [(p, p0), (m, m0), (v, v0)]:
         assert (new != old).all()                   # every element written through
@@ -153,7 +181,7 @@ def test_update_is_in_place(impl, dtype):
 @needs_numba
 def test_views_are_updated_in_their_base():
     # C-contiguous views (rows of a bigger array, a 0-d element) take the kernel; a strided
-    # view takes the reference; all must land in the base array
+    # view takes the formula; all must land in the base array
     for make in (lambda a: a[2:5], lambda a: a[3, 1:4], lambda a: a[1, 2, ...]):
         base_k = _arrays((6, 5), np.float32)[0]
         base_r = base_k.copy()
@@ -161,15 +189,15 @@ def test_views_are_updated_in_their_base():
             p = make(base)
             assert p.flags.c_contiguous and np.shares_memory(p, base)
             g = np.ones_like(p)
-            A.adam_step(p, g, np.zeros_like(p), np.zeros_like(p), 0.1, 0.9, 0.99, 1e-8, 0.0, 1,
-                        True, impl=impl)
+            optimizer_step(p, g, np.zeros_like(p), np.zeros_like(p), 0.1, 0.9, 0.99, 1e-8, 0.0,
+                           1, True, impl=impl)
         np.testing.assert_array_equal(base_k, base_r)
         assert not np.array_equal(base_k, _arrays((6, 5), np.float32)[0])
     base = _arrays((6, 5), np.float32)[0]
-    strided = base[:, ::2]                          # not contiguous: reference, in place
+    strided = base[:, ::2]                          # not contiguous: the formula, in place
     before = strided.copy()
-    A.adam_step(strided, np.ones_like(strided), np.zeros_like(strided),
-                np.zeros_like(strided), 0.1, 0.9, 0.99, 0.0, 0.0, 1, True)
+    optimizer_step(strided, np.ones_like(strided), np.zeros_like(strided),
+                   np.zeros_like(strided), 0.1, 0.9, 0.99, 0.0, 0.0, 1, True, impl="numba")
     np.testing.assert_allclose(base[:, ::2], before - 0.1, rtol=1e-6)
     np.testing.assert_array_equal(base[:, 1::2], _arrays((6, 5), np.float32)[0][:, 1::2])
 
@@ -177,8 +205,7 @@ def test_views_are_updated_in_their_base():
 @needs_numba
 def test_zero_d_parameter():
     p, m, v = np.array(1.5, np.float32), np.array(0.0, np.float32), np.array(0.0, np.float32)
-    A.adam_step(p, np.array(2.0, np.float32), m, v, 0.1, 0.9, 0.99, 0.0, 0.0, 1, True,
-                impl="numba")
+    A.adam_step(p, np.array(2.0, np.float32), m, v, 0.1, 0.9, 0.99, 0.0, 0.0, 1, True)
     assert p.shape == () and float(p) == pytest.approx(1.4, rel=1e-6)
     assert float(m) == pytest.approx(0.2, rel=1e-6) and float(v) == pytest.approx(0.04, rel=1e-6)
 
@@ -203,42 +230,39 @@ class _Spy:
 @needs_numba
 def test_dispatch_auto_takes_the_kernel_and_falls_back(monkeypatch):
     spy = _Spy(monkeypatch)
-    kernels.set_impl("auto")                        # whatever TINYLLM_KERNELS says
     hyper = (0.1, 0.9, 0.99, 1e-8, 0.1, 1, True)
     p, m, v = _arrays((4, 4), np.float32)
-    A.adam_step(p, np.ones_like(p), m, v, *hyper)                   # auto: the kernel
+    optimizer_step(p, np.ones_like(p), m, v, *hyper, impl="auto")     # auto: the kernel
     assert spy.calls == (0 if kernels.jit_disabled() else 1)
     calls = spy.calls
     for g in (np.ones((4, 4), np.float64),                            # another dtype
               np.ones((4, 8), np.float32)[:, ::2],                    # not contiguous
               np.ones((4,), np.float32)):                             # broadcast
-        p, m, v = _arrays((4, 4), np.float32)
-        pr, mr, vr = p.copy(), m.copy(), v.copy()
-        A.adam_step(p, g, m, v, *hyper)
-        A.adam_step_reference(pr, g, mr, vr, *hyper)
-        assert spy.calls == calls                                     # the reference ran
-        np.testing.assert_array_equal(p, pr)
-        np.testing.assert_array_equal(m, mr)
-        assert p.dtype == np.float32
-        with pytest.raises(ValueError, match="adam_step: impl='numba' needs C-contiguous"):
-            A.adam_step(p, g, m, v, *hyper, impl="numba")
+        for impl in ("auto", "numba"):
+            p, m, v = _arrays((4, 4), np.float32)
+            pr, mr, vr = p.copy(), m.copy(), v.copy()
+            optimizer_step(p, g, m, v, *hyper, impl=impl)
+            optimizer_step(pr, g, mr, vr, *hyper, impl="numpy")
+            assert spy.calls == calls                                 # the formula ran
+            np.testing.assert_array_equal(p, pr)
+            np.testing.assert_array_equal(m, mr)
+            assert p.dtype == np.float32
     p16, m16, v16 = (a.astype(np.float16) for a in _arrays((4, 4), np.float32))
     pr, mr, vr = p16.copy(), m16.copy(), v16.copy()
-    A.adam_step(p16, np.ones_like(p16), m16, v16, *hyper)               # float16: reference
-    A.adam_step_reference(pr, np.ones_like(pr), mr, vr, *hyper)
+    optimizer_step(p16, np.ones_like(p16), m16, v16, *hyper, impl="auto")   # float16: formula
+    optimizer_step(pr, np.ones_like(pr), mr, vr, *hyper, impl="numpy")
     assert spy.calls == calls and p16.dtype == np.float16
     np.testing.assert_array_equal(p16, pr)
-    kernels.set_impl("numpy")
-    A.adam_step(p, np.ones_like(p), m, v, *hyper)
+    optimizer_step(p, np.ones_like(p), m, v, *hyper, impl="numpy")
     assert spy.calls == calls                                         # numpy means numpy
-    with pytest.raises(ValueError, match="kernel impl must be one of"):
-        A.adam_step(p, np.ones_like(p), m, v, *hyper, impl="cuda")
+    with pytest.raises(ValueError, match="set_impl: expected one of"):
+        optimizer_step(p, np.ones_like(p), m, v, *hyper, impl="cuda")
 
 
 @needs_numba
 @numpy_backend
 @pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
-def test_optimizer_uses_the_kernel_and_matches_the_reference(monkeypatch, cls):
+def test_optimizer_uses_the_kernel_and_matches_the_formula(monkeypatch, cls):
     spy = _Spy(monkeypatch)
     rng = np.random.default_rng(0)
     shapes = [(8, 5), (5,), (), (3, 2, 4)]
@@ -284,9 +308,14 @@ def test_numba_disable_jit_runs_the_python_kernel_with_the_same_results():
     code = """
         import types
         import numpy as np
+        from tinyllm import dispatch
         from tinyllm.kernels import adam as A, _numba
+        from tests.test_adam_kernel import optimizer_step
         assert _numba.jit_disabled()
         assert isinstance(A._adam_step_numba, types.FunctionType)     # plain Python
+        calls = []
+        real = A._adam_step_numba
+        A._adam_step_numba = lambda *a: calls.append(1) or real(*a)
         rng = np.random.default_rng(0)
         worst = 0.0
         for dtype in (np.float32, np.float64):
@@ -297,27 +326,30 @@ def test_numba_disable_jit_runs_the_python_kernel_with_the_same_results():
                     p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
                     for t in range(1, 4):
                         g = np.random.default_rng(t).standard_normal((6, 7)).astype(dtype)
-                        A.adam_step(p, g, m, v, 0.01, 0.9, 0.95, 1e-8, wd, t, dec, impl=impl)
+                        optimizer_step(p, g, m, v, 0.01, 0.9, 0.95, 1e-8, wd, t, dec, impl=impl)
                     out[impl] = (p, m, v)
                 for a, b in zip(out["numba"], out["numpy"]):
                     worst = max(worst, float(np.abs(a - b).max()))
                 moved = float(np.abs(out["numba"][0] - p0).max())
-        print(worst, moved, _numba.choose(None, True))
+        p = np.ones(3)
+        auto = dispatch.accelerator("adam", p, p, p, p, cupy=True)   # TINYLLM_KERNELS=auto
+        print(worst, moved, len(calls), auto)
     """
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "TINYLLM_KERNELS": "auto"}
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                          text=True, cwd=REPO, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
-    worst, moved, auto_choice = out.stdout.split()
+    worst, moved, calls, auto_choice = out.stdout.split()
     assert float(worst) == 0.0
     assert float(moved) > 1e-3                      # the Python kernel really stepped
-    assert auto_choice == "numpy"                   # "auto" takes the reference
+    assert int(calls) == 2 * 3 * 3                  # under "numba", every step took it
+    assert auto_choice == "None"                    # "auto" takes the formula
 
 
 # ----------------------------------------------------------------------------------------------
 # torch.optim as the oracle: 10 steps, both impls, both dtypes
 
-@pytest.mark.parametrize("impl", ["numpy", "numba"])
+@pytest.mark.parametrize("impl", ["numpy", "numba", "kernel"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name,weight_decay", [("Adam", 0.0), ("Adam", 0.1), ("AdamW", 0.1)])
 def test_matches_torch_over_10_steps(impl, dtype, name, weight_decay):
@@ -333,8 +365,11 @@ def test_matches_torch_over_10_steps(impl, dtype, name, weight_decay):
         g = rng.standard_normal(shape).astype(dtype)
         tp.grad = torch.tensor(g.copy())
         topt.step()
-        A.adam_step(p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, weight_decay, t, name == "AdamW",
-                    impl=impl)
+        args = (p, g, m, v, 1e-2, 0.9, 0.95, 1e-8, weight_decay, t, name == "AdamW")
+        if impl == "kernel":
+            A.adam_step(*args)
+        else:
+            optimizer_step(*args, impl=impl)
     state = topt.state[tp]
     # torch orders the operations differently (m by lerp, sqrt(v) / sqrt(1 - beta2^t)), so
     # elements where m or p pass near zero differ by a few ulp of the array's scale: the
@@ -349,14 +384,14 @@ def test_matches_torch_over_10_steps(impl, dtype, name, weight_decay):
 
 
 # ----------------------------------------------------------------------------------------------
-# CuPy: the elementwise kernel == the reference run on CuPy, bit for bit
+# CuPy: the elementwise kernel == the formula run on CuPy, bit for bit
 
 def _run_cupy(impl, shape, dtype, weight_decay, decoupled, steps=5):
     from tinyllm import backend
     p, m, v = (backend.to_device(a, "cuda") for a in _arrays(shape, dtype))
     for t, g in enumerate(_grads(shape, dtype, steps), start=1):
-        A.adam_step(p, backend.to_device(g, "cuda"), m, v, HYPER["lr"], HYPER["beta1"],
-                    HYPER["beta2"], HYPER["eps"], weight_decay, t, decoupled, impl=impl)
+        optimizer_step(p, backend.to_device(g, "cuda"), m, v, HYPER["lr"], HYPER["beta1"],
+                       HYPER["beta2"], HYPER["eps"], weight_decay, t, decoupled, impl=impl)
     return [backend.asnumpy(a) for a in (p, m, v)]
 
 
@@ -364,14 +399,14 @@ def _run_cupy(impl, shape, dtype, weight_decay, decoupled, steps=5):
 @pytest.mark.parametrize("weight_decay,decoupled", MODES)
 @pytest.mark.parametrize("shape", [(0,), (7,), (65, 128), (2, 3, 17)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cupy_kernel_equals_reference_bit_for_bit(dtype, shape, weight_decay, decoupled,
-                                                  monkeypatch):
+def test_cupy_kernel_equals_formula_bit_for_bit(dtype, shape, weight_decay, decoupled,
+                                                monkeypatch):
     launched = []
     original = A._adam_step_cupy
     monkeypatch.setattr(A, "_adam_step_cupy", lambda *a: launched.append(1) or original(*a))
     ref = _run_cupy("numpy", shape, dtype, weight_decay, decoupled)
     assert not launched
-    out = _run_cupy(None, shape, dtype, weight_decay, decoupled)
+    out = _run_cupy("auto", shape, dtype, weight_decay, decoupled)
     assert len(launched) == (5 if np.prod(shape) else 0)
     for a, r in zip(out, ref):
         np.testing.assert_array_equal(a, r)

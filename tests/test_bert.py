@@ -38,59 +38,59 @@ def _batch():
 # ----------------------------------------------------------------------------------------------
 # names, shapes, init
 
-def _expected_encoder_keys(prefix, H, I, V, P, TV, pooler=True):
+def _expected_encoder_keys(prefix, C, I, V, P, TV, pooler=True):  # noqa: E741 (I: HF's size)
     L = f"{prefix}encoder.layer.0."
     keys = {
-        f"{prefix}embeddings.word_embeddings.weight": (V, H),
-        f"{prefix}embeddings.position_embeddings.weight": (P, H),
-        f"{prefix}embeddings.token_type_embeddings.weight": (TV, H),
-        f"{prefix}embeddings.LayerNorm.weight": (H,), f"{prefix}embeddings.LayerNorm.bias": (H,),
-        L + "attention.self.query.weight": (H, H), L + "attention.self.query.bias": (H,),
-        L + "attention.self.key.weight": (H, H), L + "attention.self.key.bias": (H,),
-        L + "attention.self.value.weight": (H, H), L + "attention.self.value.bias": (H,),
-        L + "attention.output.dense.weight": (H, H), L + "attention.output.dense.bias": (H,),
-        L + "attention.output.LayerNorm.weight": (H,), L + "attention.output.LayerNorm.bias": (H,),
-        L + "intermediate.dense.weight": (H, I), L + "intermediate.dense.bias": (I,),
-        L + "output.dense.weight": (I, H), L + "output.dense.bias": (H,),
-        L + "output.LayerNorm.weight": (H,), L + "output.LayerNorm.bias": (H,),
+        f"{prefix}embeddings.word_embeddings.weight": (V, C),
+        f"{prefix}embeddings.position_embeddings.weight": (P, C),
+        f"{prefix}embeddings.token_type_embeddings.weight": (TV, C),
+        f"{prefix}embeddings.LayerNorm.weight": (C,), f"{prefix}embeddings.LayerNorm.bias": (C,),
+        L + "attention.self.query.weight": (C, C), L + "attention.self.query.bias": (C,),
+        L + "attention.self.key.weight": (C, C), L + "attention.self.key.bias": (C,),
+        L + "attention.self.value.weight": (C, C), L + "attention.self.value.bias": (C,),
+        L + "attention.output.dense.weight": (C, C), L + "attention.output.dense.bias": (C,),
+        L + "attention.output.LayerNorm.weight": (C,), L + "attention.output.LayerNorm.bias": (C,),
+        L + "intermediate.dense.weight": (C, I), L + "intermediate.dense.bias": (I,),
+        L + "output.dense.weight": (I, C), L + "output.dense.bias": (C,),
+        L + "output.LayerNorm.weight": (C,), L + "output.LayerNorm.bias": (C,),
     }
     if pooler:
-        keys.update({f"{prefix}pooler.dense.weight": (H, H), f"{prefix}pooler.dense.bias": (H,)})
+        keys.update({f"{prefix}pooler.dense.weight": (C, C), f"{prefix}pooler.dense.bias": (C,)})
     return keys
 
 
 def test_state_dict_uses_hf_names_and_tinyllm_layouts():
-    H, I, V, P, TV = 8, 16, 13, 8, 2
+    C, I, V, P, TV = 8, 16, 13, 8, 2  # noqa: E741 (I: intermediate_size)
     m = _make(BertModel)
-    expected = _expected_encoder_keys("", H, I, V, P, TV)
+    expected = _expected_encoder_keys("", C, I, V, P, TV)
     assert list(m.state_dict()) == list(expected)                       # HF's order too
     assert {k: v.shape for k, v in m.state_dict().items()} == expected
     assert m.num_parameters() == 872
     assert list(_make(BertModel, False).state_dict()) == list(expected)[:-2]   # no pooler
 
     pt = _make(BertForPreTraining)
-    expected_pt = _expected_encoder_keys("bert.", H, I, V, P, TV)
+    expected_pt = _expected_encoder_keys("bert.", C, I, V, P, TV)
     expected_pt.update({
         "cls.predictions.bias": (V,),
-        "cls.predictions.transform.dense.weight": (H, H),
-        "cls.predictions.transform.dense.bias": (H,),
-        "cls.predictions.transform.LayerNorm.weight": (H,),
-        "cls.predictions.transform.LayerNorm.bias": (H,),
-        "cls.predictions.decoder.weight": (V, H),                        # tied: word embeddings
+        "cls.predictions.transform.dense.weight": (C, C),
+        "cls.predictions.transform.dense.bias": (C,),
+        "cls.predictions.transform.LayerNorm.weight": (C,),
+        "cls.predictions.transform.LayerNorm.bias": (C,),
+        "cls.predictions.decoder.weight": (V, C),                        # tied: word embeddings
         "cls.predictions.decoder.bias": (V,),                            # tied: predictions.bias
-        "cls.seq_relationship.weight": (H, 2), "cls.seq_relationship.bias": (2,),
+        "cls.seq_relationship.weight": (C, 2), "cls.seq_relationship.bias": (2,),
     })
     assert list(pt.state_dict()) == list(expected_pt)
     assert {k: v.shape for k, v in pt.state_dict().items()} == expected_pt
     assert pt.cls.predictions.decoder.weight is pt.bert.embeddings.word_embeddings.weight
     assert pt.cls.predictions.decoder.bias is pt.cls.predictions.bias
     assert sum(1 for _ in pt.parameters()) == len(expected_pt) - 2        # tied counted once
-    assert pt.num_parameters() == 872 + V + (H * H + H) + 2 * H + (H * 2 + 2)
+    assert pt.num_parameters() == 872 + V + (C * C + C) + 2 * C + (C * 2 + 2)
 
     sc = _make(BertForSequenceClassification, 3)
     assert list(sc.state_dict())[-2:] == ["classifier.weight", "classifier.bias"]
-    assert sc.classifier.weight.shape == (H, 3)
-    assert sc.num_parameters() == 872 + H * 3 + 3
+    assert sc.classifier.weight.shape == (C, 3)
+    assert sc.num_parameters() == 872 + C * 3 + 3
 
 
 def test_init_follows_hf():
@@ -136,7 +136,7 @@ def test_padded_keys_get_zero_attention_weight_and_zero_gradient():
     kpm = attention_mask_to_key_padding_mask(mask)
     assert kpm.shape == (2, 1, 1, 8) and kpm[1, 0, 0].tolist() == [False] * 5 + [True] * 3
     emb = m.embeddings(ids, types)
-    _, w = m.encoder.layer[0].attention.self(emb, kpm, need_weights=True)   # (B, nh, T, T)
+    _, w = m.encoder.layer[0].attention.self(emb, attn_mask=kpm, need_weights=True)  # (B, H, T, T)
     w = _np(w)
     assert (w[1, :, :, 5:] == 0).all() and (w[1, :, :, :5] > 0).all()
     np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-12)
@@ -398,8 +398,8 @@ def _documents(rng, n_docs=12):
 def test_make_nsp_pairs_layout_and_labels():
     docs = _documents(np.random.default_rng(0))
     out = make_nsp_pairs(docs, np.random.default_rng(1), 18, CLS, SEP, PAD)
-    ids, types, mask, label = (out[k] for k in ("input_ids", "token_type_ids",
-                                                  "attention_mask", "next_sentence_label"))
+    keys = ("input_ids", "token_type_ids", "attention_mask", "next_sentence_label")
+    ids, types, mask, label = (out[k] for k in keys)
     N = sum(len(d) - 1 for d in docs)
     assert ids.shape == types.shape == mask.shape == (N, 18) and label.shape == (N,)
     assert label.sum() == N // 2 and set(label.tolist()) == {0, 1}

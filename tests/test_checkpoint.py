@@ -224,8 +224,8 @@ def test_gpu_dropout_stream_continues_after_a_checkpoint(tmp_path):
     tl.manual_seed(3)
     tl.dropout(x, 0.5)
     save_checkpoint(tmp_path, m)
-    expected = [tl.dropout(x, 0.5).numpy() for _ in range(2)] + [tl.randn(3, device="cuda")
-                                                                  .numpy()]
+    expected = [tl.dropout(x, 0.5).numpy() for _ in range(2)]
+    expected.append(tl.randn(3, device="cuda").numpy())
     tl.manual_seed(42)
     load_checkpoint(tmp_path, m)
     got = [tl.dropout(x, 0.5).numpy() for _ in range(2)] + [tl.randn(3, device="cuda").numpy()]

@@ -1,6 +1,7 @@
 """The tinyllm command: train, resume (bitwise), Ctrl-C, non-finite stop, sample, eval."""
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import signal
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyllm import cli, inference, trainer
+import tinyllm as tl
+from tinyllm import cli, inference, loop, parallel, trainer
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +36,36 @@ def test_train_writes_a_run_and_learns(tmp_path):
     except ImportError:
         return
     assert (run / "loss.png").stat().st_size > 1000
+
+
+def test_the_loop_reads_like_nanogpts_and_one_process_runs_no_data_parallel_code(
+        tmp_path, monkeypatch):
+    """tinyllm.loop.train_loop is one screen; with --workers 1 the step is model(x, y) and a
+    plain loss.backward(), and nothing of DataParallel runs (training, evaluation, checkpoints,
+    resume)."""
+    source = inspect.getsource(loop.train_loop)
+    assert len(source.splitlines()) <= 60
+    for step in ("get_batch(", "model(x, y)", "loss.backward()", "clip_grad_norm_(",
+                 "opt.step()", "opt.zero_grad()", "estimate_loss(", "run.save("):
+        assert step in source, step
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a one-process run called into DataParallel")
+
+    for name, attr in vars(parallel.DataParallel).items():
+        if callable(attr) and name != "__del__":
+            monkeypatch.setattr(parallel.DataParallel, name, refuse)
+    backward, seeds = tl.Tensor.backward, []
+
+    def plain_backward(self, *args, **kwargs):
+        seeds.append((args, kwargs))
+        return backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(tl.Tensor, "backward", plain_backward)
+    _train(tmp_path / "run", "--workers", "1", "--max-iters", "10")
+    log = _train(tmp_path / "run", "--resume", "--max-iters", "12")
+    assert log["workers"] == 1 and len(log["train_loss"]) == 12
+    assert seeds == [((), {})] * 12                     # loss.backward(), once per step
 
 
 def test_resume_continues_the_same_run_bitwise(tmp_path):
@@ -118,16 +150,22 @@ def test_ctrl_c_finishes_the_step_and_resume_is_the_uninterrupted_run(
                        _after(trainer.DataParallel.forward_backward, at_call))
         elif name == "adam":     # between two parameters' updates of the at_call-th step
             import tinyllm.optim.adam as adam_module
-            real, seen = adam_module.adam_step, {"n": 0}
+            real_step, real_xp = adam_module.Adam.step, adam_module.get_array_module
+            seen = {"step": 0, "param": 0}
 
-            def adam_step(*args):
-                real(*args)
-                seen["n"] += args[9] == at_call             # args[9]: the step count t
-                if seen["n"] == 3:
+            def step(self, *args, **kwargs):
+                seen["step"], seen["param"] = seen["step"] + 1, 0
+                return real_step(self, *args, **kwargs)
+
+            def get_array_module(array):             # called once per parameter it updates
+                seen["param"] += 1
+                if seen["step"] == at_call and seen["param"] == 3:
                     _ctrl_c()
-            mp.setattr(adam_module, "adam_step", adam_step)
+                return real_xp(array)
+            mp.setattr(adam_module.Adam, "step", step)
+            mp.setattr(adam_module, "get_array_module", get_array_module)
         else:
-            mp.setattr(trainer, name, _after(getattr(trainer, name), at_call))
+            mp.setattr(loop, name, _after(getattr(loop, name), at_call))
         with pytest.raises(SystemExit) as info:
             _train(tmp_path / "b", *flags)
     _stopped_at_and_resumes(info, tmp_path / "b", saved_at, straight, *flags)
@@ -137,7 +175,7 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
         tmp_path, monkeypatch, capsys, sigint_guard):
     straight = _train(tmp_path / "a")
     with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
-        mp.setattr(trainer, "clip_grad_norm_", _after(trainer.clip_grad_norm_, 8, times=2))
+        mp.setattr(loop, "clip_grad_norm_", _after(loop.clip_grad_norm_, 8, times=2))
         cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
                   "--checkpoint-interval", "5"])
     out = capsys.readouterr().out
@@ -146,24 +184,34 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
     _stopped_at_and_resumes(info, tmp_path / "b", 5, straight)     # not step 7's half state
 
 
-@pytest.mark.parametrize("workers, saved_at", [("1", 10), ("2", 8)])
-def test_keyboard_interrupt_during_an_evaluation(tmp_path, monkeypatch, workers, saved_at):
+@pytest.mark.parametrize("workers, where, saved_at", [("1", "start", 10), ("2", "start", 10),
+                                                      ("2", "worker exchange", 8)])
+def test_keyboard_interrupt_during_an_evaluation(tmp_path, monkeypatch, workers, where,
+                                                 saved_at):
     """A KeyboardInterrupt the handler did not defer (a second Ctrl-C, one raised by code, or
-    one in a thread where signals cannot be caught) inside the evaluation at step 10: in one
-    process the state is at a boundary and is saved there; with workers it may have cut a
-    pipe message, so nothing is written and the periodic checkpoint (step 8) stays."""
+    one in a thread where signals cannot be caught) in the evaluation at step 10: evaluating
+    changes no state, so the run is at a step boundary and is saved there; but one inside an
+    exchange with the workers may have cut a pipe message, so nothing is written and the
+    periodic checkpoint (step 8) stays."""
     flags = ("--workers", workers, "--checkpoint-interval", "4")
     straight = _train(tmp_path / "a", *flags)
-    real, calls = trainer.estimate_loss, {"n": 0}
+    real, calls = loop.estimate_loss, {"n": 0}
+    real_gather = trainer.DataParallel._gather
 
     def interrupt_second_evaluation(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:                     # the evaluation at step 10
+        if calls["n"] == 2 and where == "start":        # the evaluation at step 10
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
+    def gather(self):                                   # inside it, waiting for the workers
+        if calls["n"] == 2 and where == "worker exchange":
+            raise KeyboardInterrupt
+        return real_gather(self)
+
     with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
-        mp.setattr(trainer, "estimate_loss", interrupt_second_evaluation)
+        mp.setattr(loop, "estimate_loss", interrupt_second_evaluation)
+        mp.setattr(trainer.DataParallel, "_gather", gather)
         _train(tmp_path / "b", *flags)
     _stopped_at_and_resumes(info, tmp_path / "b", saved_at, straight, *flags)
 
@@ -189,7 +237,7 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch, ca
         if when == "periodic":
             mp.setattr(trainer, "save_checkpoint", save_checkpoint)
         else:
-            mp.setattr(trainer, "clip_grad_norm_", _after(trainer.clip_grad_norm_, 7))
+            mp.setattr(loop, "clip_grad_norm_", _after(loop.clip_grad_norm_, 7))
             calls["n"] = -1                      # skip the checkpoint at step 4
             mp.setattr(trainer, "save_checkpoint", save_checkpoint)
         cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
@@ -203,7 +251,7 @@ def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, monkeypatch, ca
 def test_ctrl_c_in_the_last_step_lets_the_run_finish(tmp_path, monkeypatch, sigint_guard):
     with monkeypatch.context() as mp:
         # step 19 of 20
-        mp.setattr(trainer, "clip_grad_norm_", _after(trainer.clip_grad_norm_, 20))
+        mp.setattr(loop, "clip_grad_norm_", _after(loop.clip_grad_norm_, 20))
         log = _train(tmp_path / "run")
     assert len(log["train_loss"]) == 20 and log["eval"][-1]["step"] == 20
     assert json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["step"] == 20

@@ -18,7 +18,8 @@ def test_matmul_shape_mismatch_names_op_and_both_shapes():
 
 
 def test_matmul_batch_mismatch_names_op_and_shapes():
-    with pytest.raises(ValueError, match=r"MatMul: .*\(2, 3, 4\), \(3, 4, 5\)"):
+    with pytest.raises(ValueError, match=r"matmul: batch axes of shapes \(2, 3, 4\) and "
+                                         r"\(3, 4, 5\) do not broadcast"):
         tl.randn(2, 3, 4) @ tl.randn(3, 4, 5)
 
 

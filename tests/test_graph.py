@@ -221,3 +221,104 @@ def test_constants_do_not_keep_inputs_alive():
     x = tl.tensor(np.ones(10))
     y = x * 2.0
     assert y.grad_fn is None and not y.requires_grad
+
+
+# ----------------------------------------------------------------------------------------------
+# a small core: the study tools attach through observers (tinyllm/autograd/observe.py)
+
+def test_function_apply_is_at_most_15_lines():
+    import inspect
+    lines, _ = inspect.getsourcelines(tl.Function.apply)      # decorator and docstring included
+    assert len(lines) <= 15, "".join(lines)
+
+
+def _frames_up_to_tensor_backward(frame):
+    """Function names from ``frame`` out to Tensor.backward, or None if it is not below it."""
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        if frame.f_code is tl.Tensor.backward.__code__:
+            return names
+        frame = frame.f_back
+    return None
+
+
+def test_op_backward_is_at_most_3_frames_below_tensor_backward():
+    """With default settings, ``b Tensor.backward`` then ``s`` reaches the op's formula through
+    at most one helper (the walk): no observer, no wrapper in between."""
+    import sys
+    from tinyllm.autograd.observe import OBSERVERS
+    assert OBSERVERS == []
+
+    class Double(tl.Function):
+        def forward(self, x):
+            return 2 * x
+
+        def backward(self, dout):
+            Double.frames = _frames_up_to_tensor_backward(sys._getframe())
+            return 2 * dout
+
+    x = t64([1.0, 2.0])
+    Double.apply(x).sum().backward()
+    assert Double.frames == ["backward", "backward_walk", "backward"]   # Double, walk, Tensor
+    # a built-in op (Mul), seen by a tracer: the same depth
+    from tinyllm.ops.elementwise import Mul
+    seen = []
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is Mul.backward.__code__:
+            seen.append(_frames_up_to_tensor_backward(frame))
+
+    y = (x * x).sum()
+    sys.settrace(tracer)
+    try:
+        y.backward()
+    finally:
+        sys.settrace(None)
+    assert seen == [["backward", "backward_walk", "backward"]]
+
+
+def test_an_observer_wraps_forward_and_backward_and_detaches():
+    from tinyllm.autograd import observe
+
+    class Log(observe.Observer):
+        def __init__(self):
+            self.calls = []
+
+        def forward(self, ctx, call, *arrays, **kwargs):
+            out = call(*arrays, **kwargs)
+            self.calls.append(("forward", type(ctx).__name__, out.shape))
+            return out
+
+        def backward(self, ctx, call, dout):
+            self.calls.append(("backward", type(ctx).__name__, dout.shape))
+            return call(dout)
+
+    log = Log()
+    x = t64(np.ones((2, 3)))
+    observe.attach(log)
+    try:
+        y = x.sum(axis=1)
+        y.backward(np.ones(2))
+    finally:
+        observe.detach(log)
+    assert log.calls == [("forward", "Sum", (2,)), ("backward", "Sum", (2,))]
+    assert observe.OBSERVERS == []
+    np.testing.assert_array_equal(x.grad, np.ones((2, 3)))
+
+
+def test_module_scope_is_an_observer_only_while_a_module_runs():
+    from tinyllm.autograd.observe import OBSERVERS
+
+    class Boom(tl.nn.Module):
+        def forward(self, x):
+            seen.append(list(OBSERVERS))
+            y = x.tanh()
+            assert y.grad_fn.module is self
+            raise ZeroDivisionError
+
+    seen = []
+    with pytest.raises(ZeroDivisionError):
+        Boom()(t64([1.0]))
+    assert len(seen[0]) == 1 and OBSERVERS == []
+    assert (t64([1.0]) * 2.0).grad_fn.module is None     # outside every module

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 import tinyllm as tl
-from tinyllm import backend, cli, health
+from tinyllm import backend, cli, health, kernels
 from tinyllm import functional as F
 from tinyllm.autograd.graph import nodes
 from tinyllm.models import (GPT, LSTMLM, BertConfig, BertForPreTraining, GPTConfig, LSTMLMConfig,
                             Seq2SeqConfig, Seq2SeqTransformer)
 from tinyllm.nn import MultiHeadAttention
 from tinyllm.ops.attention import QKVSelfAttention
+from tinyllm.ops.softmax import Softmax
 from tinyllm.optim import SGD
-
 
 
 def _gpt(**kw):
@@ -33,8 +33,10 @@ def _host(a):
 # ----------------------------------------------------------------------------------------------
 # attention entropy
 
-@pytest.mark.parametrize("dropout", [0.0, 0.2])       # fused QKVSelfAttention / composed Softmax
-def test_uniform_causal_attention_has_the_mean_of_log_visible_keys(dropout):
+@pytest.mark.parametrize("dropout,impl", [(0.0, "auto"),      # fused QKVSelfAttention
+                                          (0.2, "auto"),      # weight dropout: composed
+                                          (0.0, "numpy")])    # readable: composed Softmax
+def test_uniform_causal_attention_has_the_mean_of_log_visible_keys(dropout, impl):
     """Zero query/key weights: every score is 0, so query i spreads evenly over its i + 1
     visible keys and the mean entropy over positions is mean_i log(i + 1) = the maximum."""
     model = _gpt(dropout=dropout)
@@ -43,7 +45,8 @@ def test_uniform_causal_attention_has_the_mean_of_log_visible_keys(dropout):
         block.attn.c_attn.weight.data[:, :2 * C] = 0               # q and k columns
         block.attn.c_attn.bias.data[...] = 0
     x = _batch()
-    _, loss = model(x, x)
+    with kernels.using(impl):
+        _, loss = model(x, x)
     stats = health.attention_stats(loss, model)
     expected = np.mean(np.log(np.arange(1, 9)))
     assert list(stats) == ["transformer.h.0.attn", "transformer.h.1.attn"]
@@ -53,8 +56,10 @@ def test_uniform_causal_attention_has_the_mean_of_log_visible_keys(dropout):
     assert health.attention_entropy(loss, model) == {k: v["entropy"] for k, v in stats.items()}
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.5])       # fused op with a mask / composed Softmax
-def test_uniform_attention_over_unpadded_keys(dropout):
+@pytest.mark.parametrize("dropout,impl", [(0.0, "auto"),      # fused op with a mask
+                                          (0.5, "auto"),      # weight dropout: composed
+                                          (0.0, "numpy")])    # readable: composed Softmax
+def test_uniform_attention_over_unpadded_keys(dropout, impl):
     """Key padding: batch row b sees its n_b real keys; uniform entropy is log(n_b)."""
     mha = MultiHeadAttention(8, 2, dropout=dropout)
     for proj in (mha.q_proj, mha.k_proj):
@@ -65,7 +70,8 @@ def test_uniform_attention_over_unpadded_keys(dropout):
     pad = np.zeros((3, 5), dtype=bool)
     pad[1, 3:] = True                                               # row 1: 3 real keys
     pad[2, 1:] = True                                               # row 2: 1 real key
-    loss = mha(x, key_padding_mask=pad).sum()
+    with kernels.using(impl):
+        loss = mha(x, key_padding_mask=pad).sum()
     (s,) = health.attention_stats(loss, mha).values()
     expected = np.mean(np.log([5, 3, 1]))
     np.testing.assert_allclose(s["entropy"], [expected] * 2, rtol=1e-6)
@@ -89,18 +95,21 @@ def test_one_hot_attention_has_zero_entropy():
     assert stats == {"ScaledDotProductAttention": {"entropy": [0.0], "max": [0.0]}}
 
 
-def test_random_gpt_entropy_matches_numpy():
+@pytest.mark.parametrize("impl", ["numpy", "auto"])     # composed Softmax / fused op
+def test_random_gpt_entropy_matches_numpy(impl):
     model = _gpt(n_head=4, n_embd=16)
     x = _batch(B=2, T=7, seed=3)
-    _, loss = model(x, x)
+    with kernels.using(impl):
+        _, loss = model(x, x)
     got = health.attention_entropy(loss, model)
 
     def entropy(p):                                                 # (B, H, T, T) -> (H,)
         with np.errstate(divide="ignore", invalid="ignore"):
             return -np.nansum(p * np.log(p), axis=-1).mean(axis=(0, 2))
 
-    # every layer, from the weights the fused op saved
+    # every layer, from the weights the attention saved (the fused op's P, Softmax's y)
     saved = [_host(ctx.p) for ctx in nodes(loss) if isinstance(ctx, QKVSelfAttention)]
+    saved += [_host(ctx.y) for ctx in nodes(loss) if isinstance(ctx, Softmax)]
     assert len(saved) == 2
     for p, name in zip(saved, ["transformer.h.0.attn", "transformer.h.1.attn"]):
         np.testing.assert_allclose(got[name], entropy(p), rtol=1e-6)
@@ -163,7 +172,7 @@ def test_layer_grouping_for_other_models():
                                          max_position_embeddings=8))
     assert {"bert.encoder.layer.0", "bert.encoder.layer.1",
             "bert.embeddings.word_embeddings"} <= set(groups(bert))
-    s2s = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=10, d_model=8, n_heads=2, d_ff=16,
+    s2s = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=10, n_embd=8, n_head=2, d_ff=16,
                                            num_encoder_layers=2, num_decoder_layers=1))
     assert groups(s2s)[:4] == ["src_embed", "encoder.0", "encoder.1", "decoder.0"]
     lstm = LSTMLM(LSTMLMConfig(vocab_size=10, n_embd=8, n_hidden=8, n_layer=2))

@@ -1,4 +1,4 @@
-"""The matmul kernels held equal: Numba vs the BLAS reference, the naive loop vs the reference.
+"""The teaching Numba matmul (tinyllm/kernels/matmul.py) held equal to the op's BLAS formula.
 
 Tolerances. Each C_ij sums K products, and the Numba kernel adds them in a different order from
 BLAS, so the error grows with K and with the size of the terms: we compare
@@ -12,14 +12,17 @@ import sys
 import numpy as np
 import pytest
 
-from tinyllm.kernels.matmul import matmul, matmul_naive, matmul_reference
+import tinyllm as tl
+from tinyllm import kernels
+from tinyllm.kernels.matmul import matmul
+from tinyllm.ops.matmul import check_shapes, gemm
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 
 
 def _check(a, b, dtype):
-    ref = matmul_reference(a, b)
-    out = matmul(a, b, impl="numba")
+    ref = np.matmul(a, b)
+    out = matmul(a, b)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)   # sum_k |A_ik B_kj|
     err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
@@ -70,63 +73,68 @@ def test_batched_broadcast_view(rng):
     _check(a, b, np.float32)
 
 
-@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (2, 3, 4), (5, 1, 3), (3, 7, 1)])
-def test_naive_matches_reference(rng, M, K, N):
-    a = _rand(rng, (M, K), np.float64)
-    b = _rand(rng, (K, N), np.float64)
-    np.testing.assert_allclose(np.array(matmul_naive(a, b)), matmul_reference(a, b),
-                               rtol=1e-12, atol=1e-14)
-    assert matmul_naive([[1.0, 2.0]], [[3.0], [4.0]]) == [[11.0]]
-
-
-def test_impl_numpy_and_numba_agree(rng):
+def test_switch_picks_the_kernel_only_under_numba(rng, monkeypatch):
+    """gemm (the op's product) is BLAS by default and under "auto"; "numba" runs the kernel,
+    and both give the same numbers."""
     a = _rand(rng, (16, 33, 20), np.float32)
     b = _rand(rng, (16, 20, 12), np.float32)
-    np.testing.assert_allclose(matmul(a, b, impl="numpy"), matmul(a, b, impl="numba"),
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(matmul(a, b), matmul_reference(a, b), rtol=1e-5, atol=1e-5)
+    calls = []
+    real = matmul
+    monkeypatch.setattr("tinyllm.kernels.matmul.matmul",
+                        lambda x, y: calls.append(1) or real(x, y))
+    for impl, n_calls in (("numpy", 0), ("auto", 0), ("numba", 1)):
+        calls.clear()
+        with kernels.using(impl):
+            out = gemm(a, b)
+        assert len(calls) == n_calls, impl
+        np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-5, atol=1e-5)
 
 
-def test_fallbacks_give_reference(rng):
+def test_ineligible_operands_take_blas_under_numba(rng):
     a = _rand(rng, (4, 5), np.float32)
     b = _rand(rng, (5, 3), np.float64)
-    out = matmul(a, b, impl="numba")                         # mixed dtypes -> reference
-    assert out.dtype == np.float64
-    np.testing.assert_array_equal(out, a @ b)
-    ai = np.arange(12).reshape(3, 4)
-    np.testing.assert_array_equal(matmul(ai, ai.T, impl="numba"), ai @ ai.T)   # integers
-    v = _rand(rng, (5,), np.float32)
-    np.testing.assert_array_equal(matmul(a, v, impl="numba"), a @ v)          # 1-D
-    assert matmul(np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32),
-                  impl="numba").shape == (2, 3)
+    with kernels.using("numba"):
+        out = gemm(a, b)                                     # mixed dtypes -> BLAS
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, a @ b)
+        ai = np.arange(12).reshape(3, 4)
+        np.testing.assert_array_equal(gemm(ai, ai.T), ai @ ai.T)              # integers
+        assert gemm(np.zeros((2, 0), np.float32), np.zeros((0, 3), np.float32)).shape == (2, 3)
 
 
-def test_bad_impl_raises(rng):
-    a = _rand(rng, (2, 2), np.float32)
-    with pytest.raises(ValueError):
-        matmul(a, a, impl="fortran")
+def test_op_gradients_agree_across_the_switch(rng):
+    """MatMul and Linear's backward through the kernel equal their BLAS formula (float64)."""
+    a0, b0 = rng.standard_normal((3, 5, 4)), rng.standard_normal((4, 6))
+    grads = {}
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode):
+            a, b = tl.tensor(a0, requires_grad=True), tl.tensor(b0, requires_grad=True)
+            (a @ b).sum().backward()
+            grads[mode] = (np.asarray(a.grad), np.asarray(b.grad))
+    for g0, g1 in zip(grads["numpy"], grads["numba"]):
+        np.testing.assert_allclose(g1, g0, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("sa,sb", [((2, 3), (4, 5)), ((2, 3, 4), (2, 5, 6)), ((3,), (4,)),
                                    ((2, 3, 4), (3, 4, 5))])
 def test_misaligned_shapes_raise(sa, sb):
-    a = np.ones(sa, np.float32)
-    b = np.ones(sb, np.float32)
     with pytest.raises(ValueError, match="matmul") as info:
-        matmul(a, b, impl="numba")
+        check_shapes(sa, sb)
     assert str(sa) in str(info.value) and str(sb) in str(info.value)
+    with pytest.raises(ValueError, match="matmul"):
+        tl.matmul(tl.ones(sa), tl.ones(sb))
 
 
 def test_numba_disabled_runs_python_source():
-    """With NUMBA_DISABLE_JIT=1, impl="numba" runs the kernels as Python and still agrees."""
+    """With NUMBA_DISABLE_JIT=1 the kernel runs as Python (to step through) and still agrees."""
     code = (
         "import numpy as np\n"
-        "from tinyllm.kernels.matmul import matmul, matmul_reference\n"
+        "from tinyllm.kernels.matmul import matmul\n"
         "rng = np.random.default_rng(0)\n"
         "a = rng.standard_normal((2, 5, 6)); b = rng.standard_normal((2, 6, 7))\n"
-        "np.testing.assert_allclose(matmul(a, b, impl='numba'), matmul_reference(a, b),"
+        "np.testing.assert_allclose(matmul(a, b), np.matmul(a, b),"
         " rtol=1e-12, atol=1e-12)\n"
-        "np.testing.assert_allclose(matmul(a[0], b[1], impl='numba'), a[0] @ b[1],"
+        "np.testing.assert_allclose(matmul(a[0], b[1]), a[0] @ b[1],"
         " rtol=1e-12, atol=1e-12)\n"
         "print('ok')\n"
     )

@@ -1,15 +1,15 @@
-"""NaN and +-inf through every kernel, every implementation, against the NumPy reference.
+"""NaN and +-inf through every accelerated op, switch on, against the op's own formula.
 
-The rule (issue 17): a non-finite input gives what the reference gives, position by position:
-NaN where the reference has NaN, the same infinities, and the finite values close. A kernel
-that drops a NaN (a running max written ``if v > m``, a clamp, fastmath ``nnan``) turns a
-diverged run into plausible numbers; these tests are the table that catches it.
+The rule (issue 17): a non-finite input gives what the formula gives, position by position:
+NaN where the formula has NaN, the same infinities, and the finite values close. A kernel that
+drops a NaN (a running max written ``if v > m``, a clamp, fastmath ``nnan``) turns a diverged
+run into plausible numbers; these tests are the table that catches it.
 
-Each case poisons one kernel input with NaN, +inf or -inf, in one element (the start of a row,
-inside the 8-wide main loop, the tail past it) or a whole row, and compares every impl the
-dispatcher can pick ("numba", and "auto", which picks per call) with ``impl="numpy"``. Rows are
-19 long: two passes of the 8-wide loops and a tail of 3. Backward kernels get the same saved
-values on both sides (the reference forward's), so each one is checked on its own.
+Each case poisons one input with NaN, +inf or -inf, in one element (the start of a row, inside
+the 8-wide main loop, the tail past it) or a whole row, and runs the op on raw arrays with the
+switch on ("numba", and "auto", which picks per call) and off ("numpy": the formula). Rows are
+19 long: two passes of the 8-wide loops and a tail of 3. Backward gets the same saved values on
+both sides (the formula's forward's), so each direction is checked on its own.
 """
 import math
 
@@ -18,15 +18,12 @@ import pytest
 
 import tinyllm as tl
 from tinyllm import kernels
-from tinyllm.kernels import adam as A
-from tinyllm.kernels import attention as AT
-from tinyllm.kernels import cross_entropy as CE
-from tinyllm.kernels import embedding as E
-from tinyllm.kernels import gelu as G
-from tinyllm.kernels import layernorm as LN
-from tinyllm.kernels import lstm as L
 from tinyllm.kernels import matmul as M
-from tinyllm.kernels import softmax as S
+from tinyllm.ops import rnn
+from tinyllm.ops.attention import ScaledDotProductAttention
+from tinyllm.ops.matmul import MatMul
+from tests.test_kernels import (_op, cross_entropy_formula, embedding_formula, gelu_formula,
+                                layer_norm_formula, softmax_formula)
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -103,15 +100,16 @@ impls = pytest.mark.parametrize("impl", IMPLS)
 @cases
 def test_softmax(impl, dtype, value, where):
     x = _poison(_x((N, C), dtype), VALUES[value], where)
-    y_ref = S.softmax_forward(x, impl="numpy")
-    assert_nonfinite_match(S.softmax_forward(x, impl=impl), y_ref, dtype, "forward")
-    dy = _x((N, C), dtype, seed=1)
-    assert_nonfinite_match(S.softmax_backward(y_ref, dy, impl=impl),
-                           S.softmax_backward(y_ref, dy, impl="numpy"), dtype, "backward y")
-    y = S.softmax_forward(_x((N, C), dtype), impl="numpy")
-    dy = _poison(dy, VALUES[value], where)
-    assert_nonfinite_match(S.softmax_backward(y, dy, impl=impl),
-                           S.softmax_backward(y, dy, impl="numpy"), dtype, "backward dy")
+    y_ref = softmax_formula(x)[0]
+    assert_nonfinite_match(softmax_formula(x, impl=impl)[0], y_ref, dtype, "forward")
+    dout = _x((N, C), dtype, seed=1)
+    assert_nonfinite_match(softmax_formula(x, dout, y=y_ref, impl=impl)[1],
+                           softmax_formula(x, dout, y=y_ref)[1], dtype, "backward y")
+    x = _x((N, C), dtype)
+    y = softmax_formula(x)[0]
+    dout = _poison(dout, VALUES[value], where)
+    assert_nonfinite_match(softmax_formula(x, dout, y=y, impl=impl)[1],
+                           softmax_formula(x, dout, y=y)[1], dtype, "backward dout")
 
 
 @impls
@@ -124,8 +122,8 @@ def test_softmax_special_rows(impl, dtype):
                   [-np.inf, 0, -np.inf], [np.inf, np.inf, 0], [np.inf, -np.inf, -np.inf]],
                  dtype)
     x = np.concatenate([x, np.full((6, 16), -np.inf, dtype)], axis=1)    # past the 8-wide loop
-    y = S.softmax_forward(x, impl=impl)
-    assert_nonfinite_match(y, S.softmax_forward(x, impl="numpy"), dtype)
+    y = softmax_formula(x, impl=impl)[0]
+    assert_nonfinite_match(y, softmax_formula(x)[0], dtype)
     assert np.isnan(y[[0, 2, 4, 5]]).all()
     assert (y[1] == 0).all() and y[3, 1] == 1 and (np.delete(y[3], 1) == 0).all()
 
@@ -141,20 +139,17 @@ def test_softmax_special_rows(impl, dtype):
 def test_cross_entropy(impl, dtype, value, where, label_smoothing):
     t = np.array([3, 9, 0, -100, C - 1])            # row 1's target is the "middle" column
     z = _poison(_x((N, C), dtype), VALUES[value], where)
-    got = CE.cross_entropy_forward(z, t, -100, label_smoothing, impl=impl)
-    loss, lse = CE.cross_entropy_forward(z, t, -100, label_smoothing, impl="numpy")
-    _match_all(got, (loss, lse), dtype, "forward")
     dloss = np.abs(_x(N, dtype, seed=2)) + 0.5
-    assert_nonfinite_match(
-        CE.cross_entropy_backward(z, t, lse, dloss, -100, label_smoothing, impl=impl),
-        CE.cross_entropy_backward(z, t, lse, dloss, -100, label_smoothing, impl="numpy"),
-        dtype, "backward")
+    loss, lse, dz = cross_entropy_formula(z, t, -100, label_smoothing, dloss)
+    got = cross_entropy_formula(z, t, -100, label_smoothing, dloss, lse=lse, impl=impl)
+    _match_all(got[:2], (loss, lse), dtype, "forward")
+    assert_nonfinite_match(got[2], dz, dtype, "backward")
     dloss = _poison(dloss, VALUES[value], "middle" if where == "row" else "first")
     z = _x((N, C), dtype)
-    lse = CE.cross_entropy_forward(z, t, -100, label_smoothing, impl="numpy")[1]
+    lse = cross_entropy_formula(z, t, -100, label_smoothing)[1]
     assert_nonfinite_match(
-        CE.cross_entropy_backward(z, t, lse, dloss, -100, label_smoothing, impl=impl),
-        CE.cross_entropy_backward(z, t, lse, dloss, -100, label_smoothing, impl="numpy"),
+        cross_entropy_formula(z, t, -100, label_smoothing, dloss, lse=lse, impl=impl)[2],
+        cross_entropy_formula(z, t, -100, label_smoothing, dloss, lse=lse)[2],
         dtype, "backward dloss")
 
 
@@ -166,8 +161,7 @@ def test_cross_entropy_ignored_row(impl, dtype, value):
     t = np.array([3, 9, 0, -100, C - 1])
     z = _poison(_x((N, C), dtype), VALUES[value], "row", row=3)
     for which in ("numpy", impl):
-        loss, lse = CE.cross_entropy_forward(z, t, impl=which)
-        dz = CE.cross_entropy_backward(z, t, lse, np.ones(N, dtype), impl=which)
+        loss, _, dz = cross_entropy_formula(z, t, dloss=np.ones(N, dtype), impl=which)
         assert loss[3] == 0 and (dz[3] == 0).all(), which
         assert np.isfinite(loss[[0, 1, 2, 4]]).all() and np.isfinite(dz[[0, 1, 2, 4]]).all()
 
@@ -184,23 +178,23 @@ def test_layer_norm(impl, dtype, value, where, operand):
     ops = {"x": _x((N, C), dtype), "w": _x(C, dtype, seed=1) + 1, "b": _x(C, dtype, seed=2)}
     ops[operand] = _poison(ops[operand], VALUES[value], where)
     x, w, b = ops["x"], ops["w"], ops["b"]
-    y, mu, rstd = LN.layer_norm_forward(x, w, b, impl="numpy")
-    _match_all(LN.layer_norm_forward(x, w, b, impl=impl), (y, mu, rstd), dtype, "forward")
-    dy = _x((N, C), dtype, seed=3)
-    _match_all(LN.layer_norm_backward(dy, x, w, mu, rstd, impl=impl),
-               LN.layer_norm_backward(dy, x, w, mu, rstd, impl="numpy"), dtype, "backward")
+    dout = _x((N, C), dtype, seed=3)
+    fwd, bwd = layer_norm_formula(x, w, b, dout=dout)
+    got_fwd, got_bwd = layer_norm_formula(x, w, b, dout=dout, saved=fwd[1:], impl=impl)
+    _match_all(got_fwd, fwd, dtype, "forward")
+    _match_all(got_bwd, bwd, dtype, "backward")
 
 
 @impls
 @dtypes
 @values
 @cases
-def test_layer_norm_backward_dy(impl, dtype, value, where):
-    x, w = _x((N, C), dtype), _x(C, dtype, seed=1) + 1
-    _, mu, rstd = LN.layer_norm_forward(x, w, _x(C, dtype, seed=2), impl="numpy")
-    dy = _poison(_x((N, C), dtype, seed=3), VALUES[value], where)
-    _match_all(LN.layer_norm_backward(dy, x, w, mu, rstd, impl=impl),
-               LN.layer_norm_backward(dy, x, w, mu, rstd, impl="numpy"), dtype, "backward")
+def test_layer_norm_backward_dout(impl, dtype, value, where):
+    x, w, b = _x((N, C), dtype), _x(C, dtype, seed=1) + 1, _x(C, dtype, seed=2)
+    dout = _poison(_x((N, C), dtype, seed=3), VALUES[value], where)
+    fwd, bwd = layer_norm_formula(x, w, b, dout=dout)
+    _match_all(layer_norm_formula(x, w, b, dout=dout, saved=fwd[1:], impl=impl)[1], bwd, dtype,
+               "backward")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,15 +207,12 @@ def test_layer_norm_backward_dy(impl, dtype, value, where):
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu(impl, dtype, value, where, approximate):
     x = _poison(_x((N, C), dtype, scale=3), VALUES[value], where)
-    dy = _x((N, C), dtype, seed=1)
-    assert_nonfinite_match(G.gelu_forward(x, approximate, impl=impl),
-                           G.gelu_forward(x, approximate, impl="numpy"), dtype, "forward")
-    assert_nonfinite_match(G.gelu_backward(x, dy, approximate, impl=impl),
-                           G.gelu_backward(x, dy, approximate, impl="numpy"), dtype, "backward")
-    x, dy = _x((N, C), dtype, scale=3), _poison(dy, VALUES[value], where)
-    assert_nonfinite_match(G.gelu_backward(x, dy, approximate, impl=impl),
-                           G.gelu_backward(x, dy, approximate, impl="numpy"), dtype,
-                           "backward dy")
+    dout = _x((N, C), dtype, seed=1)
+    _match_all(gelu_formula(x, approximate, dout, impl=impl), gelu_formula(x, approximate, dout),
+               dtype, "forward, backward")
+    x, dout = _x((N, C), dtype, scale=3), _poison(dout, VALUES[value], where)
+    assert_nonfinite_match(gelu_formula(x, approximate, dout, impl=impl)[1],
+                           gelu_formula(x, approximate, dout)[1], dtype, "backward dout")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,14 +238,23 @@ def test_attention(impl, dtype, value, where, operand, masking):
         mask = np.random.default_rng(5).random((B, 1, T, T)) < 0.3
         mask[0, 0, 2] = True                                     # one fully masked query
     causal, scale = masking == "causal", 1 / math.sqrt(D)
-    out, p = AT.attention_forward(q, k, v, scale, causal, mask, impl="numpy")
-    _match_all(AT.attention_forward(q, k, v, scale, causal, mask, impl=impl), (out, p), dtype,
-               "forward")
-    _match_all(AT.attention_backward(dout, q, k, v, p, scale, impl=impl),
-               AT.attention_backward(dout, q, k, v, p, scale, impl="numpy"), dtype, "backward")
+
+    def run(which, p=None):
+        with kernels.using(which):
+            op = _op(ScaledDotProductAttention, 3)
+            out = op.forward(q, k, v, mask=mask, causal=causal, scale=scale)
+            p_own = op.p
+            if p is not None:
+                op.p = p
+            return (out.copy(), p_own), op.backward(dout)
+
+    (out, p), grads = run("numpy")
+    got_fwd, got_bwd = run(impl, p)
+    _match_all(got_fwd, (out, p), dtype, "forward")
+    _match_all(got_bwd, grads, dtype, "backward")
     if masking != "none":                 # hidden keys get exactly 0 weight, NaN or not around
-        hidden = AT.full_mask(T, T, causal, mask)
-        p_impl = AT.attention_forward(q, k, v, scale, causal, mask, impl=impl)[1]
+        hidden = np.triu(np.ones((T, T), bool), k=1) if causal else mask
+        p_impl = got_fwd[1]
         fin = np.isfinite(p_impl).all(axis=-1, keepdims=True)
         assert (p_impl[np.broadcast_to(hidden, p.shape) & fin] == 0).all()
 
@@ -274,12 +274,24 @@ def test_adam_step(impl, dtype, value, where, operand, weight_decay, decoupled):
     if operand == "v" and value == "-inf":
         value = "+inf"                      # v is a running mean of squares: never negative
     ops[operand] = _poison(ops[operand], VALUES[value], where)
-    ref = {name: a.copy() for name, a in ops.items()}
-    args = (1e-3, 0.9, 0.999, 1e-8, weight_decay, 3, decoupled)
-    A.adam_step(ref["p"], ref["g"], ref["m"], ref["v"], *args, impl="numpy")
-    A.adam_step(ops["p"], ops["g"], ops["m"], ops["v"], *args, impl=impl)
-    for name in "pmv":
-        assert_nonfinite_match(ops[name], ref[name], dtype, name)
+    ref = adam_update(ops, weight_decay, decoupled, "numpy")
+    got = adam_update(ops, weight_decay, decoupled, impl)
+    for name, r, o in zip("pmv", ref, got):
+        assert_nonfinite_match(o, r, dtype, name)
+
+
+def adam_update(arrays, weight_decay, decoupled, impl, step=3):
+    """(p, m, v) after the optimizer's step ``step`` on copies of ``arrays`` (p, g, m, v),
+    under the switch ``impl``."""
+    p, g, m, v = (arrays[k].copy() for k in "pgmv")
+    param = tl.tensor(p, requires_grad=True)
+    cls = tl.optim.AdamW if decoupled else tl.optim.Adam
+    opt = cls([param], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
+    opt.state[param] = {"step": step - 1, "exp_avg": m, "exp_avg_sq": v}
+    param.grad = g
+    with kernels.using(impl):
+        opt.step()
+    return param.data, opt.state[param]["exp_avg"], opt.state[param]["exp_avg_sq"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,12 +309,15 @@ def test_lstm_cell(impl, dtype, value, where, operand):
     ops = {"a": _x((Bl, 4 * Hl), dtype, scale=2), "c": _x((Bl, Hl), dtype, seed=1)}
     ops[operand] = _poison(ops[operand], VALUES[value], where)
     a, c = ops["a"], ops["c"]
-    h, c_new, gates, tanh_c = L.lstm_cell_forward_reference(a, c)
-    _match_all(L.lstm_cell_forward(a, c, impl=impl), (h, c_new, gates, tanh_c), dtype,
-               "forward")
+    with kernels.using("numpy"):
+        h, c_new, gates, tanh_c = ref = rnn.cell_forward(a, c)
+    with kernels.using(impl):
+        _match_all(rnn.cell_forward(a, c), ref, dtype, "forward")
     dh, dc = _x((Bl, Hl), dtype, seed=2), _x((Bl, Hl), dtype, seed=3)
-    _match_all(L.lstm_cell_backward(dh, dc, gates, tanh_c, c, impl=impl),
-               L.lstm_cell_backward(dh, dc, gates, tanh_c, c, impl="numpy"), dtype, "backward")
+    with kernels.using("numpy"):
+        want = rnn.cell_backward(dh, dc, gates, tanh_c, c)
+    with kernels.using(impl):
+        _match_all(rnn.cell_backward(dh, dc, gates, tanh_c, c), want, dtype, "backward")
 
 
 @impls
@@ -311,12 +326,15 @@ def test_lstm_cell(impl, dtype, value, where, operand):
 @pytest.mark.parametrize("operand", ["dh", "dc"])
 def test_lstm_cell_backward_upstream(impl, dtype, value, operand):
     a, c = _x((Bl, 4 * Hl), dtype, scale=2), _x((Bl, Hl), dtype, seed=1)
-    _, _, gates, tanh_c = L.lstm_cell_forward_reference(a, c)
+    with kernels.using("numpy"):
+        _, _, gates, tanh_c = rnn.cell_forward(a, c)
     ops = {"dh": _x((Bl, Hl), dtype, seed=2), "dc": _x((Bl, Hl), dtype, seed=3)}
     ops[operand] = _poison(ops[operand], VALUES[value], "last")
-    _match_all(L.lstm_cell_backward(ops["dh"], ops["dc"], gates, tanh_c, c, impl=impl),
-               L.lstm_cell_backward(ops["dh"], ops["dc"], gates, tanh_c, c, impl="numpy"),
-               dtype, "backward")
+    with kernels.using("numpy"):
+        want = rnn.cell_backward(ops["dh"], ops["dc"], gates, tanh_c, c)
+    with kernels.using(impl):
+        _match_all(rnn.cell_backward(ops["dh"], ops["dc"], gates, tanh_c, c), want, dtype,
+                   "backward")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,8 +349,12 @@ def test_lstm_cell_backward_upstream(impl, dtype, value, operand):
 def test_matmul(impl, dtype, value, where, operand, batch):
     ops = {"a": _x(batch + (6, C), dtype), "b": _x(batch + (C, 7), dtype, seed=1)}
     ops[operand] = _poison(ops[operand], VALUES[value], where)
-    assert_nonfinite_match(M.matmul(ops["a"], ops["b"], impl=impl),
-                           M.matmul(ops["a"], ops["b"], impl="numpy"), dtype)
+    with kernels.using("numpy"):
+        want = _op(MatMul, 2).forward(ops["a"], ops["b"])
+    with kernels.using(impl):
+        assert_nonfinite_match(_op(MatMul, 2).forward(ops["a"], ops["b"]), want, dtype, "op")
+    if kernels.NUMBA_AVAILABLE:                     # the teaching kernel itself
+        assert_nonfinite_match(M.matmul(ops["a"], ops["b"]), want, dtype, "kernel")
 
 
 @impls
@@ -342,8 +364,8 @@ def test_matmul(impl, dtype, value, where, operand, batch):
 def test_embedding_backward(impl, dtype, value, where):
     idx = np.array([0, 2, 2, 4, 1])                 # repeated id 2: the poisoned row adds in
     dout = _poison(_x((N, C), dtype), VALUES[value], where)
-    assert_nonfinite_match(E.embedding_backward(idx, dout, 6, impl=impl),
-                           E.embedding_backward(idx, dout, 6, impl="numpy"), dtype)
+    assert_nonfinite_match(embedding_formula(idx, dout, 6, impl=impl),
+                           embedding_formula(idx, dout, 6), dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,27 +386,24 @@ def _cpu(*arrays):
 @values
 @pytest.mark.parametrize("where", ["middle", "row"])
 def test_cupy_kernels(dtype, value, where):
+    """LayerNorm, GELU and Adam on CuPy arrays: the formula ("numpy") and the compiled kernels
+    ("auto") against the formula on NumPy."""
     x = _poison(_x((N, C), dtype, scale=3), VALUES[value], where)
-    w, b, dy = _x(C, dtype, seed=1) + 1, _x(C, dtype, seed=2), _x((N, C), dtype, seed=3)
-    gx, gw, gb, gdy = _gpu(x, w, b, dy)
+    w, b, dout = _x(C, dtype, seed=1) + 1, _x(C, dtype, seed=2), _x((N, C), dtype, seed=3)
+    gx, gw, gb, gdout = _gpu(x, w, b, dout)
+    fwd, bwd = layer_norm_formula(x, w, b, dout=dout)
     for impl in ("numpy", "auto"):                      # "auto" takes the CuPy kernels
-        got = LN.layer_norm_forward(gx, gw, gb, impl=impl)
-        _match_all(_cpu(*got), LN.layer_norm_forward(x, w, b, impl="numpy"), dtype, "ln fwd")
-        _, mu, rstd = got
-        _match_all(_cpu(*LN.layer_norm_backward(gdy, gx, gw, mu, rstd, impl=impl)),
-                   LN.layer_norm_backward(dy, x, w, *_cpu(mu, rstd), impl="numpy"), dtype,
-                   "ln bwd")
+        got_fwd, got_bwd = layer_norm_formula(gx, gw, gb, dout=gdout, saved=_gpu(*fwd[1:]),
+                                              impl=impl)
+        _match_all(_cpu(*got_fwd), fwd, dtype, "ln fwd")
+        _match_all(_cpu(*got_bwd), bwd, dtype, "ln bwd")
         for approximate in ("none", "tanh"):
-            assert_nonfinite_match(_cpu(G.gelu_forward(gx, approximate, impl=impl))[0],
-                                   G.gelu_forward(x, approximate, impl="numpy"), dtype, "gelu")
-            assert_nonfinite_match(_cpu(G.gelu_backward(gx, gdy, approximate, impl=impl))[0],
-                                   G.gelu_backward(x, dy, approximate, impl="numpy"), dtype,
-                                   "gelu bwd")
-        p, m, v = x.copy(), dy * 0.1, np.abs(dy) * 0.01
-        gp, gm, gv = _gpu(p, m, v)
-        A.adam_step(p, dy, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3, True, impl="numpy")
-        A.adam_step(gp, gdy, gm, gv, 1e-3, 0.9, 0.999, 1e-8, 0.1, 3, True, impl=impl)
-        _match_all(_cpu(gp, gm, gv), (p, m, v), dtype, "adam")
+            _match_all(_cpu(*gelu_formula(gx, approximate, gdout, impl=impl)),
+                       gelu_formula(x, approximate, dout), dtype, "gelu")
+        arrays = {"p": x, "g": dout, "m": dout * 0.1, "v": np.abs(dout) * 0.01}
+        want = adam_update(arrays, 0.1, True, "numpy")
+        got = adam_update({k: _gpu(a)[0] for k, a in arrays.items()}, 0.1, True, impl)
+        _match_all(_cpu(*got), want, dtype, "adam")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -304,3 +304,23 @@ def test_a_replaced_or_reshaped_parameter_is_refused(pair):
         ln._parameters.clear()
         ln._parameters.update(table)
     assert np.isfinite(dp.loss(*_batch(0)))
+
+
+def test_in_exchange_says_whether_a_call_was_cut_short(pair, monkeypatch):
+    """A KeyboardInterrupt between a call's first message and its last reply leaves
+    ``in_exchange`` set (a pipe may be mid-message: ``tinyllm train`` writes no checkpoint
+    then); the next call reads the replies left behind first, and clears it."""
+    _, _, dp = pair
+    x, y = _batch(1)
+    value = dp.loss(x, y)
+    assert not dp.in_exchange
+
+    def cut_short(self):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(DataParallel, "_gather", cut_short)
+        dp.loss(x, y)
+    assert dp.in_exchange
+    assert dp.loss(x, y) == value and not dp.in_exchange
+    assert len(dp.rng_states()) == 1 and not dp.in_exchange

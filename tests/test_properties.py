@@ -35,8 +35,9 @@ def _inputs(shapes, seed, op):
     a = rng.standard_normal(shapes[0])
     b = rng.standard_normal(shapes[1])
     if op in ("div", "pow"):
-        b = rng.uniform(0.5, 1.5, shapes[1]) * (1 if op == "pow" else rng.choice([-1, 1],
-                                                                                  shapes[1]))
+        b = rng.uniform(0.5, 1.5, shapes[1])
+        if op == "div":
+            b = b * rng.choice([-1, 1], shapes[1])
     if op == "pow":
         a = rng.uniform(0.5, 2.0, shapes[0])
     # shape () draws come back as Python floats, which tl.tensor would make float32

@@ -6,7 +6,7 @@ import tinyllm as tl
 from tinyllm import backend
 from tinyllm.models import Seq2SeqConfig, Seq2SeqTransformer
 
-TINY = dict(src_vocab_size=12, d_model=8, n_heads=2, num_encoder_layers=1,
+TINY = dict(src_vocab_size=12, n_embd=8, n_head=2, num_encoder_layers=1,
             num_decoder_layers=1, d_ff=16, dropout=0.0, max_len=16, pad_id=0)
 
 
@@ -37,8 +37,8 @@ def test_shapes_and_vocabularies():
     assert (_np(shared.src_embed.weight)[0] == 0).all()               # the pad row
     with pytest.raises(ValueError, match=r"token ids must be \(B, T\)"):
         shared(SRC[0], TGT_IN)
-    with pytest.raises(ValueError, match="not divisible by n_heads"):
-        Seq2SeqConfig(d_model=10, n_heads=4)
+    with pytest.raises(ValueError, match="n_embd 10 is not divisible by n_head 4"):
+        Seq2SeqConfig(n_embd=10, n_head=4)
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -89,14 +89,14 @@ def test_gradcheck_float64(kw):
 
     V = 10 if kw else 12
     assert tl.gradcheck_module(Loss(), SRC % V, TGT_IN % V, TGT_OUT % V, mode="directional")
-    small = _model(**{**kw, "d_model": 4, "d_ff": 4}).double().eval()
+    small = _model(**{**kw, "n_embd": 4, "d_ff": 4}).double().eval()
     assert tl.gradcheck_module(small, SRC[:, :3] % V, TGT_IN[:, :3] % V)
 
 
 def test_learns_to_reverse_sequences():
     from tinyllm.optim import AdamW
     tl.manual_seed(0)
-    m = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=10, d_model=32, n_heads=4,
+    m = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=10, n_embd=32, n_head=4,
                                          num_encoder_layers=1, num_decoder_layers=1, d_ff=64,
                                          dropout=0.0, max_len=8, pad_id=0))
     rng = np.random.default_rng(0)
@@ -126,3 +126,22 @@ def test_cached_decoding_equals_recomputing(norm_first):
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12, atol=1e-13)
     assert cache[0]["self"]["k"].shape == (2, 2, 4, 4)
     assert cache[0]["cross"]["k"].shape == (2, 2, 5, 4)             # the memory, computed once
+
+
+def test_config_accepts_the_old_names():
+    """d_model / n_heads (configs saved before the rename, old scripts) still build the same
+    config, with a DeprecationWarning; asdict holds only the new names."""
+    import dataclasses
+    with pytest.warns(DeprecationWarning, match="d_model is now called n_embd"):
+        old = Seq2SeqConfig(**{**TINY, "n_embd": 128, "n_head": 4, "d_model": 8, "n_heads": 2})
+    assert old == Seq2SeqConfig(**TINY)
+    fields = dataclasses.asdict(old)
+    assert fields["n_embd"] == 8 and fields["n_head"] == 2
+    assert "d_model" not in fields and "n_heads" not in fields
+    saved = {**{k: v for k, v in fields.items() if k not in ("n_embd", "n_head")},
+             "d_model": 8, "n_heads": 2}                       # a config.json of before
+    with pytest.warns(DeprecationWarning):
+        assert Seq2SeqConfig(**saved) == old
+    assert dataclasses.replace(old, dropout=0.5).n_embd == 8
+    with pytest.raises(ValueError, match="d_model=16 and n_embd=8 disagree"):
+        Seq2SeqConfig(n_embd=8, d_model=16)

@@ -9,7 +9,7 @@ import pytest
 
 import tinyllm as tl
 from tests.conftest import t64
-from tinyllm import _files, nn, trace
+from tinyllm import _files, kernels, nn, trace
 from tinyllm.autograd import graph
 from tinyllm.autograd.anomaly import AnomalyError, detect_anomaly
 from tinyllm.autograd.gradcheck import (GradcheckError, bisect_backward, eps_sweep,
@@ -87,6 +87,16 @@ def test_anomaly_in_backward_names_the_op_whose_backward_made_it():
     assert HERE in msg and "y = (x * 1.0).sqrt()" in msg
 
 
+def test_anomaly_checks_the_gradient_flowing_into_each_backward():
+    x = t64([1.0, 2.0])
+    with detect_anomaly():
+        y = x * 3.0
+        with pytest.raises(AnomalyError, match=r"the gradient flowing into Mul\.backward is not "
+                                               r"finite \(NaN, shape \(2,\)\).*passed to "
+                                               r"backward\(\)"):
+            y.backward(np.array([np.nan, 1.0]))
+
+
 def test_anomaly_names_the_module(monkeypatch):
     m, idx = tiny_gpt(n_layer=1)
     graph.label_modules(m)
@@ -107,15 +117,18 @@ def test_anomaly_names_the_module(monkeypatch):
 
 def test_anomaly_from_the_environment(monkeypatch):
     from tinyllm.autograd import anomaly
-    monkeypatch.setitem(anomaly._state, "anomaly", None)
-    monkeypatch.setenv("TINYLLM_DETECT_ANOMALY", "1")
-    with pytest.raises(AnomalyError):
-        t64([-1.0]).log()
-    monkeypatch.setitem(anomaly._state, "anomaly", None)
-    monkeypatch.setenv("TINYLLM_DETECT_ANOMALY", "0")
-    with np.errstate(invalid="ignore"):
-        assert np.isnan(t64([-1.0]).log().data[0])
-    monkeypatch.setitem(anomaly._state, "anomaly", None)
+    try:
+        monkeypatch.setenv("TINYLLM_DETECT_ANOMALY", "1")
+        anomaly.from_environment()                   # what importing tinyllm does
+        with pytest.raises(AnomalyError):
+            t64([-1.0]).log()
+        monkeypatch.setenv("TINYLLM_DETECT_ANOMALY", "0")
+        anomaly.from_environment()
+        with np.errstate(invalid="ignore"):
+            assert np.isnan(t64([-1.0]).log().data[0])
+    finally:
+        monkeypatch.undo()
+        anomaly.from_environment()
 
 
 def test_anomaly_mode_does_not_change_a_finite_training_step():
@@ -132,12 +145,15 @@ def test_anomaly_mode_does_not_change_a_finite_training_step():
 # ----------------------------------------------------------------------------------------------
 # module scopes and hooks
 
-def test_every_op_records_the_module_it_ran_in():
+@pytest.mark.parametrize("impl,attention_op", [("numpy", "Softmax"),
+                                               ("auto", "QKVSelfAttention")])
+def test_every_op_records_the_module_it_ran_in(impl, attention_op):
     m, idx = tiny_gpt(n_layer=1)
     graph.label_modules(m)
-    _, loss = m(idx, idx)
+    with kernels.using(impl):                  # the composed attention, or the fused op
+        _, loss = m(idx, idx)
     names = {type(c).__name__: graph.module_name(c) for c in graph.nodes(loss)}
-    assert names["QKVSelfAttention"] == "transformer.h.0.attn"
+    assert names[attention_op] == "transformer.h.0.attn"
     assert names["GELU"] == "transformer.h.0.mlp"
     assert names["CrossEntropy"] == "GPT"
     assert graph.module_name(type("F", (), {})()) == ""
@@ -283,16 +299,19 @@ def test_debug_stops_in_the_debugger_before_the_chosen_backward(monkeypatch):
     np.testing.assert_allclose(x.grad, np.tanh(x.data) + x.data * (1 - np.tanh(x.data) ** 2))
 
 
-def test_explain_backward_prints_a_row_per_step():
+@pytest.mark.parametrize("impl,attention_op,shape", [("numpy", "Softmax", "(2, 2, 5, 5)"),
+                                                     ("auto", "QKVSelfAttention", "(2, 5, 24)")])
+def test_explain_backward_prints_a_row_per_step(impl, attention_op, shape):
     m, idx = tiny_gpt(n_layer=1)
-    _, loss = m(idx, idx)
+    with kernels.using(impl):
+        _, loss = m(idx, idx)
     buf = io.StringIO()
     steps = trace.explain_backward(loss, model=m, file=buf)
     out = buf.getvalue().splitlines()
     assert out[0].split()[:4] == ["step", "op", "module", "output"]
     assert len(out) == 2 + len(steps) + 1
-    row = next(r for r in out if "QKVSelfAttention" in r)
-    assert "transformer.h.0.attn" in row and "(2, 5, 24)" in row
+    row = next(r for r in out if attention_op in r)
+    assert "transformer.h.0.attn" in row and shape in row
     saved = sum(s.saved_bytes for s in steps if s.op != "leaf")
     assert out[-1].endswith(f"{saved / 1024:.1f} KiB") or out[-1].endswith(f"{saved} B")
 
@@ -302,7 +321,8 @@ def test_explain_backward_prints_a_row_per_step():
 
 def test_to_dot_groups_nodes_by_module_and_labels_grad_norms():
     m, idx = tiny_gpt(n_layer=1)
-    _, loss = m(idx, idx)
+    with kernels.using("auto"):                # the fused attention: one node, one label
+        _, loss = m(idx, idx)
     order = graph.tensors(loss)
     n_nodes = len(order)
     expected_edges = sum(sum(p.requires_grad for p in t._ctx.parents)
@@ -356,12 +376,14 @@ def test_bisect_passes_on_a_correct_model():
     assert "all" in str(report) and "agree" in str(report)
 
 
-@pytest.mark.parametrize("op_path,op_name", [
-    ("tinyllm.ops.elementwise.GELU", "GELU"),
-    ("tinyllm.ops.norm.LayerNorm", "LayerNorm"),
-    ("tinyllm.ops.attention.QKVSelfAttention", "QKVSelfAttention"),
+@pytest.mark.parametrize("op_path,op_name,impl", [
+    ("tinyllm.ops.elementwise.GELU", "GELU", "numpy"),
+    ("tinyllm.ops.norm.LayerNorm", "LayerNorm", "numpy"),
+    ("tinyllm.ops.attention.QKVSelfAttention", "QKVSelfAttention", "auto"),
 ])
-def test_bisect_finds_a_wrong_backward_planted_in_one_block(monkeypatch, op_path, op_name):
+def test_bisect_finds_a_wrong_backward_planted_in_one_block(monkeypatch, op_path, op_name,
+                                                            impl):
+    kernels.set_impl(impl)
     import importlib
     mod_name, cls_name = op_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(mod_name), cls_name)
@@ -399,7 +421,7 @@ def test_bisect_passes_on_the_other_models_padding_rows_included():
     from tinyllm.models.seq2seq import Seq2SeqConfig, Seq2SeqTransformer
     rng = np.random.default_rng(0)
     tl.manual_seed(0)
-    s2s = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=12, d_model=8, n_heads=2,
+    s2s = Seq2SeqTransformer(Seq2SeqConfig(src_vocab_size=12, n_embd=8, n_head=2,
                                            num_encoder_layers=1, num_decoder_layers=1, d_ff=16,
                                            dropout=0.0, max_len=16)).double()
     src = rng.integers(1, 12, (2, 7))
@@ -478,8 +500,8 @@ def test_cli_explain_backward_table_steps_dot_and_bisect(tmp_path, capsys):
     steps = cli.main(["explain-backward", "--steps", "--modules", "transformer.h.0.attn",
                       "--dot", str(tmp_path / "g.dot")])
     out = capsys.readouterr().out
-    assert "step 12/34  QKVSelfAttention  [transformer.h.0.attn]" in out
-    assert "saved      4.0 KiB: p (2, 2, 8, 8) float32" in out
+    assert "step 15/50  Softmax  [transformer.h.0.attn]" in out
+    assert "saved      1.0 KiB: y (2, 2, 8, 8) float32" in out
     assert (tmp_path / "g.dot").read_text().startswith("digraph tinyllm")
     assert oct((tmp_path / "g.dot").stat().st_mode & 0o777) == oct(0o666 & ~_files._umask())
 

@@ -53,11 +53,10 @@ def test_cupy_worker_gives_the_cpu_losses(bench):
 
 def test_profile_parts_add_up_and_patches_are_undone(bench):
     from tinyllm.autograd.function import Function
-    from tinyllm.kernels import matmul as km
     from tinyllm.ops import matmul as ops_matmul
-    before = (ops_matmul.MatMul.forward, ops_matmul.matmul_kernel, km.matmul_reference)
+    before = (ops_matmul.MatMul.forward, ops_matmul.gemm)
     prof = bench.run_worker("tinyllm", "tiny", steps=2, warmup=1, profile=True)["profile"]
-    assert (ops_matmul.MatMul.forward, ops_matmul.matmul_kernel, km.matmul_reference) == before
+    assert (ops_matmul.MatMul.forward, ops_matmul.gemm) == before
     assert all(not hasattr(c.__dict__.get("forward"), "__wrapped__")
                for c in bench._subclasses(Function))
     parts = prof["parts"]

@@ -26,4 +26,5 @@ __all__ = ["Tensor", "Function", "functional", "no_grad", "enable_grad", "is_gra
            "gradcheck", "gradcheck_module", "numerical_grad", "GradcheckError", "bisect_backward",
            "eps_sweep", "detect_anomaly", "AnomalyError", "trace", "set_backend",
            "get_backend", "set_default_dtype", "get_default_dtype", "manual_seed",
-           "cuda_is_available", "nn", "optim"] + list(_functional_all)
+           "cuda_is_available", "nn", "optim"]
+__all__ += list(_functional_all)

@@ -6,8 +6,9 @@
 
 The options of ``train`` are the fields of ``TrainConfig`` (``tinyllm.config``: built from the
 dataclass, never ``exec``-ed from a config file; each with its help line and valid range); a
-preset fills them, and flags override it. The loop is ``tinyllm.trainer``, the run directory's
-contract ``tinyllm.rundir``, sampling and evaluation ``tinyllm.inference``.
+preset fills them, and flags override it. The loop is ``tinyllm.loop`` (its helpers: setup,
+resume, Ctrl-C, health, ``tinyllm.trainer``), the run directory's contract ``tinyllm.rundir``,
+sampling and evaluation ``tinyllm.inference``.
 
 Errors: a bad flag is argparse's (usage and one line, exit 2); anything the library refuses
 (a corrupted checkpoint, a corpus that is not UTF-8, a run directory in use) is printed by
@@ -26,8 +27,9 @@ from tinyllm import rundir
 from tinyllm.config import PRESETS, Check, TrainConfig, saved_config
 from tinyllm.data.corpora import get_batch, read_text
 from tinyllm.inference import SAMPLE_CHECKS, evaluate, open_run, run_corpus, sample
+from tinyllm.loop import train
 from tinyllm.rundir import RunDirError
-from tinyllm.trainer import TrainError, train
+from tinyllm.trainer import TrainError
 
 
 # ----------------------------------------------------------------------------------------------

@@ -92,8 +92,8 @@ def accelerator(op, *arrays, axis=None, cupy=False, auto=True):
     """Which implementation runs this call of ``op``: "numba", "cupy", or None for the op's
     own formula (always None with the default switch).
 
-    arrays:  the floating-point arrays the kernel reads; a kernel needs one dtype, no empty
-             array, and (with ``axis``) the reduction over the last axis.
+    arrays:  the floating-point arrays the kernel reads; a kernel needs one dtype (float32 or
+             float64), no empty array, and (with ``axis``) the reduction over the last axis.
     cupy:    the op has a compiled CuPy kernel (else CuPy arrays take the formula).
     auto:    "auto" takes the Numba kernel (False where the formula measured faster: matmul).
     """
@@ -103,8 +103,8 @@ def accelerator(op, *arrays, axis=None, cupy=False, auto=True):
     if backend.get_array_module(*arrays) is not np:
         return "cupy" if cupy else None
     a = arrays[0]
-    if a.size == 0 or a.dtype.kind != "f" or any(b.dtype != a.dtype for b in arrays):
-        return None
+    if a.size == 0 or a.dtype.char not in "fd" or any(b.dtype != a.dtype for b in arrays):
+        return None                     # Numba compiles float32 and float64 (not float16)
     if axis is not None and axis not in (-1, a.ndim - 1):
         return None
     if not numba_available():

@@ -260,6 +260,7 @@ def _series(records, prefix, positive=False):
     for r in records:
         names += [k[len(prefix):] for k in r if k.startswith(prefix) and
                   k[len(prefix):] not in names]
+
     def value(r, key):
         v = r.get(key)
         return np.nan if v is None or (positive and v <= 0) else v

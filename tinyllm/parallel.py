@@ -60,7 +60,9 @@ What the workers follow, and what not:
 - A Ctrl-C during a step is handled by rank 0; the workers finish their slice, and their
   replies are read and dropped before the next command. (A Ctrl-C that lands inside a pipe
   read itself, a window of microseconds, can leave the pipe mid-message: start a new one.
-  ``tinyllm train`` defers the first Ctrl-C to the end of the step, so only a second one can.)
+  ``in_exchange`` says whether a call was cut short between its first message and its last
+  reply. ``tinyllm train`` defers the first Ctrl-C to the end of the step, so only a second
+  one can, and it writes no checkpoint from there.)
 
 Workers are started with the 'spawn' method: a script that creates a ``DataParallel`` needs the
 usual ``if __name__ == "__main__":`` guard (the CLI has one). They ignore Ctrl-C (rank 0 handles
@@ -195,6 +197,9 @@ class DataParallel:
             raise ValueError(f"DataParallel: workers={workers} needs the numpy backend, the "
                              f"backend is {backend.get_backend()!r} (use workers=1 on a GPU)")
         self.model, self.loss_fn, self.workers = model, loss_fn, int(workers)
+        # True from a call's first message to the workers until it has read their last reply:
+        # an exception in between (a KeyboardInterrupt) may have cut a pipe message
+        self.in_exchange = False
         self._procs, self._conns, self._pending = [], [], []
         self._limits, self._closed = None, False
         if self.workers == 1:
@@ -264,6 +269,7 @@ class DataParallel:
             return value
         replies = self._gather()
         self._average_grads([got for _, got in replies])
+        self.in_exchange = False
         return sum([value] + [v for v, _ in replies]) / self.workers
 
     def loss(self, *arrays):
@@ -274,7 +280,9 @@ class DataParallel:
             value = self.loss_fn(self.model, *rows).item()
         if self.workers == 1:
             return value
-        return sum([value] + self._gather()) / self.workers
+        values = self._gather()
+        self.in_exchange = False
+        return sum([value] + values) / self.workers
 
     def _start(self, cmd, arrays):
         """Send each worker its rows of ``arrays``; return rank 0's (all of them when W = 1)."""
@@ -358,7 +366,9 @@ class DataParallel:
         self._drain()
         for rank in range(1, self.workers):
             self._send(rank, ("rng_get", None, None, None))
-        return self._gather()
+        states = self._gather()
+        self.in_exchange = False
+        return states
 
     def set_rng_states(self, states):
         """Restore what ``rng_states`` returned (a resumed run's dropout masks continue)."""
@@ -370,11 +380,13 @@ class DataParallel:
         for rank, state in enumerate(states, start=1):
             self._send(rank, ("rng_set", state, None, None))
         self._gather()
+        self.in_exchange = False
 
     # ------------------------------------------------------------------------------------------
     # messages
 
     def _send(self, rank, msg):
+        self.in_exchange = True
         try:
             self._conns[rank - 1].send(msg)
         except (BrokenPipeError, OSError):

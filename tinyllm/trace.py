@@ -32,7 +32,7 @@ import sys
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd import graph
+from tinyllm.autograd import graph, observe
 from tinyllm.autograd.tensor import Tensor, backward_walk
 
 
@@ -137,23 +137,37 @@ def backward_steps(loss, model=None, ops=None, modules=None, grad=None, retain_g
             return False
         return True
 
-    def call_backward(ctx, d):
-        op = type(ctx).__name__
-        if shown(op, graph.module_name(ctx)) and (stop_on is None or op.lower() in stop_on):
-            return _backward_in_debugger(ctx, d)
-        return ctx.backward(d)
-
     total = len(order)
-    walk = backward_walk(loss, dout, retain_graph, call_backward if debug else None)
-    for k, (t, ctx, d, dparents) in enumerate(walk, 1):
-        step = BackwardStep(k, total, t, ctx, d, dparents, pnames)
-        if shown(step.op, step.module):
-            yield step
+    debugger = _Debugger({id(t._ctx) for t in order}, shown, stop_on) if debug else None
+    if debugger is not None:
+        observe.attach(debugger)               # innermost: next to the op's backward
+    try:
+        for k, (t, ctx, d, dparents) in enumerate(backward_walk(loss, dout, retain_graph), 1):
+            step = BackwardStep(k, total, t, ctx, d, dparents, pnames)
+            if shown(step.op, step.module):
+                yield step
+    finally:
+        if debugger is not None:
+            observe.detach(debugger)
 
 
-def _backward_in_debugger(ctx, dout):
+class _Debugger(observe.Observer):
+    """Stops in the debugger right before the backward of each chosen op of one graph."""
+
+    def __init__(self, nodes, shown, stop_on):
+        self.nodes, self.shown, self.stop_on = nodes, shown, stop_on
+
+    def backward(self, ctx, call, dout):
+        op = type(ctx).__name__
+        if id(ctx) in self.nodes and self.shown(op, graph.module_name(ctx)) and (
+                self.stop_on is None or op.lower() in self.stop_on):
+            return _backward_in_debugger(ctx, call, dout)
+        return call(dout)
+
+
+def _backward_in_debugger(ctx, call, dout):
     breakpoint()   # tinyllm.trace: the next line runs this op's backward; press s to step in
-    return ctx.backward(dout)
+    return call(dout)         # call is ctx.backward (or the next observer's wrapper)
 
 
 def explain_backward(loss, model=None, ops=None, modules=None, file=None, max_rows=None):

@@ -1,22 +1,24 @@
-"""The training loop behind ``tinyllm train``: a GPT on a corpus, in a run directory.
+"""What the training loop of ``tinyllm train`` stands on: the run set up in its directory (corpus,
+tokenizer, model, optimizer, resume), checkpoints, Ctrl-C, health records, data parallelism and
+the plot. The loop itself is ``tinyllm.loop``, to be read top to bottom like nanoGPT's train.py.
 
-    from tinyllm.trainer import train
-    from tinyllm.config import TrainConfig, PRESETS
-    log = train(TrainConfig(**PRESETS["tiny"], out_dir="runs/tiny"))
+    with setup_run(TrainConfig(**PRESETS["tiny"], out_dir="runs/tiny")) as run:
+        run.model, run.opt, run.train_ids, ...    # what the loop trains
+        run.save(step)                            # log.json, then the checkpoint
 
 The run directory's contract (one writer, no silent overwrite, resume from the saved settings,
 the corpus recorded by path and sha256, crash leftovers cleaned) is ``tinyllm.rundir``'s; the
 settings and their ranges are ``tinyllm.config``'s. A run directory holds the tokenizer,
 checkpoints (``tinyllm.checkpoint``), ``log.json``, ``loss.png`` and ``health.png``: every
 ``health_every`` steps the log records the gradient norm and update-to-weight ratio per layer
-and the attention entropy per head (``tinyllm.health``).
+and the attention entropy per head (``HealthMeter``, ``tinyllm.health``).
 
 Training is resumable: ``resume=True`` reloads the weights, optimizer, step and every random
 generator, and continues with exactly the losses an uninterrupted run would have printed (on
 CPU). Ctrl-C finishes the step under way, saves a checkpoint at that step boundary and exits
 (resuming from it is the uninterrupted run; in the last step the run simply finishes); a second
-Ctrl-C stops at once, keeping the last checkpoint. A non-finite loss stops the run, keeping the
-last good checkpoint.
+Ctrl-C stops at once, keeping the last checkpoint (``StopRequest``). A non-finite loss stops the
+run, keeping the last good checkpoint (``check_finite``).
 """
 import contextlib
 import dataclasses
@@ -26,6 +28,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -33,13 +36,12 @@ import tinyllm as tl
 from tinyllm import health, rundir
 from tinyllm._files import atomic_write
 from tinyllm.checkpoint import load_checkpoint, save_checkpoint
-from tinyllm.config import resume_changes, saved_config
-from tinyllm.data.corpora import (corpus_record, find_recorded_corpus, get_batch, read_text,
+from tinyllm.config import TrainConfig, resume_changes, saved_config
+from tinyllm.data.corpora import (corpus_record, find_recorded_corpus, read_text,
                                   train_val_split)
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
 from tinyllm.models import GPT, GPTConfig
-from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
-from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
+from tinyllm.optim import AdamW, weight_decay_groups
 from tinyllm.parallel import DataParallel, auto_workers
 
 
@@ -48,28 +50,8 @@ class TrainError(RuntimeError):
     checkpoint. The CLI prints it as one line (exit 1)."""
 
 
-def data_generator(seed):
-    """The generator of the training batches: seeded by ``seed``, but a stream of its own.
-    ``tl.manual_seed(seed)`` draws the initial weights from ``default_rng(seed)``; drawing the
-    batches from a second ``default_rng(seed)`` would replay the very same random words, so
-    the first batches' window positions would be functions of the first weights' values."""
-    return np.random.default_rng([seed, 1])
-
-
-def estimate_loss(dp, splits, cfg, step):
-    """Mean loss over ``eval_iters`` batches per split, from a generator seeded by the step
-    (so evaluation never disturbs the training batches, and resumed runs match). ``dp`` is the
-    run's ``DataParallel``: each batch is split over its workers as in training."""
-    dp.model.eval()
-    out = {}
-    for name, data in splits.items():
-        rng = np.random.default_rng([cfg.seed, step, len(name)])
-        losses = [dp.loss(*get_batch(data, cfg.batch_size, cfg.block_size, rng))
-                  for _ in range(cfg.eval_iters)]
-        out[name] = float(np.mean(losses))
-    dp.model.train()
-    return out
-
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C
 
 class StopRequest:
     """Ctrl-C during training, deferred to the next step boundary (see ``stop_on_ctrl_c``).
@@ -77,11 +59,13 @@ class StopRequest:
     ``requested``: a first Ctrl-C came. While ``hold()`` runs (a checkpoint being written) a
     second one is kept until the block ends and raised there, so it never splits the weights
     from the log or lands in a worker exchange. ``stopping``: the run is saving its last
-    checkpoint on the way out; further Ctrl-Cs change nothing."""
+    checkpoint on the way out; further Ctrl-Cs change nothing. ``mid_step``: inside
+    ``step()``, the block of one training step, which a KeyboardInterrupt leaves half done."""
 
     def __init__(self):
         self.requested = False
         self.stopping = False
+        self.mid_step = False
         self._held = 0
         self._forced = False
 
@@ -105,6 +89,14 @@ class StopRequest:
         if self._forced and not self._held and not self.stopping:
             self._forced = False
             raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def step(self):
+        """One training step: from the batch draw to the loss in the log. An exception out of
+        the block leaves ``mid_step`` set: the state is between two step boundaries."""
+        self.mid_step = True
+        yield
+        self.mid_step = False
 
 
 @contextlib.contextmanager
@@ -131,6 +123,136 @@ def stop_on_ctrl_c(stop):
                       else previous)
 
 
+# ----------------------------------------------------------------------------------------------
+# the run: what the loop reads, and the helpers it calls
+
+@dataclasses.dataclass
+class Run:
+    """A run set up to train (``setup_run``)."""
+    cfg: TrainConfig
+    dir: Path
+    log: dict                       # log.json: config, corpus, train_loss, eval, health
+    model: GPT
+    opt: AdamW
+    train_ids: np.ndarray           # (N_train,) token ids: the first 90% of the corpus
+    val_ids: np.ndarray             # (N_val,) the last 10%
+    data_rng: np.random.Generator   # the training batches' stream (checkpointed)
+    start: int                      # the first step to run: 0, or the checkpoint's
+    workers: int                    # processes sharing each batch
+    dp: Optional[DataParallel]      # those processes when workers > 1, else None
+    quiet: bool = False
+    saved_step: Optional[int] = None    # the last checkpoint written (or resumed from)
+    ctrl_c: StopRequest = dataclasses.field(default_factory=StopRequest)
+    bar: object = None              # the progress bar (tqdm), once ``progress`` made it
+    _t_last: float = dataclasses.field(default=0.0, repr=False)    # when the last step ended
+
+    @property
+    def splits(self):
+        return {"train": self.train_ids, "val": self.val_ids}
+
+    def progress(self, steps):
+        """``steps`` with a progress bar (tqdm, when installed and not ``quiet``)."""
+        self.bar = _progress(steps, self.quiet, initial=self.start, total=self.cfg.max_iters)
+        self._t_last = time.perf_counter()
+        return self.bar
+
+    def show(self, lossf, lr):
+        """The step's loss, learning rate and tokens/s on the progress bar."""
+        now = time.perf_counter()
+        if hasattr(self.bar, "set_postfix"):
+            tokens = self.cfg.batch_size * self.cfg.block_size
+            self.bar.set_postfix(loss=f"{lossf:.3f}", lr=f"{lr:.2e}",
+                                 tok_s=f"{tokens / max(now - self._t_last, 1e-9):,.0f}")
+        self._t_last = now
+
+    def say(self, msg):
+        _say(self.bar, self.quiet, msg)
+
+    def save(self, step):
+        """log.json, then the checkpoint at ``step``: weights, optimizer and every generator
+        (the batches', and the workers' dropout streams). The log goes first: a crash between
+        the two leaves a log ahead of the checkpoint, which --resume cuts back. A Ctrl-C during
+        the save waits for its end (``StopRequest.hold``)."""
+        with self.ctrl_c.hold():
+            rundir.write_log(self.dir, self.log)
+            save_checkpoint(self.dir / "checkpoint", self.model, self.opt, step=step,
+                            extra={"data_rng": self.data_rng, "workers": self.workers,
+                                   "worker_rngs": self.dp.rng_states() if self.dp else []})
+            self.saved_step = step
+
+    def stop(self, step):
+        """After Ctrl-C, with the steps before ``step`` done: the checkpoint at ``step``, exit
+        130."""
+        self.ctrl_c.stopping = True                 # further Ctrl-Cs: the save goes on
+        self.save(step)
+        self.say(f"interrupted: checkpoint at step {step} in {self.dir / 'checkpoint'}; "
+                 f"continue with --resume")
+        raise SystemExit(130)
+
+    def boundary(self):
+        """After a KeyboardInterrupt (a second Ctrl-C, or one raised where none is deferred):
+        the step boundary the run is at, to checkpoint there. Inside a step, or inside an
+        exchange with the workers (which can leave a pipe mid-message), the state is no step
+        boundary: nothing is written, the last checkpoint is kept, exit 130."""
+        done = len(self.log["train_loss"])
+        if self.ctrl_c.mid_step or (self.dp is not None and self.dp.in_exchange):
+            kept = "no checkpoint was saved before"
+            if self.saved_step is not None:
+                kept = (f"the last checkpoint in {self.dir / 'checkpoint'} (step "
+                        f"{self.saved_step}) is kept")
+            self.say(f"interrupted in the middle of step {done}: no checkpoint written from "
+                     f"there; {kept}")
+            raise SystemExit(130) from None
+        return done
+
+
+def check_finite(lossf, step, run):
+    """Stop the run at a non-finite loss, before the optimizer spreads it into the weights: the
+    log is written, the last good checkpoint is kept."""
+    if not math.isfinite(lossf):
+        rundir.write_log(run.dir, run.log)
+        raise TrainError(f"loss became {lossf} at step {step}; stopped. The last good "
+                         f"checkpoint is in {run.dir / 'checkpoint'} (try a lower "
+                         f"--learning-rate or --grad-clip)")
+
+
+class HealthMeter:
+    """The training-health record of one step (``tinyllm.health``), taken at three points of
+    it when ``step % every == 0``; at other steps each call does nothing. It reads the graph,
+    the gradients and the weights, and changes none of them, nor any random generator."""
+
+    def __init__(self, model, step, every):
+        self.model, self.step, self.on = model, step, every > 0 and step % every == 0
+        self.attn = {}
+
+    def forward(self, loss):
+        """Attention entropy per head, from the forward's graph (before backward frees P)."""
+        if self.on:
+            self.attn = health.attention_stats(loss, self.model)
+
+    def backward(self):
+        """Gradient norms per layer (before clipping), and the weights before the update."""
+        if self.on:
+            self.norms, self.before = health.grad_norms(self.model), health.snapshot(self.model)
+
+    def record(self, log, lr):
+        """After the update: the update-to-weight ratios, and the step's record into the log."""
+        if self.on:
+            ratios = health.update_ratios(self.model, self.before)
+            log["health"].append(health.record(self.step, self.norms, ratios, self.attn, lr=lr))
+
+
+# ----------------------------------------------------------------------------------------------
+# setting a run up: the directory, the corpus, the tokenizer, the model, resume
+
+def data_generator(seed):
+    """The generator of the training batches: seeded by ``seed``, but a stream of its own.
+    ``tl.manual_seed(seed)`` draws the initial weights from ``default_rng(seed)``; drawing the
+    batches from a second ``default_rng(seed)`` would replay the very same random words, so
+    the first batches' window positions would be functions of the first weights' values."""
+    return np.random.default_rng([seed, 1])
+
+
 def resolve_workers(cfg, saved=None):
     """The number of processes a run uses: ``--workers`` when given; on resume the saved run's
     (so it continues bit for bit); else one per core that divides the batch (numpy backend)."""
@@ -141,6 +263,113 @@ def resolve_workers(cfg, saved=None):
     if saved is not None:                    # resume: the saved split, where it still applies
         return saved if cfg.batch_size % saved == 0 else auto_workers(cfg.batch_size)
     return auto_workers(cfg.batch_size)
+
+
+@contextlib.contextmanager
+def setup_run(cfg, resume=False, quiet=False, overwrite=False):
+    """The run in ``cfg.out_dir``, set up to train: yields a ``Run`` while holding the
+    directory's lock and, with workers > 1, the worker processes (stopped however the block
+    ends); yields None when ``resume`` finds the run complete (nothing to do).
+
+    A new run refuses a directory that holds anything, unless ``overwrite`` (then the old run
+    is deleted once the new one has its corpus and tokenizer). ``resume`` continues the run
+    there: ``cfg`` must be its saved config, changed only in ``MUTABLE_ON_RESUME`` settings
+    (the changes are printed and recorded in the log). Raises RunDirError when the directory
+    is in use or cannot be used as asked (``tinyllm.rundir``)."""
+    if resume and overwrite:
+        raise TrainError("--resume continues the run, --overwrite deletes it: give one of them")
+    tl.set_backend(cfg.backend)
+    path = Path(cfg.out_dir)
+    if resume:
+        rundir.read_log(path)                           # before the lock: nothing to resume
+    with rundir.locked(path):
+        run = _setup(cfg, path, resume, quiet, overwrite)
+        if run is None or run.dp is None:
+            yield run
+        else:
+            with run.dp:
+                yield run
+
+
+def _setup(cfg, path, resume, quiet, overwrite):
+    say = functools.partial(_say, None, quiet)
+    log, changes, stale, step = {}, {}, [], None
+    if resume:
+        log, step = rundir.read_log(path), rundir.checkpoint_step(path)
+        changes = resume_changes(saved_config(log["config"]), cfg, step)
+        changes.pop("out_dir", None)                    # the directory moved: nothing to say
+        if step >= cfg.max_iters and not changes:
+            say(f"the run in {path} is complete: step {step} of --max-iters {cfg.max_iters} "
+                f"(raise --max-iters to train further)")
+            return None
+        removed = rundir.clean(path)
+        if removed:
+            say(f"removed what an interrupted save left: {', '.join(removed)}")
+    else:
+        stale = rundir.check_new(path, overwrite)
+    source, record = _corpus(cfg, log, resume, changes)
+    text = read_text(source)
+    tok = _tokenizer(cfg, text, path / "tokenizer.json" if resume else None)
+    train_ids, val_ids = _split_ids(tok, text, cfg, source)
+    if not resume:                                      # everything checked: now write
+        rundir.delete(path, stale)
+        tok.save(path / "tokenizer.json")
+
+    tl.manual_seed(cfg.seed)
+    gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                           dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu)
+    model = GPT(gpt_config)
+    opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+                betas=(cfg.beta1, cfg.beta2))
+    data_rng, start, meta = data_generator(cfg.seed), 0, None
+    if resume:
+        meta = load_checkpoint(path / "checkpoint", model, opt)
+        start, data_rng = meta["step"], meta["extra"]["data_rng"]
+        log = _resumed_log(log, start, changes, path, say)
+    else:
+        log = {"config": None, "train_loss": [], "eval": [], "health": []}
+    log["config"] = dataclasses.asdict(cfg)
+    log["corpus"] = record
+    # a checkpoint from before data parallelism was one process
+    saved_workers = meta["extra"].get("workers", 1) if meta else None
+    workers = log["workers"] = resolve_workers(cfg, saved_workers)
+    if meta is not None and saved_workers != workers:
+        say(f"note: resuming with {workers} processes, the run was saved with "
+            f"{saved_workers}: the gradients are summed in another order, so the losses "
+            f"differ from an uninterrupted run in the last digits")
+    dp = None
+    if workers > 1:                 # data parallelism (tinyllm.parallel): B / W rows each
+        dp = DataParallel(model, build=functools.partial(GPT, gpt_config), workers=workers,
+                          seed=cfg.seed)
+        if meta is not None and saved_workers == workers:
+            try:
+                dp.set_rng_states(meta["extra"]["worker_rngs"])
+            except BaseException:
+                dp.close()
+                raise
+        say(f"data parallel: {workers} processes x {cfg.batch_size // workers} sequences "
+            f"(--workers 1: one process)")
+    return Run(cfg=cfg, dir=path, log=log, model=model, opt=opt, train_ids=train_ids,
+               val_ids=val_ids, data_rng=data_rng, start=start, workers=workers, dp=dp,
+               quiet=quiet, saved_step=start if resume else None)
+
+
+def _resumed_log(log, start, changes, path, say):
+    """The saved log cut back to the checkpoint's step, with the changed settings recorded."""
+    if len(log["train_loss"]) < start:
+        raise TrainError(f"{path / 'log.json'} has {len(log['train_loss'])} steps, the "
+                         f"checkpoint is at step {start}: the log is older than the "
+                         f"checkpoint")
+    log["train_loss"] = log["train_loss"][:start]
+    log["eval"] = [e for e in log["eval"] if e["step"] < start]
+    log["health"] = [h for h in log.get("health", []) if h["step"] < start]
+    for name, (old, new) in changes.items():
+        say(f"resume at step {start}: {name} {old} -> {new}")
+    if changes:
+        log.setdefault("resumes", []).append(
+            {"step": start, "changed": {k: list(v) for k, v in changes.items()}})
+    return log
 
 
 def _corpus(cfg, log, resume, changes):
@@ -154,6 +383,15 @@ def _corpus(cfg, log, resume, changes):
     return path, {**log["corpus"], "path": str(path)}
 
 
+def _tokenizer(cfg, text, saved):
+    """The run's saved tokenizer (``saved``, on resume), or one trained on ``text``."""
+    if saved is not None:
+        return load_tokenizer(saved)
+    if cfg.tokenizer == "bpe":
+        return ByteBPETokenizer.train(text, vocab_size=cfg.bpe_vocab_size)
+    return CharTokenizer.from_text(text)
+
+
 def _split_ids(tok, text, cfg, source):
     ids = np.array(tok.encode(text), dtype=np.int64)
     train_ids, val_ids = train_val_split(ids)
@@ -165,205 +403,8 @@ def _split_ids(tok, text, cfg, source):
     return train_ids, val_ids
 
 
-def train(cfg, resume=False, quiet=False, overwrite=False):
-    """Train per ``cfg`` in the run directory ``cfg.out_dir``; returns the log (a dict).
-
-    A new run refuses a directory that holds anything, unless ``overwrite`` (then the old run
-    is deleted once the new one has its corpus and tokenizer). ``resume`` continues the run
-    there: ``cfg`` must be its saved config, changed only in ``MUTABLE_ON_RESUME`` settings
-    (the changes are printed and recorded in the log). Raises TrainError on a non-finite loss,
-    RunDirError when the directory is in use or cannot be used as asked (``tinyllm.rundir``),
-    SystemExit(130) after Ctrl-C."""
-    if resume and overwrite:
-        raise TrainError("--resume continues the run, --overwrite deletes it: give one of them")
-    tl.set_backend(cfg.backend)
-    run = Path(cfg.out_dir)
-    if resume:
-        rundir.read_log(run)                            # before the lock: nothing to resume
-    with rundir.locked(run):
-        return _train_locked(cfg, run, resume, quiet, overwrite)
-
-
-def _train_locked(cfg, run, resume, quiet, overwrite):
-    ckpt = run / "checkpoint"
-    tok_path = run / "tokenizer.json"
-    changes, stale = {}, []
-    if resume:
-        log = rundir.read_log(run)
-        step = rundir.checkpoint_step(run)
-        changes = resume_changes(saved_config(log["config"]), cfg, step)
-        changes.pop("out_dir", None)                    # the directory moved: nothing to say
-        if step is not None and step >= cfg.max_iters and not changes:
-            _say(None, quiet, f"the run in {run} is complete: step {step} of --max-iters "
-                              f"{cfg.max_iters} (raise --max-iters to train further)")
-            return log
-        removed = rundir.clean(run)
-        if removed:
-            _say(None, quiet, f"removed what an interrupted save left: {', '.join(removed)}")
-    else:
-        log = {}
-        stale = rundir.check_new(run, overwrite)
-    source, record = _corpus(cfg, log, resume, changes)
-    text = read_text(source)
-    if resume:
-        tok = load_tokenizer(tok_path)
-    elif cfg.tokenizer == "bpe":
-        tok = ByteBPETokenizer.train(text, vocab_size=cfg.bpe_vocab_size)
-    else:
-        tok = CharTokenizer.from_text(text)
-    train_ids, val_ids = _split_ids(tok, text, cfg, source)
-    if not resume:                                      # everything checked: now write
-        rundir.delete(run, stale)
-        tok.save(tok_path)
-
-    tl.manual_seed(cfg.seed)
-    gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                           dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu)
-    model = GPT(gpt_config)
-    opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-                betas=(cfg.beta1, cfg.beta2))
-    data_rng = data_generator(cfg.seed)
-    start, meta = 0, None
-    if resume:
-        meta = load_checkpoint(ckpt, model, opt)
-        start, data_rng = meta["step"], meta["extra"]["data_rng"]
-        if len(log["train_loss"]) < start:
-            raise TrainError(f"{run / 'log.json'} has {len(log['train_loss'])} steps, the "
-                             f"checkpoint is at step {start}: the log is older than the "
-                             f"checkpoint")
-        log["train_loss"] = log["train_loss"][:start]
-        log["eval"] = [e for e in log["eval"] if e["step"] < start]
-        log["health"] = [h for h in log.get("health", []) if h["step"] < start]
-        for name, (old, new) in changes.items():
-            _say(None, quiet, f"resume at step {start}: {name} {old} -> {new}")
-        if changes:
-            log.setdefault("resumes", []).append(
-                {"step": start, "changed": {k: list(v) for k, v in changes.items()}})
-    else:
-        log = {"config": None, "train_loss": [], "eval": [], "health": []}
-    log["config"] = dataclasses.asdict(cfg)
-    log["corpus"] = record
-    # a checkpoint from before data parallelism was one process
-    saved_workers = meta["extra"].get("workers", 1) if meta else None
-    workers = resolve_workers(cfg, saved_workers)
-    log["workers"] = workers
-    dp = DataParallel(model, build=functools.partial(GPT, gpt_config), workers=workers,
-                      seed=cfg.seed)
-    with dp:                                    # stops the workers however the run ends
-        if meta is not None and saved_workers == dp.workers > 1:
-            dp.set_rng_states(meta["extra"]["worker_rngs"])
-        elif meta is not None and saved_workers != dp.workers:
-            _say(None, quiet, f"note: resuming with {dp.workers} processes, the run was saved with "
-                              f"{saved_workers}: the gradients are summed in another order, so the "
-                              f"losses differ from an uninterrupted run in the last digits")
-
-        saved = {"step": start if resume else None}
-        ctrl_c = StopRequest()
-
-        def save(step):
-            # the log first: a crash between the two leaves a log ahead of the checkpoint,
-            # which --resume cuts back to the checkpoint's step
-            with ctrl_c.hold():
-                rundir.write_log(run, log)
-                save_checkpoint(ckpt, model, opt, step=step,
-                                extra={"data_rng": data_rng, "workers": dp.workers,
-                                       "worker_rngs": dp.rng_states()})
-                saved["step"] = step
-
-        bar = _progress(range(start, cfg.max_iters), quiet, initial=start, total=cfg.max_iters)
-        tokens = cfg.batch_size * cfg.block_size
-        if dp.workers > 1:
-            _say(bar, quiet, f"data parallel: {dp.workers} processes x "
-                             f"{cfg.batch_size // dp.workers} sequences (--workers 1: one process)")
-        t_last = time.perf_counter()
-        done, clean = start, True       # steps fully done; whether the state is at a boundary
-        stopped_at = None               # the boundary a Ctrl-C stopped at
-        with stop_on_ctrl_c(ctrl_c):
-            try:
-                for step in bar:
-                    if ctrl_c.requested:
-                        stopped_at = step
-                        break
-                    if cfg.eval_iters and step % cfg.eval_interval == 0:
-                        # a KeyboardInterrupt inside a worker exchange can leave a pipe
-                        # mid-message: with workers, no checkpoint is written from there
-                        clean = dp.workers == 1
-                        losses = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg,
-                                               step)
-                        clean = True
-                        log["eval"].append({"step": step, **losses})
-                        _say(bar, quiet, f"step {step}: train loss {losses['train']:.4f}, "
-                                         f"val loss {losses['val']:.4f}")
-                        if ctrl_c.requested:                # evaluating changed no state
-                            stopped_at = step
-                            break
-                    lr = cosine_with_warmup_lr(step, cfg.learning_rate, cfg.warmup_iters,
-                                               cfg.lr_decay_iters, cfg.min_lr)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    clean = False           # from here the step changes state: the batch stream
-                    x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, data_rng)
-                    # training health (tinyllm.health): reads the graph, gradients and weights,
-                    # and changes none of them, nor any random generator
-                    measure = cfg.health_every > 0 and step % cfg.health_every == 0
-                    attn = {}
-
-                    def before_backward(loss):      # rank 0's slice, before backward frees P
-                        attn.update(health.attention_stats(loss, model))
-
-                    opt.zero_grad()
-                    value = dp.forward_backward(x, y, before_backward=before_backward if measure
-                                                else None)     # the batch's loss and gradient
-                    if not math.isfinite(value):
-                        rundir.write_log(run, log)
-                        raise TrainError(f"loss became {value} at step {step}; stopped. The "
-                                         f"last good checkpoint is in {ckpt} (try a lower "
-                                         f"--learning-rate or --grad-clip)")
-                    if measure:
-                        norms, before = health.grad_norms(model), health.snapshot(model)
-                    if cfg.grad_clip:
-                        clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    log["train_loss"].append(value)
-                    if measure:
-                        ratios = health.update_ratios(model, before)
-                        log["health"].append(health.record(step, norms, ratios, attn, lr=lr))
-                    done, clean = step + 1, True
-                    now = time.perf_counter()
-                    if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.2e}",
-                                        tok_s=f"{tokens / max(now - t_last, 1e-9):,.0f}")
-                    t_last = now
-                    if done % cfg.checkpoint_interval == 0:
-                        save(done)
-                if stopped_at is None:   # a first Ctrl-C from the last step on: the run ends
-                    if cfg.eval_iters:
-                        clean = dp.workers == 1
-                        final = estimate_loss(dp, {"train": train_ids, "val": val_ids}, cfg,
-                                              cfg.max_iters)
-                        clean = True
-                        log["eval"].append({"step": cfg.max_iters, **final})
-                        _say(bar, quiet, f"done: train loss {final['train']:.4f}, "
-                                         f"val loss {final['val']:.4f}")
-                    ctrl_c.stopping = True
-                    save(cfg.max_iters)
-                    _plot(run, log)
-                    return log
-            except KeyboardInterrupt:   # a second Ctrl-C, or one raised where none is deferred
-                if not clean:
-                    kept = (f"the last checkpoint in {ckpt} (step {saved['step']}) is kept"
-                            if saved["step"] is not None else "no checkpoint was saved before")
-                    _say(bar, quiet, f"interrupted in the middle of step {done}: no "
-                                     f"checkpoint written from there; {kept}")
-                    raise SystemExit(130) from None
-                stopped_at = done
-            ctrl_c.stopping = True                  # further Ctrl-Cs: the save goes on
-            save(stopped_at)
-            _say(bar, quiet, f"interrupted: checkpoint at step {stopped_at} in {ckpt}; "
-                             f"continue with --resume")
-            raise SystemExit(130)
-
+# ----------------------------------------------------------------------------------------------
+# output: the progress bar, messages, the plot
 
 def _progress(it, quiet, **kw):
     if quiet:
@@ -381,7 +422,9 @@ def _say(bar, quiet, msg):
     (bar.write if hasattr(bar, "write") else print)(msg)
 
 
-def _plot(run, log):
+def plot(path, log):
+    """loss.png (and health.png, with health records) in the run directory ``path``; None
+    without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -397,9 +440,9 @@ def _plot(run, log):
     ax.set_ylabel("cross-entropy (nats)")
     ax.legend()
     fig.tight_layout()
-    path = run / "loss.png"
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    png = Path(path) / "loss.png"
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     if log.get("health"):
-        health.plot_health(log["health"], run / "health.png")
-    return path
+        health.plot_health(log["health"], Path(path) / "health.png")
+    return png

@@ -1,14 +1,8 @@
-"""What the study tools record while ops run: module scopes, creation sites, anomaly mode.
-
-**Module scopes.** ``Module.__call__`` pushes the module onto ``SCOPE`` while its ``forward``
-runs, and ``Function.apply`` stores the innermost one as ``ctx.module``. The step-through
-(``tinyllm.trace``), the graph export (``tinyllm.autograd.graph``) and the training-health
-numbers use it to say which layer an op belongs to ("h.1.attn"). A list append and pop per
-module call; nothing per op beyond one attribute.
+"""Anomaly mode and the creation sites it names: an observer (observe.py) on every op.
 
 **Anomaly mode** (as ``torch.autograd.detect_anomaly``, Chainer's debug mode)::
 
-    with tinyllm.detect_anomaly():        # or TINYLLM_DETECT_ANOMALY=1 in the environment
+    with tinyllm.detect_anomaly():        # or TINYLLM_DETECT_ANOMALY=1 when tinyllm is imported
         loss = model(x, y)
         loss.backward()
 
@@ -19,8 +13,11 @@ line of code that created it (the engine's own frames skipped). Rules:
   otherwise, which points at data or a parameter that was already bad). An infinity raises only
   when no input held one: masking scores with -inf before a softmax is legitimate, log(0) is not;
 - backward: any non-finite gradient raises. The walk goes from the loss to the leaves and every
-  earlier gradient was checked, so the op named is the one whose backward made it.
-Each check is a full pass over the array: use it to find a problem, not to train.
+  earlier gradient was checked, so the op named is the one whose backward made it. The gradient
+  flowing into each backward is checked too (the one passed to ``backward()``, a hook's, or a
+  sum of finite gradients that overflowed).
+NumPy's floating-point warnings are off inside the ops meanwhile (the check says more). Each
+check is a full pass over the array: use it to find a problem, not to train.
 """
 import contextlib
 import linecache
@@ -30,50 +27,65 @@ import sys
 import numpy as np
 
 from tinyllm import backend
-
-SCOPE = []                  # the modules whose forward is running, outermost first
+from tinyllm.autograd import observe
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))       # .../tinyllm
 # frames in these files are the engine's plumbing, never "where the op was created"
 _PLUMBING = tuple(os.path.join(_PKG, p) for p in ("autograd", "ops", "kernels", "functional.py",
                                                   os.path.join("nn", "module.py")))
-_state = {"anomaly": None}  # None: not decided yet (read the environment on first use)
 
 
 class AnomalyError(FloatingPointError):
     """A NaN or infinity appeared in anomaly mode (see ``detect_anomaly``)."""
 
 
+class AnomalyChecks(observe.Observer):
+    """The observer of anomaly mode: runs each op quietly, then checks what it returned."""
+
+    def forward(self, ctx, call, *arrays, **kwargs):
+        with np.errstate(all="ignore"):
+            out = call(*arrays, **kwargs)
+        ctx.created_at = creation_site()
+        check_forward(ctx, arrays, kwargs, out)
+        return out
+
+    def backward(self, ctx, call, dout):
+        check_gradient(ctx, dout)
+        with np.errstate(all="ignore"):
+            dparents = call(dout)
+        check_backward(ctx, dparents if isinstance(dparents, tuple) else (dparents,))
+        return dparents
+
+
+CHECKS = AnomalyChecks()
+
+
 def anomaly_enabled():
-    """True inside ``detect_anomaly()`` or when TINYLLM_DETECT_ANOMALY is set (1/true/yes)."""
-    on = _state["anomaly"]
-    if on is None:
-        on = os.environ.get("TINYLLM_DETECT_ANOMALY", "").lower() in ("1", "true", "yes", "on")
-        _state["anomaly"] = on
-    return on
+    """True inside ``detect_anomaly()`` or when TINYLLM_DETECT_ANOMALY was set (1/true/yes)."""
+    return CHECKS in observe.OBSERVERS
+
+
+def _set(on):
+    if on and not anomaly_enabled():
+        observe.attach(CHECKS)
+    elif not on:
+        observe.detach(CHECKS)
 
 
 @contextlib.contextmanager
 def detect_anomaly(enabled=True):
     """Check every forward output and gradient for NaN/inf inside the block (see module doc)."""
     prev = anomaly_enabled()
-    _state["anomaly"] = bool(enabled)
+    _set(enabled)
     try:
         yield
     finally:
-        _state["anomaly"] = prev
+        _set(prev)
 
 
-def quietly(fn, *args, **kwargs):
-    """fn(*args, **kwargs) with NumPy's floating-point warnings off (anomaly mode checks the
-    result itself and says which op and line; a bare RuntimeWarning says neither)."""
-    with np.errstate(all="ignore"):
-        return fn(*args, **kwargs)
-
-
-def current_module():
-    """The innermost module whose forward is running, or None."""
-    return SCOPE[-1] if SCOPE else None
+def from_environment():
+    """Anomaly mode on or off as TINYLLM_DETECT_ANOMALY says (importing tinyllm calls this)."""
+    _set(os.environ.get("TINYLLM_DETECT_ANOMALY", "").lower() in ("1", "true", "yes", "on"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,9 +130,9 @@ def _short(path):
     return path if rel.startswith("..") else rel
 
 
-def describe_node(ctx, mod=None):
+def describe_node(ctx):
     """'GELU (module h.0.mlp: FeedForward)': the op's class and the module it ran in."""
-    mod = getattr(ctx, "module", None) if mod is None else mod
+    mod = getattr(ctx, "module", None)
     where = ""
     if mod is not None:
         name = getattr(mod, "_trace_name", None)
@@ -173,10 +185,9 @@ def check_forward(ctx, arrays, kwargs, out):
         else:
             how = f"produced {what} from finite inputs"
         raise AnomalyError(
-            f"anomaly in forward: {describe_node(ctx, current_module())}.forward {how}: "
-            f"{n} of {size} output "
+            f"anomaly in forward: {describe_node(ctx)}.forward {how}: {n} of {size} output "
             f"elements, output shape {tuple(o.shape)}; inputs {shapes}. Created at "
-            f"{format_site(creation_site(3))}")
+            f"{format_site(getattr(ctx, 'created_at', None))}")
 
 
 def check_backward(ctx, dparents):
@@ -195,9 +206,15 @@ def check_backward(ctx, dparents):
                 f"created at {format_site(getattr(ctx, 'created_at', None))}")
 
 
-def check_gradient(name, grad):
-    """Raise AnomalyError for a non-finite gradient given to backward()."""
-    has_nan, has_inf = _nonfinite(grad)
+def check_gradient(ctx, dout):
+    """Raise AnomalyError if the gradient flowing into ``ctx.backward`` is not finite."""
+    has_nan, has_inf = _nonfinite(dout)
     if has_nan or has_inf:
-        raise AnomalyError(f"anomaly in backward: {name} is not finite "
-                           f"({'NaN' if has_nan else 'inf'}, shape {tuple(grad.shape)})")
+        raise AnomalyError(
+            f"anomaly in backward: the gradient flowing into {describe_node(ctx)}.backward is "
+            f"not finite ({'NaN' if has_nan else 'inf'}, shape {tuple(dout.shape)}); every "
+            f"gradient before it was finite, so it is the gradient passed to backward(), a "
+            f"hook's result, or a sum of gradients that overflowed")
+
+
+from_environment()

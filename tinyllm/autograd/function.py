@@ -13,7 +13,9 @@ A subclass writes two methods on raw arrays (NumPy or CuPy), side by side::
 ``Mul.apply(a, b)`` runs it on Tensors: it unwraps their arrays, calls ``forward``, wraps the
 result in a new Tensor and, when grad mode is on and some input requires grad, records this
 Function instance as the output's ``_ctx`` (its creator), with the input Tensors as ``parents``.
-``Tensor.backward`` later walks those records and calls ``backward``.
+``Tensor.backward`` later walks those records and calls ``backward``. Study tools (module
+scopes, anomaly mode, the step-through) wrap both calls through observe.py; with none attached
+(the default outside any Module) the calls are direct.
 
 Rules for ``backward``:
 - return one gradient per Tensor argument of ``forward``, in order (a single array when there is
@@ -29,16 +31,17 @@ import sys
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd import anomaly, grad_mode
+from tinyllm.autograd import grad_mode, observe
+from tinyllm.autograd.observe import OBSERVERS
 from tinyllm.autograd.tensor import Tensor
 
 
 class Function:
     """Base class of every differentiable op. See the module docstring."""
 
-    deterministic = True        # False: forward draws random numbers (Dropout), so rerunning
-                                # it alone (bisect_backward) would not reproduce the output
+    deterministic = True        # False if forward draws random numbers (Dropout): bisect skips it
     bookkeeping = False         # True: an identity that feeds a hook; bisect leaves it alone
+    module = None               # the Module whose forward made this node (set by its scope)
 
     def zero_grad_mask(self, k):
         """Elements of input ``k`` whose gradient this op defines as 0 although the output
@@ -59,50 +62,34 @@ class Function:
 
     @classmethod
     def apply(cls, *tensors, **kwargs):
-        """Run ``forward`` on the tensors' arrays and record the op for backward."""
+        """Run ``forward`` on the tensors' arrays; record the op if a gradient is needed."""
         ctx = cls(*tensors)
         arrays = [t.data for t in tensors]
         _check_same_device(cls.__name__, tensors, arrays)
-        check = anomaly.anomaly_enabled()
+        forward = observe.wrap(ctx, "forward") if OBSERVERS else ctx.forward  # study tools
         try:
-            if check:                           # NumPy's warnings off: the check says more
-                out = anomaly.quietly(ctx.forward, *arrays, **kwargs)
-            else:
-                out = ctx.forward(*arrays, **kwargs)
+            out = Tensor._from_op(forward(*arrays, **kwargs))
         except ValueError as e:                      # e.g. NumPy's broadcasting message
-            if str(e).startswith(cls.__name__):
-                raise
-            shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
-            raise ValueError(f"{cls.__name__}: {e} (input shapes {shapes})") from e
-        if check:
-            anomaly.check_forward(ctx, arrays, kwargs, out)
-        out = Tensor._from_op(out)
+            _reraise_naming_the_op(cls.__name__, e, arrays)
         if ctx.requires_grad and grad_mode.is_grad_enabled() and out.data.dtype.kind == "f":
-            out._requires_grad = True
-            out._ctx = ctx
-            # for the study tools: the layer it ran in, how to rerun it, where it was made
-            ctx.module = anomaly.SCOPE[-1] if anomaly.SCOPE else None
-            ctx.forward_kwargs = kwargs
-            if check:
-                ctx.created_at = anomaly.creation_site()
-        else:
-            # no_grad, constant inputs, or an integer/bool result (a cast to int has no
-            # gradient): record nothing and keep no input alive
-            ctx.parents = ()
-        return out
+            out._requires_grad, out._ctx = True, ctx     # out -> ctx -> ctx.parents: the graph
+            ctx.forward_kwargs = kwargs                  # to rerun the node (bisect_backward)
+        return out       # not recorded (no_grad, constants, an integer result): ctx dies
 
     @classmethod
     def explain(cls, file=None):
         """Print this op's card: the math and derivation (the docstring), and where its forward
         and backward are (file:line), to step into them. Returns the text."""
         import inspect
+
+        from tinyllm.autograd.anomaly import format_site
         doc = inspect.cleandoc(cls.__doc__ or "(no docstring)")
         lines = [f"{cls.__name__}  ({cls.__module__})", "", doc, ""]
         for meth in ("forward", "backward"):
             fn = getattr(cls, meth)
             try:
                 src, line = inspect.getsourcefile(fn), inspect.getsourcelines(fn)[1]
-                lines.append(f"{meth:9s}{anomaly.format_site(((src, line, fn.__qualname__),))}")
+                lines.append(f"{meth:9s}{format_site(((src, line, fn.__qualname__),))}")
             except (OSError, TypeError):
                 lines.append(f"{meth:9s}(source not available)")
         text = "\n".join(lines)
@@ -111,15 +98,21 @@ class Function:
 
     def release(self):
         """Free what forward saved (called after backward unless retain_graph=True)."""
-        name, needs = type(self).__name__, self.needs_input_grad
-        module = self.__dict__.get("module")
+        name, needs, module = type(self).__name__, self.needs_input_grad, self.module
         self.__dict__.clear()
-        self.needs_input_grad = needs
-        self.module = module
-        self._released = name
+        self.needs_input_grad, self.module, self._released = needs, module, name
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
+
+
+def _reraise_naming_the_op(op, e, arrays):
+    """Raise the ValueError ``e`` from ``op``'s forward again, prefixed with the op's name and
+    the input shapes unless its message already starts with the op's name."""
+    if str(e).startswith(op):
+        raise e
+    shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
+    raise ValueError(f"{op}: {e} (input shapes {shapes})") from e
 
 
 def _check_same_device(op, tensors, arrays):

@@ -16,33 +16,18 @@ node. The walk order guarantees all those contributions have arrived before the 
 Gradients of leaves accumulate across ``backward`` calls, as in PyTorch: call ``zero_grad()``
 (or the optimizer's) between steps. The graph is freed as it is walked unless
 ``retain_graph=True``; a second backward through a freed graph raises.
+
+The operators and method forms of the ops (``a + b``, ``t.sum()``) are in tensor_methods.py.
 """
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd import anomaly as _anomaly
+from tinyllm.autograd import observe
+from tinyllm.autograd.observe import OBSERVERS
+from tinyllm.autograd.tensor_methods import TensorMethods
 
 
-class _LazyFunctional:
-    """Stands in for ``tinyllm.functional`` until first use.
-
-    The operator methods below (``a + b``, ``a @ b``, ``a.sum()``) call the ops in
-    ``tinyllm.functional``, which import this module. Importing them on first use keeps imports
-    flowing one way (autograd never imports ops at import time); after the first call the name
-    ``F`` is the real module and costs nothing.
-    """
-
-    def __getattr__(self, name):
-        global F
-        from tinyllm import functional
-        F = functional
-        return getattr(functional, name)
-
-
-F = _LazyFunctional()
-
-
-class Tensor:
+class Tensor(TensorMethods):
     """An n-dimensional array that can record operations for reverse-mode autograd.
 
     Create tensors with ``tinyllm.tensor``, ``zeros``, ``randn``, ... . Operators and methods
@@ -52,7 +37,6 @@ class Tensor:
 
     __slots__ = ("data", "grad", "_requires_grad", "_ctx", "_hooks", "_retains_grad", "name",
                  "__weakref__")
-    __array_ufunc__ = None       # ndarray + Tensor -> Tensor.__radd__, not an object array
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
         self.data = _to_array(data, dtype, device)
@@ -137,11 +121,6 @@ class Tensor:
         """The ``Function`` that produced this tensor, or None for a leaf."""
         return self._ctx
 
-    @property
-    def T(self):
-        """All axes reversed, as NumPy's ``.T``."""
-        return F.permute(self, tuple(range(self.ndim - 1, -1, -1)))
-
     def __len__(self):
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
@@ -176,8 +155,20 @@ class Tensor:
             extra += ", requires_grad=True"
         return f"tensor({body}{extra})"
 
+    def __bool__(self):
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
+                             f"ambiguous; use .any() / .all() on .data")
+        return bool(self.data)
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
     # ------------------------------------------------------------------------------------------
-    # leaving the graph, moving between devices and dtypes
+    # leaving the graph
 
     def numpy(self):
         """The values as a NumPy array (copied from the GPU if needed; shares memory on CPU)."""
@@ -196,27 +187,6 @@ class Tensor:
     def detach(self):
         """A new leaf tensor sharing ``data``, cut off from the graph."""
         return Tensor._from_op(self.data)
-
-    def to(self, target):
-        """Move to a device ('cpu' / 'cuda') or cast to a dtype; differentiable either way."""
-        if isinstance(target, str) and target in ("cpu", "cuda"):
-            return F.to_device(self, target)
-        return F.astype(self, target)
-
-    def astype(self, dtype):
-        return F.astype(self, dtype)
-
-    def float(self):
-        return F.astype(self, np.float32)
-
-    def double(self):
-        return F.astype(self, np.float64)
-
-    def cpu(self):
-        return self.to("cpu")
-
-    def cuda(self):
-        return self.to("cuda")
 
     # ------------------------------------------------------------------------------------------
     # autograd
@@ -271,170 +241,8 @@ class Tensor:
                 raise ValueError(f"backward(): grad has shape {tuple(dout.shape)}, expected "
                                  f"the tensor's shape {self.shape}")
             dout = dout.astype(self.dtype, copy=False)
-        _run_backward(self, dout, retain_graph)
-
-    # ------------------------------------------------------------------------------------------
-    # arithmetic operators (each calls one op in tinyllm.functional)
-
-    def __add__(self, other):
-        return F.add(self, other)
-
-    def __radd__(self, other):
-        return F.add(other, self)
-
-    def __sub__(self, other):
-        return F.sub(self, other)
-
-    def __rsub__(self, other):
-        return F.sub(other, self)
-
-    def __mul__(self, other):
-        return F.mul(self, other)
-
-    def __rmul__(self, other):
-        return F.mul(other, self)
-
-    def __truediv__(self, other):
-        return F.div(self, other)
-
-    def __rtruediv__(self, other):
-        return F.div(other, self)
-
-    def __pow__(self, other):
-        return F.pow(self, other)
-
-    def __rpow__(self, other):
-        return F.pow(other, self)
-
-    def __neg__(self):
-        return F.neg(self)
-
-    def __pos__(self):
-        return self
-
-    def __matmul__(self, other):
-        return F.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return F.matmul(other, self)
-
-    def __getitem__(self, index):
-        return F.getitem(self, index)
-
-    def __setitem__(self, index, value):
-        raise TypeError("Tensor does not support item assignment: an in-place write could "
-                        "silently change values saved for backward. Build the new tensor with "
-                        "tinyllm.where / masked_fill / concatenate, or write to .data under "
-                        "no_grad when you know nothing saved it")
-
-    # comparisons give boolean tensors (masks); they are not differentiable
-    def __lt__(self, other):
-        return F.compare(self, other, "lt")
-
-    def __le__(self, other):
-        return F.compare(self, other, "le")
-
-    def __gt__(self, other):
-        return F.compare(self, other, "gt")
-
-    def __ge__(self, other):
-        return F.compare(self, other, "ge")
-
-    def __eq__(self, other):
-        return F.compare(self, other, "eq")
-
-    def __ne__(self, other):
-        return F.compare(self, other, "ne")
-
-    __hash__ = object.__hash__   # tensors are hashed by identity, as in PyTorch
-
-    def __bool__(self):
-        if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor with {self.data.size} elements is "
-                             f"ambiguous; use .any() / .all() on .data")
-        return bool(self.data)
-
-    def __float__(self):
-        return float(self.item())
-
-    def __int__(self):
-        return int(self.item())
-
-    # ------------------------------------------------------------------------------------------
-    # method forms of the ops
-
-    def exp(self):
-        return F.exp(self)
-
-    def log(self):
-        return F.log(self)
-
-    def sqrt(self):
-        return F.sqrt(self)
-
-    def tanh(self):
-        return F.tanh(self)
-
-    def sigmoid(self):
-        return F.sigmoid(self)
-
-    def relu(self):
-        return F.relu(self)
-
-    def gelu(self, approximate="none"):
-        return F.gelu(self, approximate=approximate)
-
-    def sum(self, axis=None, keepdims=False):
-        return F.sum(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return F.mean(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis=None, keepdims=False):
-        return F.max(self, axis=axis, keepdims=keepdims)
-
-    def var(self, axis=None, keepdims=False, ddof=0):
-        return F.var(self, axis=axis, keepdims=keepdims, ddof=ddof)
-
-    def reshape(self, *shape):
-        return F.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int)
-                         else shape)
-
-    view = reshape
-
-    def permute(self, *axes):
-        return F.permute(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int)
-                         else axes)
-
-    def transpose(self, *dims):
-        """``transpose(dim0, dim1)`` swaps two axes (PyTorch); ``transpose()`` reverses all."""
-        if len(dims) == 0:
-            return self.T
-        if len(dims) != 2:
-            raise TypeError(f"transpose takes two axes to swap (got {dims}); use permute(*axes) "
-                            "for a full permutation")
-        return F.swapaxes(self, dims[0], dims[1])
-
-    def swapaxes(self, axis1, axis2):
-        return F.swapaxes(self, axis1, axis2)
-
-    def flatten(self):
-        return F.reshape(self, (-1,))
-
-    def split(self, indices_or_sections, axis=0):
-        return F.split(self, indices_or_sections, axis=axis)
-
-    def masked_fill(self, mask, value):
-        return F.masked_fill(self, mask, value)
-
-    def softmax(self, axis=-1):
-        return F.softmax(self, axis=axis)
-
-    def log_softmax(self, axis=-1):
-        return F.log_softmax(self, axis=axis)
-
-    def matmul(self, other):
-        return F.matmul(self, other)
+        for _ in backward_walk(self, dout, retain_graph):
+            pass                     # one step per node; tinyllm.trace stops at each
 
 
 class _HookHandle:
@@ -474,12 +282,7 @@ def _topological_order(root):
     return order
 
 
-def _run_backward(root, dout, retain_graph):
-    for _ in backward_walk(root, dout, retain_graph):
-        pass
-
-
-def backward_walk(root, dout, retain_graph=False, call_backward=None):
+def backward_walk(root, dout, retain_graph=False):
     """The backward pass as a generator: one node per step, the engine's only backward walk.
 
     ``Tensor.backward`` drains it; ``tinyllm.trace`` stops at each step to show it. Each step
@@ -487,12 +290,7 @@ def backward_walk(root, dout, retain_graph=False, call_backward=None):
     a leaf), dL/dt summed over all its consumers (after hooks), and what ``ctx.backward``
     returned (one gradient per input; None for a leaf). A leaf's step comes after its ``.grad``
     was accumulated; an op's step comes before its saved arrays are freed.
-    ``call_backward(ctx, dout)``, when given, is called instead of ``ctx.backward(dout)`` (the
-    step-through uses it to stop in the debugger right before an op's backward).
     """
-    check = _anomaly.anomaly_enabled()
-    if check:
-        _anomaly.check_gradient("the gradient passed to backward()", dout)
     grads = {id(root): dout}                  # id(tensor) -> dL/dtensor summed so far
     for t in reversed(_topological_order(root)):
         dout = grads.pop(id(t), None)
@@ -517,10 +315,8 @@ def backward_walk(root, dout, retain_graph=False, call_backward=None):
                 f"backward through {ctx._released} a second time: its saved arrays were freed "
                 f"by the first backward. Call backward(retain_graph=True) the first time if you "
                 f"need to backward through the same graph again")
-        if call_backward is not None:
-            dparents = call_backward(ctx, dout)
-        elif check:
-            dparents = _anomaly.quietly(ctx.backward, dout)
+        if OBSERVERS:                         # study tools wrap the call (observe.py)
+            dparents = observe.wrap(ctx, "backward")(dout)
         else:
             dparents = ctx.backward(dout)
         if not isinstance(dparents, tuple):
@@ -529,8 +325,6 @@ def backward_walk(root, dout, retain_graph=False, call_backward=None):
         if len(dparents) != len(parents):
             raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(dparents)} "
                                f"gradients for {len(parents)} inputs")
-        if check:
-            _anomaly.check_backward(ctx, dparents)
         for p, dp, needed in zip(parents, dparents, ctx.needs_input_grad):
             if not needed or dp is None:
                 continue

@@ -60,7 +60,7 @@ def row_max(r):
     NaN entries are skipped (``v > m`` is false for a NaN), unlike ``np.max``. A NaN-sticky
     select measured 1.35x slower on the softmax forward, and the callers do not need one: they
     subtract this max and sum exps, and a NaN entry makes that sum NaN, so the whole row comes
-    out NaN, as in the reference. The one case that sum cannot catch is a row whose entries
+    out NaN, as in the ops' formulas. The one case that sum cannot catch is a row whose entries
     are all -inf or NaN: the max is then -inf, as for a fully masked row, and the caller asks
     ``masked_row_fill`` which of the two it is.
     """
@@ -85,7 +85,7 @@ def row_max(r):
 def masked_row_fill(r):
     """For a row whose ``row_max`` is -inf: 0 when every entry is -inf (a fully masked row,
     whose softmax is zeros by the project's convention), NaN when it holds a NaN (the
-    reference's max is NaN there, and so is its softmax). Runs only on such rows."""
+    formula's max is NaN there, and so is its softmax). Runs only on such rows."""
     for c in range(r.shape[0]):
         if r[c] != r[c]:
             return r[c]

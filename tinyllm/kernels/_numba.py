@@ -1,27 +1,13 @@
-"""Numba, optional: the ``jit`` decorator the kernels use, and the kernel switch.
+"""Numba, optional: the ``jit`` decorator and the ``Kernel`` (serial + parallel) the kernels use.
 
-Every kernel module keeps a readable NumPy reference next to its Numba version; this module
-decides which one runs.
+Which implementation runs (the ops' formulas or these kernels) is the switch in
+tinyllm/dispatch.py, not this module: a kernel here only ever runs because an op asked
+``dispatch.accelerator`` and got "numba".
 
-The switch, from strongest to weakest:
-- the ``impl=`` argument of a kernel call: "numpy" or "numba";
-- ``tinyllm.kernels.set_impl("numpy" | "numba" | "auto")``;
-- the environment variable ``TINYLLM_KERNELS=numpy|numba|auto`` (read on first use);
-- an entry point's preference (``prefer_impl("auto")``: the ``tinyllm`` command, the examples
-  that train, the benchmarks), which the two above override;
-- else "numpy": a plain ``import tinyllm`` runs the readable references, so stepping into a
-  backward lands in NumPy code, never in a compiled kernel.
-
-"auto" uses each Numba kernel where benchmarks/kernels.py measured it faster than NumPy on this
-kind of machine, and the reference elsewhere.
-
-``NUMBA_DISABLE_JIT=1`` makes Numba hand back the plain Python functions. "auto" then takes the
-NumPy references (a Python loop over every element would be very slow), while an explicit
-``impl="numba"`` (or TINYLLM_KERNELS=numba) runs the kernel's Python source line by line: that
-is how a learner steps through a kernel in a debugger. Both give the same numbers.
-
-If Numba cannot be imported, every dispatcher uses the references, and the first kernel call
-warns once.
+``NUMBA_DISABLE_JIT=1`` makes Numba hand back the plain Python functions: "auto" then keeps the
+ops' formulas (a Python loop over every element would be very slow), while
+``set_impl("numba")`` (or TINYLLM_KERNELS=numba) runs the kernel's Python source line by line:
+that is how a learner steps through a kernel in a debugger. Both give the same numbers.
 
 Compilation choices (measured on this project's 2-core AVX-512 machine):
 - ``cache=True``: compiled kernels are stored beside the source (or in NUMBA_CACHE_DIR), so
@@ -50,9 +36,7 @@ Compilation choices (measured on this project's 2-core AVX-512 machine):
 """
 import os
 import types
-import warnings
 
-from tinyllm.dispatch import IMPLS, _state, get_impl
 
 try:
     import numba
@@ -135,38 +119,3 @@ def kernel(fn):
 def jit_disabled():
     """True when NUMBA_DISABLE_JIT=1 (Numba returns plain Python functions)."""
     return NUMBA_AVAILABLE and bool(numba.config.DISABLE_JIT)
-
-
-def use_gpu_kernel(impl):
-    """For CuPy arrays: True to run a kernel's compiled CuPy version, False for its reference.
-
-    The same switch as on the CPU: "numpy" (per call, ``set_impl`` or TINYLLM_KERNELS) gives the
-    readable reference on both devices; "auto" and a global "numba" take the compiled kernel.
-    """
-    impl = impl or get_impl()
-    if impl not in IMPLS:
-        raise ValueError(f"kernel impl must be one of {IMPLS}, got {impl!r}")
-    return impl != "numpy"
-
-
-def choose(impl, auto_numba):
-    """Resolve a kernel call to "numpy" or "numba" (for NumPy arrays).
-
-    impl:        the call's ``impl=`` argument (None: the global choice).
-    auto_numba:  what "auto" picks for this call: True where the Numba kernel is measured to win.
-    """
-    impl = impl or get_impl()
-    if impl not in IMPLS:
-        raise ValueError(f"kernel impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "numpy":
-        return "numpy"
-    if not NUMBA_AVAILABLE:
-        if not _state["warned"]:
-            _state["warned"] = True
-            warnings.warn("tinyllm: numba is not installed; using the NumPy reference kernels "
-                          "(pip install numba for the JIT kernels)", UserWarning,
-                          stacklevel=3)
-        return "numpy"
-    if impl == "numba":
-        return "numba"
-    return "numba" if auto_numba and not jit_disabled() else "numpy"

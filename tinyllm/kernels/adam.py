@@ -1,84 +1,49 @@
-"""The Adam / AdamW parameter update: NumPy reference, Numba kernel, dispatcher.
+"""Numba and CuPy kernels for the Adam / AdamW parameter update.
 
-Per element, at step t (eta = lr, lambda = weight_decay; see tinyllm/optim/adam.py for why)::
+The formula and its derivation: tinyllm/optim/adam.py, ``Adam.step``, which calls these kernels
+when the switch is on (``tinyllm.dispatch.accelerator``); tests hold the two equal bit for bit
+(tests/test_adam_kernel.py, tests/test_kernels_nonfinite.py). p, m and v are updated in place;
+g is only read.
 
-    p = p * (1 - eta * lambda)                   # AdamW (decoupled), if lambda != 0
-    g = g + lambda * p                           # Adam (L2 through the gradient), if lambda != 0
-    m = beta1 * m + (1 - beta1) * g
-    v = beta2 * v + (1 - beta2) * g * g
-    p = p - eta * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+The formula is whole-array NumPy (or CuPy) operations: about ten passes over memory per
+parameter, most of them writing a temporary the size of p. The Numba kernel does all of it in
+one pass over the flattened arrays, reading p, g, m, v once and writing p, m, v once, with no
+temporaries, so no allocations and no page faults. For the 0.8M-parameter shakespeare-char GPT
+(52 arrays, float32) an AdamW step went from ~8 ms median (~1,000 page faults per step; ~5 ms
+where glibc is told to keep freed pages) to ~1.3-1.6 ms (0.85 ms at best) on the project's
+2-core machine, ~0.25 ms of it the Python and dispatch cost of 52 calls.
 
-p, m and v are updated in place; g is only read.
-
-The reference is that formula as whole-array NumPy (or CuPy) operations: about ten passes over
-memory per parameter, most of them writing a temporary the size of p. The Numba kernel does all
-of it in one pass over the flattened arrays, reading p, g, m, v once and writing p, m, v once,
-with no temporaries, so no allocations and no page faults. For the 0.8M-parameter
-shakespeare-char GPT (52 arrays, float32) an AdamW step went from ~8 ms median (~1,000 page
-faults per step; ~5 ms where glibc is told to keep freed pages) to ~1.3-1.6 ms (0.85 ms at
-best) on the project's 2-core machine, ~0.25 ms of it the Python and dispatch cost of 52 calls.
-
-Precision: the Numba kernel gives the reference's numbers bit for bit, in float32 and float64.
+Precision: the kernels give the formula's numbers bit for bit, in float32 and float64.
 - The scalars (lr, betas, eps, and the bias corrections 1 - beta^t, computed once per step in
   float64 in Python) are cast to the arrays' dtype before the loop, which is what NumPy does
   with ``float32_array * python_float`` (the result stays float32). So a float32 loop stays
-  float32, and rounds where the reference rounds.
-- It is compiled without fastmath (``_exact_jit``; the other kernels use ``_numba.jit``'s
-  flags). An element-wise loop needs none of them to vectorize (checked: ymm vdivps and
-  vsqrtps in the machine code, and the same speed in all three weight-decay modes). With
-  them, ``contract`` fuses ``b1 * m + (1 - b1) * g`` into one FMA and ``arcp`` turns
+  float32, and rounds where the formula rounds.
+- The Numba kernel is compiled without fastmath (``_exact_jit``; the other kernels use
+  ``_numba.jit``'s flags). An element-wise loop needs none of them to vectorize (checked: ymm
+  vdivps and vsqrtps in the machine code, and the same speed in all three weight-decay modes).
+  With them, ``contract`` fuses ``b1 * m + (1 - b1) * g`` into one FMA and ``arcp`` turns
   ``m / bc1`` into ``m * (1 / bc1)``: one rounding fewer or more, which sounds harmless, but
   m is a difference of nearly equal terms wherever the gradient changes sign, and after 10
-  steps m and p differed from the reference by up to 1e-2 relative in
-  float32 (1e-10 in float64) at such points (``arcp`` and ``reassoc`` alone change p too).
-  Exactness costs speed only where the arrays sit in L1/L2 and the divisions are the limit:
-  13 us against 7.6 us for 16384 float32 elements; on the GPT's AdamW step, 1.54 against 1.50
-  ms (median), as most of its arrays are bigger than that and memory is the limit.
+  steps m and p differed from the formula by up to 1e-2 relative in float32 (1e-10 in
+  float64) at such points (``arcp`` and ``reassoc`` alone change p too). Exactness costs speed
+  only where the arrays sit in L1/L2 and the divisions are the limit: 13 us against 7.6 us for
+  16384 float32 elements; on the GPT's AdamW step, 1.54 against 1.50 ms (median), as most of
+  its arrays are bigger than that and memory is the limit.
 
-The kernel runs serially: one element needs ~10 flops for 28 bytes of traffic (float32), so it
-is memory-bound, and a parallel launch costs more than these arrays take (see _numba.py).
+The Numba kernel runs serially: one element needs ~10 flops for 28 bytes of traffic (float32),
+so it is memory-bound, and a parallel launch costs more than these arrays take (see _numba.py).
 
 On CuPy arrays the same loop body runs as one ``ElementwiseKernel`` launch per parameter, where
-the reference launches ~12 (each CuPy call costs ~10 us of host time, and a small model's GPU
+the formula launches ~12 (each CuPy call costs ~10 us of host time, and a small model's GPU
 step is bound by those launches, not by the GPU's work). It is compiled with ``--fmad=false``
-for the reason above (NVRTC contracts into FMAs by default) and is held bit-equal to the
-reference on CuPy in tests/test_adam_kernel.py.
+for the reason above (NVRTC contracts into FMAs by default).
 """
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._numba import NUMBA_AVAILABLE, choose, numba, use_gpu_kernel
+from tinyllm.kernels._numba import NUMBA_AVAILABLE, numba
 
-AUTO_MIN_ELEMENTS = 1    # the kernel beat the reference at every size measured, 1 element up
-
-_NO_DECAY, _DECOUPLED, _L2 = 0, 1, 2          # the kernel's weight-decay modes
-
-
-# ----------------------------------------------------------------------------------------------
-# reference (NumPy or CuPy)
-
-def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
-    """One Adam (``decoupled=False``) or AdamW step on arrays, updating p, m, v in place.
-
-    ``step`` is t, counted from 1. ``g`` is left unchanged (the L2 term makes a new array).
-    """
-    xp = backend.get_array_module(p)
-    if weight_decay != 0:
-        if decoupled:
-            p *= 1 - lr * weight_decay            # AdamW: shrink p directly
-        else:
-            g = g + weight_decay * p              # Adam: L2 through the gradient
-
-    m *= beta1
-    m += (1 - beta1) * g
-    v *= beta2
-    v += (1 - beta2) * (g * g)
-
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
-    m_hat = m / bias_correction1
-    v_hat = v / bias_correction2
-    p -= lr * m_hat / (xp.sqrt(v_hat) + eps)
+_NO_DECAY, _DECOUPLED, _L2 = 0, 1, 2          # the kernels' weight-decay modes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +109,7 @@ def _adam_step_cupy(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correc
 
 
 # ----------------------------------------------------------------------------------------------
-# dispatch
+# the public wrapper: Numba for NumPy arrays, the elementwise kernel for CuPy arrays
 
 def _flat(a):
     """``a`` (C-contiguous) as a 1-D view: the kernel writes through it, so never a copy.
@@ -159,50 +124,16 @@ def _flat(a):
     return flat
 
 
-def _use_numba(impl, p, g, m, v):
-    """Numba needs NumPy float32 or float64 arrays of one dtype and shape, C-contiguous."""
-    if backend.get_array_module(p, g, m, v) is not np:
-        if impl == "numba":
-            raise ValueError("adam_step: impl='numba' needs NumPy arrays, got CuPy arrays")
-        return False
-    eligible = (isinstance(g, np.ndarray) and p.dtype.char in "fd"
-                and p.dtype == g.dtype == m.dtype == v.dtype
-                and p.shape == g.shape == m.shape == v.shape
-                and p.flags.c_contiguous and g.flags.c_contiguous
-                and m.flags.c_contiguous and v.flags.c_contiguous)
-    if not eligible:
-        if impl == "numba":
-            raise ValueError(f"adam_step: impl='numba' needs C-contiguous float32 or float64 "
-                             f"arrays of one dtype and shape, got p {p.dtype} {p.shape}, grad "
-                             f"{getattr(g, 'dtype', type(g).__name__)} "
-                             f"{getattr(g, 'shape', '')}, exp_avg {m.dtype} {m.shape}, "
-                             f"exp_avg_sq {v.dtype} {v.shape}")
-        return False
-    return choose(impl, p.size >= AUTO_MIN_ELEMENTS) == "numba"
-
-
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled, impl=None):
-    """One Adam / AdamW step on arrays: p, m, v updated in place (see the module docstring).
-
-    ``impl``: None (the global choice), "numpy" or "numba". CuPy arrays of one float dtype and
-    shape take the CuPy kernel (the reference with "numpy"). NumPy arrays the Numba kernel
-    cannot take (non-contiguous, mixed dtypes) go to the reference, unless ``impl="numba"``,
-    which raises instead, as it does for CuPy arrays.
-    """
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled):
+    """One Adam (``decoupled=False``) or AdamW step at step t = ``step`` (from 1): p, m, v
+    updated in place. p, g, m, v: float32 or float64 arrays of one dtype and shape; on the CPU
+    also C-contiguous (the kernel writes through flat views)."""
     mode = _NO_DECAY if weight_decay == 0 else (_DECOUPLED if decoupled else _L2)
-    if (impl != "numba" and type(p) is not np.ndarray and p.dtype.char in "fd"
-            and backend.get_array_module(p, g, m, v) is not np and use_gpu_kernel(impl)
-            and p.dtype == g.dtype == m.dtype == v.dtype
-            and p.shape == g.shape == m.shape == v.shape):
-        if p.size:
-            _adam_step_cupy(p, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                            float(weight_decay), 1.0 - beta1 ** step, 1.0 - beta2 ** step, mode)
-        return
-    if not _use_numba(impl, p, g, m, v):
-        adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, decoupled)
-        return
     if p.size == 0:
         return
-    _adam_step_numba(_flat(p), _flat(g), _flat(m), _flat(v), float(lr), float(beta1),
-                     float(beta2), float(eps), float(weight_decay), 1.0 - beta1 ** step,
-                     1.0 - beta2 ** step, mode)
+    args = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+            1.0 - beta1 ** step, 1.0 - beta2 ** step, mode)
+    if backend.get_array_module(p) is not np:
+        _adam_step_cupy(p, g, m, v, *args)
+        return
+    _adam_step_numba(_flat(p), _flat(g), _flat(m), _flat(v), *args)

@@ -1,53 +1,28 @@
-"""Layer normalization over the last axis: NumPy reference, Numba kernel, dispatcher.
+"""Numba and CuPy kernels for layer normalization over the last axis, forward and backward.
 
-Forward, per row x (D values):
-    mu = mean(x),  var = mean((x - mu)^2),  rstd = 1 / sqrt(var + eps)
-    xhat = (x - mu) * rstd,  y = xhat * w + b
-Backward, with dxhat = dy * w:
-    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    dw = sum over rows of dy * xhat,   db = sum over rows of dy
-(the two means are the chain rule through mu and var; see tinyllm/ops/norm.py for the
-derivation).
+The formula and its derivation: tinyllm/ops/norm.py, ``LayerNorm``, whose forward and backward
+call these kernels when the switch is on (``tinyllm.dispatch.accelerator``); tests hold the two
+equal (tests/test_kernels.py, tests/test_kernels_nonfinite.py).
 
-Forward saves mu and rstd (N,), not xhat (N, D); backward recomputes xhat in its pass.
+Forward saves mu and rstd (N,), not xhat (N, D), as the formula does; backward recomputes xhat
+in its pass. Forward makes three passes over a row (sum; squared deviations; write y), backward
+two (the two means; write dx), where the formula makes about ten whole-array passes.
 
 dw and db sum over rows, which parallel row iterations must not write to at the same time.
 The Numba backward splits the rows into chunks; each ``prange`` iteration handles one chunk and
 adds into its own row of a (chunks, D) partial buffer; the partial rows are summed afterwards.
 On CuPy arrays a CUDA kernel does the same per row (one thread block a row, sums in double),
-and dw, db are column reductions: 4 launches per forward + backward where the reference takes
+and dw, db are column reductions: 4 launches per forward + backward where the formula takes
 ~20.
 
-Shapes: x, y, dy, dx (N, D); w, b, dw, db (D,); mu, rstd (N,).
+Shapes: x, y, dout, dx (N, D); w, b, dw, db (D,); mu, rstd (N,).
 """
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.kernels._numba import choose, kernel, prange, use_gpu_kernel
+from tinyllm.kernels._numba import kernel, prange
 
-AUTO_MIN_ELEMENTS = 1       # serial Numba beat NumPy from (2, 8) up; see benchmarks/RESULTS.md
 _CHUNKS = 16                      # partial buffers for dw, db: enough to keep 2-16 cores busy
-
-
-# ----------------------------------------------------------------------------------------------
-# reference (NumPy or CuPy)
-
-def layer_norm_forward_reference(x, w, b, eps=1e-5):
-    """y, mu, rstd for x (N, D)."""
-    xp = backend.get_array_module(x)
-    mu = x.mean(axis=1)
-    xc = x - mu[:, None]
-    rstd = 1 / xp.sqrt((xc * xc).mean(axis=1) + eps)
-    return xc * rstd[:, None] * w + b, mu, rstd.astype(x.dtype)
-
-
-def layer_norm_backward_reference(dy, x, w, mu, rstd):
-    """dx, dw, db from the upstream dy (N, D) and the saved mu, rstd."""
-    xhat = (x - mu[:, None]) * rstd[:, None]
-    dxhat = dy * w
-    dx = rstd[:, None] * (dxhat - dxhat.mean(axis=1, keepdims=True)
-                          - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
-    return dx, (dy * xhat).sum(axis=0), dy.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,29 +48,29 @@ def _layer_norm_forward_numba(x, w, b, eps, y, mu, rstd):
 
 
 @kernel
-def _layer_norm_backward_numba(dy, x, w, mu, rstd, dx, dw_part, db_part):
+def _layer_norm_backward_numba(dout, x, w, mu, rstd, dx, dw_part, db_part):
     N, D = x.shape
     chunks = dw_part.shape[0]
     rows = (N + chunks - 1) // chunks
     for k in prange(chunks):
         dwk, dbk = dw_part[k], db_part[k]                     # this chunk's own partial rows
         for n in range(k * rows, min(N, (k + 1) * rows)):
-            xr, dyr, dxr = x[n], dy[n], dx[n]
+            xr, doutr, dxr = x[n], dout[n], dx[n]
             m, r = mu[n], rstd[n]
             mean_dxhat = x.dtype.type(0)
             mean_dxhat_xhat = x.dtype.type(0)
             for d in range(D):
                 xhat = (xr[d] - m) * r
-                dxhat = dyr[d] * w[d]
+                dxhat = doutr[d] * w[d]
                 mean_dxhat += dxhat
                 mean_dxhat_xhat += dxhat * xhat
-                dwk[d] += dyr[d] * xhat
-                dbk[d] += dyr[d]
+                dwk[d] += doutr[d] * xhat
+                dbk[d] += doutr[d]
             mean_dxhat /= D
             mean_dxhat_xhat /= D
             for d in range(D):
                 xhat = (xr[d] - m) * r
-                dxr[d] = r * (dyr[d] * w[d] - mean_dxhat - xhat * mean_dxhat_xhat)
+                dxr[d] = r * (doutr[d] * w[d] - mean_dxhat - xhat * mean_dxhat_xhat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,24 +118,24 @@ extern "C" __global__ void NAME_forward(const T* x, const T* w, const T* b, cons
     }
 }
 
-extern "C" __global__ void NAME_backward(const T* dy, const T* x, const T* w, const T* mu,
+extern "C" __global__ void NAME_backward(const T* dout, const T* x, const T* w, const T* mu,
                                          const T* rstd, T* dx, const int D) {
     __shared__ double sh[33];
     const long long n = blockIdx.x;
     const T* xr = x + n * D;
-    const T* dyr = dy + n * D;
+    const T* doutr = dout + n * D;
     T* dxr = dx + n * D;
     const T m = mu[n], r = rstd[n];
     double s1 = 0.0, s2 = 0.0;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        const T xhat = (xr[i] - m) * r, dxhat = dyr[i] * w[i];
+        const T xhat = (xr[i] - m) * r, dxhat = doutr[i] * w[i];
         s1 += (double)dxhat;
         s2 += (double)dxhat * (double)xhat;
     }
     const T mean_dxhat = (T)(block_sum(s1, sh) / D);
     const T mean_dxhat_xhat = (T)(block_sum(s2, sh) / D);
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        const T xhat = (xr[i] - m) * r, dxhat = dyr[i] * w[i];
+        const T xhat = (xr[i] - m) * r, dxhat = doutr[i] * w[i];
         dxr[i] = r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
     }
 }
@@ -172,9 +147,9 @@ def _cupy_layer_norm_kernel(dtype, direction):
     ctype = {"f": "float", "d": "double"}[dtype.char]
     name = f"tinyllm_layer_norm_{ctype}"
     source = _CUPY_LAYER_NORM_SOURCE.replace("TYPE", ctype).replace("NAME", name)
-    # --fmad=false: no contraction into FMAs, which would round differently from the reference
-    # (dxhat - mean(dxhat) with dxhat = dy * w fused into one FMA is the product's rounding
-    # error, not 0, when D = 1: measured 5.8e-6 where the reference gives 0)
+    # --fmad=false: no contraction into FMAs, which would round differently from the formula
+    # (dxhat - mean(dxhat) with dxhat = dout * w fused into one FMA is the product's rounding
+    # error, not 0, when D = 1: measured 5.8e-6 where the formula gives 0)
     return backend.cupy_raw_kernel(f"{name}_{direction}", source, options=("--fmad=false",))
 
 
@@ -190,48 +165,28 @@ def _layer_norm_forward_cupy(x, w, b, eps):
     return y, mu, rstd
 
 
-def _layer_norm_backward_cupy(dy, x, w, mu, rstd):
+def _layer_norm_backward_cupy(dout, x, w, mu, rstd):
     xp = backend.get_array_module(x)
     N, D = x.shape
-    dy, x = xp.ascontiguousarray(dy, dtype=x.dtype), xp.ascontiguousarray(x)
+    dout, x = xp.ascontiguousarray(dout, dtype=x.dtype), xp.ascontiguousarray(x)
     w, mu, rstd = (xp.ascontiguousarray(a) for a in (w, mu, rstd))
     dx = xp.empty_like(x)
     _cupy_layer_norm_kernel(x.dtype, "backward")(
-        (N,), (_CUPY_THREADS,), (dy, x, w, mu, rstd, dx, np.int32(D)))
+        (N,), (_CUPY_THREADS,), (dout, x, w, mu, rstd, dx, np.int32(D)))
     dw = backend.cupy_reduction_kernel(
-        "tinyllm_layer_norm_dw", "T dy, T x, T mu, T rstd", "T dw", "dy * ((x - mu) * rstd)",
-        "a + b", "dw = a", "0")(dy, x, mu[:, None], rstd[:, None], axis=0)   # (N, D) -> (D,)
-    return dx, dw, dy.sum(axis=0)
-
-
-def _use_cupy(impl, x, w):
-    return (impl != "numba" and backend.get_array_module(x) is not np
-            and x.dtype.char in "fd" and x.ndim == 2 and x.size > 0 and w.dtype == x.dtype
-            and use_gpu_kernel(impl))
+        "tinyllm_layer_norm_dw", "T dout, T x, T mu, T rstd", "T dw", "dout * ((x - mu) * rstd)",
+        "a + b", "dw = a", "0")(dout, x, mu[:, None], rstd[:, None], axis=0)   # (N, D) -> (D,)
+    return dx, dw, dout.sum(axis=0)
 
 
 # ----------------------------------------------------------------------------------------------
-# dispatch
+# the public wrappers: Numba for NumPy arrays, the CUDA kernel for CuPy arrays
 
-def _use_numba(impl, x, w):
+def layer_norm_forward(x, w, b, eps=1e-5):
+    """y (N, D), mu (N,), rstd (N,) for x (N, D) (non-empty, float32 or float64), weight w (D,)
+    of x's dtype, bias b (D,)."""
     if backend.get_array_module(x) is not np:
-        if impl == "numba":
-            raise ValueError("layer_norm: impl='numba' needs NumPy arrays, got CuPy arrays")
-        return False
-    if x.dtype.kind != "f" or x.ndim != 2 or x.size == 0 or w.dtype != x.dtype:
-        if impl == "numba":
-            raise ValueError(f"layer_norm: impl='numba' needs float (N, D) input with weights of "
-                             f"the same dtype, got {x.dtype} {x.shape} and {w.dtype}")
-        return False
-    return choose(impl, x.size >= AUTO_MIN_ELEMENTS) == "numba"
-
-
-def layer_norm_forward(x, w, b, eps=1e-5, impl=None):
-    """y (N, D), mu (N,), rstd (N,) for x (N, D), weight w (D,), bias b (D,)."""
-    if _use_cupy(impl, x, w):
         return _layer_norm_forward_cupy(x, w, b, eps)
-    if not _use_numba(impl, x, w):
-        return layer_norm_forward_reference(x, w, b, eps)
     x = np.ascontiguousarray(x)
     y = np.empty_like(x)
     mu = np.empty(x.shape[0], x.dtype)
@@ -241,18 +196,16 @@ def layer_norm_forward(x, w, b, eps=1e-5, impl=None):
     return y, mu, rstd
 
 
-def layer_norm_backward(dy, x, w, mu, rstd, impl=None):
-    """dx (N, D), dw (D,), db (D,)."""
-    if _use_cupy(impl, x, w):
-        return _layer_norm_backward_cupy(dy, x, w, mu, rstd)
-    if not _use_numba(impl, x, w):
-        return layer_norm_backward_reference(dy, x, w, mu, rstd)
+def layer_norm_backward(dout, x, w, mu, rstd):
+    """dx (N, D), dw (D,), db (D,) from the upstream dout (N, D) and forward's mu, rstd."""
+    if backend.get_array_module(x) is not np:
+        return _layer_norm_backward_cupy(dout, x, w, mu, rstd)
     x = np.ascontiguousarray(x)
     N, D = x.shape
     dx = np.empty_like(x)
     chunks = min(_CHUNKS, N)
     dw_part = np.zeros((chunks, D), x.dtype)
     db_part = np.zeros((chunks, D), x.dtype)
-    dy, w = np.ascontiguousarray(dy, dtype=x.dtype), np.ascontiguousarray(w)
-    _layer_norm_backward_numba.run(x.size, dy, x, w, mu, rstd, dx, dw_part, db_part)
+    dout, w = np.ascontiguousarray(dout, dtype=x.dtype), np.ascontiguousarray(w)
+    _layer_norm_backward_numba.run(x.size, dout, x, w, mu, rstd, dx, dw_part, db_part)
     return dx, dw_part.sum(axis=0), db_part.sum(axis=0)

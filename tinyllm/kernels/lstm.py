@@ -1,19 +1,14 @@
-"""The LSTM cell's pointwise part: NumPy reference, Numba kernel, dispatcher.
+"""Numba kernels for the LSTM cell's pointwise part, forward and backward.
 
-An LSTM step is one GEMM (the pre-activations a = x w_ih + h w_hh + b, done by the caller) and
-then pointwise work on (B, 4H) and (B, H) arrays (see tinyllm/ops/rnn.py for the derivation):
+The formula and its derivation: tinyllm/ops/rnn.py (the module docstring; ``cell_forward`` and
+``cell_backward`` there, used by ``LSTMCell`` and ``LSTM``), which call these kernels when the
+switch is on (``tinyllm.dispatch.accelerator``); tests hold the two equal
+(tests/test_kernels.py, tests/test_kernels_nonfinite.py).
 
-    forward:   i, f, o = s(a_i), s(a_f), s(a_o);  g = tanh(a_g)
-               c' = f c + i g;  h' = o tanh(c')
-    backward:  dc_total = dc' + dh' o (1 - tanh(c')^2)
-               da_i = dc_total g i (1 - i);  da_f = dc_total c f (1 - f)
-               da_g = dc_total i (1 - g^2);  da_o = dh' tanh(c') o (1 - o)
-               dc = dc_total f
-
-The reference writes each line as whole-array NumPy expressions: ~15 calls per step, each a
-pass over a small array plus its fixed cost (a few microseconds). A language model's LSTM runs
-this T times per layer and batch, one step after the other, so that fixed cost adds up; the
-Numba kernel does the whole step in one pass, element by element.
+The formula writes each line as whole-array expressions: ~15 calls per step, each a pass over a
+small array plus its fixed cost (a few microseconds). A language model's LSTM runs the step T
+times per layer and batch, one step after the other, so that fixed cost adds up; these kernels
+do the whole step in one pass, element by element, serially (a step's arrays are small).
 
 Shapes: a, gates, da (B, 4H) with the gates in PyTorch's order i f g o; c, h, tanh_c, dh, dc
 (B, H). gates holds the activations (i, f, g, o after their nonlinearities), as backward uses
@@ -21,47 +16,9 @@ them. Arrays may be strided views (one time step of a (B, T, .) array).
 """
 import numpy as np
 
-from tinyllm import backend
 from tinyllm.kernels._math import exp, tanh
-from tinyllm.kernels._numba import choose, jit
+from tinyllm.kernels._numba import jit
 
-
-# ----------------------------------------------------------------------------------------------
-# reference (NumPy or CuPy)
-
-def _sigmoid(xp, a):
-    e = xp.exp(-xp.abs(a))                     # no overflow: e^-|a| <= 1
-    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def lstm_cell_forward_reference(a, c):
-    """(h', c', gates, tanh(c')) from the pre-activations a (B, 4H) and the cell state c."""
-    xp = backend.get_array_module(a)
-    H = c.shape[-1]
-    gates = _sigmoid(xp, a)                                 # i, f, o: sigmoid (B, 4H)
-    gates[:, 2 * H:3 * H] = xp.tanh(a[:, 2 * H:3 * H])     # g: tanh
-    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
-    c_new = f * c + i * g
-    tanh_c = xp.tanh(c_new)
-    return o * tanh_c, c_new, gates, tanh_c
-
-
-def lstm_cell_backward_reference(dh, dc, gates, tanh_c, c):
-    """(da (B, 4H), dc to the previous cell state) from dh = dL/dh', dc = dL/dc'."""
-    xp = backend.get_array_module(dh)
-    H = c.shape[-1]
-    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
-    dc_total = dc + dh * o * (1 - tanh_c * tanh_c)
-    da = xp.empty_like(gates)                                               # (B, 4H)
-    da[:, 0:H] = dc_total * g * i * (1 - i)                                 # da_i
-    da[:, H:2 * H] = dc_total * c * f * (1 - f)                             # da_f
-    da[:, 2 * H:3 * H] = dc_total * i * (1 - g * g)                         # da_g
-    da[:, 3 * H:4 * H] = dh * tanh_c * o * (1 - o)                          # da_o
-    return da, dc_total * f
-
-
-# ----------------------------------------------------------------------------------------------
-# Numba: one pass over the B x H cells (serial: a step's arrays are small)
 
 @jit()
 def _lstm_cell_forward_numba(a, c, h_out, c_out, gates, tanh_c):
@@ -72,7 +29,7 @@ def _lstm_cell_forward_numba(a, c, h_out, c_out, gates, tanh_c):
         # every gate as s(k a) = 1 / (1 + e^(-k a)): k = 1 is the sigmoid of i, f and o; for g,
         # k = 2 and tanh(a) = 2 s(2a) - 1. One exp per element in one loop that vectorizes.
         # (e^(-k a) overflows to inf for very negative a, and s to 0: never NaN unless a is;
-        # a NaN a gives a NaN gate, as the reference: tests/test_kernels_nonfinite.py.)
+        # a NaN a gives a NaN gate, as the formula: tests/test_kernels_nonfinite.py.)
         for m in range(4 * H):
             k = two if 2 * H <= m < 3 * H else one
             gr[m] = one / (one + exp(-k * ar[m]))
@@ -109,38 +66,14 @@ def _lstm_cell_backward_numba(dh, dc, gates, tanh_c, c, da, dc_prev):
 
 
 # ----------------------------------------------------------------------------------------------
-# dispatch
+# the public wrappers
 
-def _use_numba(impl, *arrays):
-    if backend.get_array_module(*arrays) is not np:
-        if impl == "numba":
-            raise ValueError("lstm_cell: impl='numba' needs NumPy arrays, got CuPy arrays")
-        return False
-    dtypes = {a.dtype for a in arrays}
-    if len(dtypes) != 1 or arrays[0].dtype not in (np.float32, np.float64):
-        if impl == "numba":
-            raise ValueError(f"lstm_cell: impl='numba' needs float32 or float64 arrays of one "
-                             f"dtype, got {sorted(str(d) for d in dtypes)}")
-        return False
-    return choose(impl, auto_numba=True) == "numba"
-
-
-def _into(out, results):
-    """The reference's results, copied into ``out`` when the caller gave arrays to fill."""
-    if out is None:
-        return results
-    for target, r in zip(out, results):
-        target[...] = r
-    return out
-
-
-def lstm_cell_forward(a, c, out=None, impl=None):
-    """(h', c', gates, tanh(c')) for pre-activations a (B, 4H) and cell state c (B, H).
+def lstm_cell_forward(a, c, out=None):
+    """(h', c', gates, tanh(c')) for pre-activations a (B, 4H) and cell state c (B, H), float32
+    or float64 of one dtype.
 
     ``out``: optional arrays (h', c', gates, tanh(c')) to write into, e.g. one time step's views
     of a whole sequence's storage, so the caller copies nothing."""
-    if not _use_numba(impl, a, c):
-        return _into(out, lstm_cell_forward_reference(a, c))
     if out is None:
         B, H = c.shape
         out = tuple(np.empty((B, n), dtype=a.dtype) for n in (H, H, 4 * H, H))
@@ -149,11 +82,9 @@ def lstm_cell_forward(a, c, out=None, impl=None):
     return out
 
 
-def lstm_cell_backward(dh, dc, gates, tanh_c, c, out=None, impl=None):
+def lstm_cell_backward(dh, dc, gates, tanh_c, c, out=None):
     """(da (B, 4H), dc_prev (B, H)) from dh, dc (B, H), the saved gates and tanh(c'), and the
     previous cell state c. ``out``: optional (da, dc_prev) arrays to write into."""
-    if not _use_numba(impl, dh, dc, gates, tanh_c, c):
-        return _into(out, lstm_cell_backward_reference(dh, dc, gates, tanh_c, c))
     if out is None:
         out = (np.empty(gates.shape, dtype=gates.dtype), np.empty(c.shape, dtype=gates.dtype))
     _lstm_cell_backward_numba(dh, dc, gates, tanh_c, c, out[0], out[1])

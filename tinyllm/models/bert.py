@@ -2,8 +2,8 @@
 (Devlin et al. 2018), with Hugging Face's module and parameter names.
 
     input_ids, token_type_ids (B, T) -> word + position + token_type embeddings -> LayerNorm
-      -> dropout -> num_hidden_layers x BertLayer -> sequence_output (B, T, H)
-    pooler: tanh(dense(sequence_output[:, 0]))  -> pooled_output (B, H)   (the [CLS] summary)
+      -> dropout -> num_hidden_layers x BertLayer -> sequence_output (B, T, C)
+    pooler: tanh(dense(sequence_output[:, 0]))  -> pooled_output (B, C)   (the [CLS] summary)
     BertLayer (post-LN, as the original Transformer):
       h = LayerNorm(x + dropout(dense(SelfAttention(x))))            attention.output
       y = LayerNorm(h + dropout(dense(gelu(intermediate(h)))))       intermediate, output
@@ -23,7 +23,7 @@ Parameter names follow HF ``transformers`` (``bert-base-uncased``,
 LAYOUT: tinyllm's Linear computes y = x @ W + b with W stored (in, out); PyTorch's nn.Linear
 (hence every HF checkpoint) stores W as (out, in). ``convert_hf_bert_state_dict`` transposes
 every 2-D Linear weight (query/key/value/dense/seq_relationship/classifier) but not the
-embedding tables (V, H), which are (rows, H) in both; ``BertModel.from_hf_state_dict`` and the
+embedding tables (V, C), which are (rows, C) in both; ``BertModel.from_hf_state_dict`` and the
 heads' ``from_hf_state_dict`` build a model and load a converted checkpoint in one call.
 
 Attention masks follow HF: ``attention_mask`` (B, T) is 1 at real tokens and 0 at padding; it
@@ -44,7 +44,7 @@ from tinyllm import functional as F
 from tinyllm.autograd.tensor import Tensor
 from tinyllm.models._util import token_ids as _ids
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, Parameter
-from tinyllm.nn.attention import scaled_dot_product_attention
+from tinyllm.nn.attention import Attention, ResidualBlock
 
 BERT_UNCASED_SPECIAL_IDS = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103}
 
@@ -52,10 +52,10 @@ BERT_UNCASED_SPECIAL_IDS = {"pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask"
 @dataclass
 class BertConfig:
     vocab_size: int = 30522             # bert-base-uncased WordPiece vocabulary
-    hidden_size: int = 768              # width H of every position's vector (bert-base)
+    hidden_size: int = 768              # width C (n_embd) of every position (bert-base)
     num_hidden_layers: int = 12         # encoder layers (bert-base: 12, bert-large: 24)
     num_attention_heads: int = 12       # heads per layer; hidden_size must divide by it
-    intermediate_size: int = 3072       # feed-forward width, 4 H as in the Transformer
+    intermediate_size: int = 3072       # feed-forward width, 4 C as in the Transformer
     hidden_act: str = "gelu"            # "gelu" is the exact erf form (HF's name for it)
     hidden_dropout_prob: float = 0.1    # dropout on embeddings and both residual branches
     attention_probs_dropout_prob: float = 0.1   # dropout on the attention weights
@@ -100,83 +100,80 @@ def attention_mask_to_key_padding_mask(attention_mask, device="cpu"):
 
 class BertEmbeddings(Module):
     """word_embeddings[ids] + position_embeddings[:T] + token_type_embeddings[types], then
-    LayerNorm and dropout: (B, T) ids -> (B, T, H)."""
+    LayerNorm and dropout: (B, T) ids -> (B, T, C)."""
 
     def __init__(self, config):
         super().__init__()
-        H = config.hidden_size
-        self.word_embeddings = Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
-        self.position_embeddings = Embedding(config.max_position_embeddings, H)
-        self.token_type_embeddings = Embedding(config.type_vocab_size, H)
-        self.LayerNorm = LayerNorm(H, eps=config.layer_norm_eps)
+        C = config.hidden_size
+        self.word_embeddings = Embedding(config.vocab_size, C, padding_idx=config.pad_token_id)
+        self.position_embeddings = Embedding(config.max_position_embeddings, C)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, C)
+        self.LayerNorm = LayerNorm(C, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.shape[1]
         pos = backend.xp_for_device(self.word_embeddings.weight.device).arange(T)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(pos)
-             + self.token_type_embeddings(token_type_ids))                # (B, T, H)
+             + self.token_type_embeddings(token_type_ids))                # (B, T, C)
         return self.dropout(self.LayerNorm(x))
 
 
-class BertSelfAttention(Module):
-    """Multi-head self-attention with separate query/key/value projections (H, H).
+class BertSelfAttention(Attention):
+    """HF's ``attention.self``: multi-head self-attention with separate ``query``, ``key``,
+    ``value`` projections (C, C), no causal mask, and dropout on the attention weights. The
+    forward is tinyllm.nn.attention.Attention's, and it stops at the merged heads (B, T, C):
+    the output projection, dropout and LayerNorm live in ``attention.output`` (HF's names).
 
-    forward(x (B, T, H), mask (B, 1, 1, T) True = ignored key) -> (B, T, H) before the output
-    projection, or (output, weights (B, nh, T, T)) with ``need_weights=True``."""
-
-    def __init__(self, config):
-        super().__init__()
-        H = config.hidden_size
-        self.num_attention_heads = config.num_attention_heads
-        self.query = Linear(H, H)
-        self.key = Linear(H, H)
-        self.value = Linear(H, H)
-        self.dropout = Dropout(config.attention_probs_dropout_prob)
-
-    def forward(self, x, mask=None, need_weights=False):
-        B, T, H = x.shape
-        nh = self.num_attention_heads
-        q = self.query(x).reshape(B, T, nh, H // nh).transpose(1, 2)       # (B, nh, T, D)
-        k = self.key(x).reshape(B, T, nh, H // nh).transpose(1, 2)
-        v = self.value(x).reshape(B, T, nh, H // nh).transpose(1, 2)
-        if need_weights or (self.dropout.p > 0 and self.training):
-            # composed op by op: returns the weights, applies attention-weight dropout
-            y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout.p,
-                                                      self.training)
-        else:
-            y, weights = F.attention(q, k, v, mask=mask), None             # one fused op
-        y = y.transpose(1, 2).reshape(B, T, H)                 # (B, nh, T, D) -> (B, T, H)
-        return (y, weights) if need_weights else y
-
-
-class BertSelfOutput(Module):
-    """LayerNorm(x + dropout(dense(attended))): the attention sub-layer's residual, post-LN."""
+    ``attention.self(x, attn_mask=mask, need_weights=True)`` -> (y, weights (B, H, T, T)),
+    with ``mask`` (B, 1, 1, T) True = ignored key (``attention_mask_to_key_padding_mask``)."""
 
     def __init__(self, config):
+        super().__init__(config.hidden_size, config.num_attention_heads,
+                         config.attention_probs_dropout_prob)
+        C = self.n_embd
+        self.query = Linear(C, C)
+        self.key = Linear(C, C)
+        self.value = Linear(C, C)
+
+    def project(self, x, kv):
+        q = self.query(x)
+        if kv is None:
+            return q, None, None
+        return q, self.key(kv), self.value(kv)
+
+
+class BertOutput(Module):
+    """dropout(dense(branch)): a sub-layer's branch back to the residual width, (B, T, in) ->
+    (B, T, C), with the ``LayerNorm`` that closes its residual in BertLayer (HF keeps it
+    here). HF's ``attention.output`` (BertSelfOutput, in = hidden_size) and ``output``
+    (BertOutput, in = intermediate_size)."""
+
+    def __init__(self, config, in_features):
         super().__init__()
-        self.dense = Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(in_features, config.hidden_size)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.hidden_dropout_prob)
 
-    def forward(self, attended, x):
-        return self.LayerNorm(x + self.dropout(self.dense(attended)))
+    def forward(self, branch):
+        return self.dropout(self.dense(branch))
 
 
 class BertAttention(Module):
-    """``self`` (the attention itself) and ``output`` (projection, residual, LayerNorm)."""
+    """``self`` (the attention itself) and ``output`` (projection and dropout; the LayerNorm of
+    the residual): x (B, T, C) -> the attention sub-layer's branch (B, T, C)."""
 
     def __init__(self, config):
         super().__init__()
         self.self = BertSelfAttention(config)
-        self.output = BertSelfOutput(config)
+        self.output = BertOutput(config, config.hidden_size)
 
     def forward(self, x, mask=None):
-        return self.output(self.self(x, mask), x)
+        return self.output(self.self(x, attn_mask=mask))
 
 
 class BertIntermediate(Module):
-    """act(dense(h)): (B, T, H) -> (B, T, intermediate_size)."""
+    """act(dense(h)): (B, T, C) -> (B, T, intermediate_size)."""
 
     def __init__(self, config):
         super().__init__()
@@ -187,31 +184,25 @@ class BertIntermediate(Module):
         return self.act(self.dense(h))
 
 
-class BertOutput(Module):
-    """LayerNorm(h + dropout(dense(intermediate))): the feed-forward residual, post-LN."""
+class BertLayer(ResidualBlock):
+    """One post-LN encoder layer (tinyllm.nn.attention.ResidualBlock), with HF's names:
+
+        h = attention.output.LayerNorm(x + attention(x))              attention sub-layer
+        y = output.LayerNorm(h + output(intermediate(h)))              feed-forward sub-layer
+    """
 
     def __init__(self, config):
-        super().__init__()
-        self.dense = Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
-
-    def forward(self, intermediate, h):
-        return self.LayerNorm(h + self.dropout(self.dense(intermediate)))
-
-
-class BertLayer(Module):
-    """One post-LN encoder layer: attention sub-layer, then feed-forward sub-layer."""
-
-    def __init__(self, config):
-        super().__init__()
+        super().__init__(norm_first=False)
         self.attention = BertAttention(config)
         self.intermediate = BertIntermediate(config)
-        self.output = BertOutput(config)
+        self.output = BertOutput(config, config.intermediate_size)
+
+    def feed_forward(self, h):
+        return self.output(self.intermediate(h))       # (B, T, C) -> (B, T, I) -> (B, T, C)
 
     def forward(self, x, mask=None):
-        h = self.attention(x, mask)
-        return self.output(self.intermediate(h), h)
+        h = self.residual(x, self.attention.output.LayerNorm, self.attention, mask)
+        return self.residual(h, self.output.LayerNorm, self.feed_forward)
 
 
 class BertEncoder(Module):
@@ -226,7 +217,7 @@ class BertEncoder(Module):
 
 
 class BertPooler(Module):
-    """tanh(dense(x[:, 0])): the [CLS] position's vector, (B, T, H) -> (B, H). Pretrained by
+    """tanh(dense(x[:, 0])): the [CLS] position's vector, (B, T, C) -> (B, C). Pretrained by
     NSP, it is the input of sentence-level heads."""
 
     def __init__(self, config):
@@ -239,7 +230,7 @@ class BertPooler(Module):
 
 class BertModel(Module):
     """The BERT encoder. ``model(input_ids, token_type_ids=None, attention_mask=None)`` ->
-    (sequence_output (B, T, H), pooled_output (B, H), or None without a pooler).
+    (sequence_output (B, T, C), pooled_output (B, C), or None without a pooler).
 
     token_type_ids default to 0 (all sentence A); attention_mask (B, T) 1 = real, 0 = padding,
     default all real. Outputs at padded positions are computed but meaningless.
@@ -270,7 +261,7 @@ class BertModel(Module):
         if mask is not None and (mask.shape[0], mask.shape[-1]) != (B, T):
             raise ValueError(f"Bert: attention_mask must have shape {(B, T)} like input_ids, "
                              f"got {(mask.shape[0], mask.shape[-1])}")
-        x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)   # (B, T, H)
+        x = self.encoder(self.embeddings(input_ids, token_type_ids), mask)   # (B, T, C)
         return x, (self.pooler(x) if self.pooler is not None else None)
 
     @classmethod
@@ -295,7 +286,7 @@ class BertModel(Module):
 
 
 class TiedDecoder(Module):
-    """logits = x @ W^T + b with W the word embeddings (V, H) and b (V,) the head's bias, both
+    """logits = x @ W^T + b with W the word embeddings (V, C) and b (V,) the head's bias, both
     shared: registered here so the state_dict carries HF's ``cls.predictions.decoder.weight``
     and ``.bias``, while ``parameters()`` holds each once."""
 
@@ -305,11 +296,11 @@ class TiedDecoder(Module):
         self.bias = bias
 
     def forward(self, x):
-        return x @ self.weight.T + self.bias                            # (B, T, H) -> (B, T, V)
+        return x @ self.weight.T + self.bias                            # (B, T, C) -> (B, T, V)
 
 
 class BertPredictionHeadTransform(Module):
-    """LayerNorm(act(dense(x))): (B, T, H) -> (B, T, H), before the tied decoder."""
+    """LayerNorm(act(dense(x))): (B, T, C) -> (B, T, C), before the tied decoder."""
 
     def __init__(self, config):
         super().__init__()
@@ -335,7 +326,7 @@ class BertLMPredictionHead(Module):
 
 
 class BertPreTrainingHeads(Module):
-    """``predictions`` (MLM, per position) and ``seq_relationship`` (NSP, Linear(H, 2) on the
+    """``predictions`` (MLM, per position) and ``seq_relationship`` (NSP, Linear(C, 2) on the
     pooled output; class 0 = B follows A, 1 = B is random)."""
 
     def __init__(self, config, word_embeddings):
@@ -388,7 +379,7 @@ class BertForPreTraining(Module):
 
 
 class BertForSequenceClassification(Module):
-    """BERT + dropout + ``classifier`` Linear(H, num_labels) on the pooled output.
+    """BERT + dropout + ``classifier`` Linear(C, num_labels) on the pooled output.
 
     ``model(input_ids, token_type_ids, attention_mask)`` -> logits (B, num_labels); with
     ``labels`` -> (logits, loss): cross-entropy for integer class labels, or, when
@@ -471,7 +462,7 @@ def convert_hf_bert_state_dict(state_dict):
 
     - every 2-D ``*.weight`` of a Linear (query, key, value, dense, seq_relationship,
       classifier: anything but an embedding table) is transposed (out, in) -> (in, out);
-      embedding tables (``*_embeddings.weight``) and the tied MLM decoder (V, H) are kept;
+      embedding tables (``*_embeddings.weight``) and the tied MLM decoder (V, C) are kept;
     - the position_ids / token_type_ids buffers are dropped;
     - TF-era names ``LayerNorm.gamma`` / ``.beta`` become ``.weight`` / ``.bias``;
     - tied copies that ``save_pretrained`` leaves out (``cls.predictions.decoder.weight`` =
@@ -482,8 +473,8 @@ def convert_hf_bert_state_dict(state_dict):
     for k, v in state_dict.items():
         if any(k == b or k.endswith("." + b) for b in _HF_BUFFERS):
             continue
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
-                                                                       "LayerNorm.bias")
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight")
+        k = k.replace("LayerNorm.beta", "LayerNorm.bias")
         a = np.asarray(v.data if isinstance(v, Tensor) else v)
         if k.endswith(".weight") and a.ndim == 2 and not _is_embedding_table(k):
             a = np.ascontiguousarray(a.T)

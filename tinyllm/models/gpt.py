@@ -19,12 +19,11 @@ x_{t+1}: ``tinyllm.data.corpora.get_batch``).
 import math
 from dataclasses import dataclass
 
-
 from tinyllm import backend
 from tinyllm import functional as F
 from tinyllm.models._util import token_ids as _ids
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
-from tinyllm.nn.attention import causal_mask, scaled_dot_product_attention
+from tinyllm.nn.attention import Attention, ResidualBlock
 
 
 @dataclass
@@ -46,46 +45,29 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: gelu must be 'tanh' or 'exact', got {self.gelu!r}")
 
 
-class CausalSelfAttention(Module):
-    """Multi-head causal self-attention with GPT-2's fused projection c_attn (C, 3C)."""
+class CausalSelfAttention(Attention):
+    """GPT-2's attention: causal self-attention with one packed projection ``c_attn`` (C, 3C)
+    = [W_q | W_k | W_v] and the output projection ``c_proj`` (C, C), then residual dropout.
+    The forward is tinyllm.nn.attention.Attention's: ``attn(x, cache=None)``, x (B, T, C) ->
+    (B, T, C); with ``cache`` (a dict, for decoding) the keys and values of earlier positions
+    are read from it and this call's are appended, so the T new queries attend to all
+    T_past + T keys, each only to positions up to its own."""
 
     def __init__(self, config):
-        super().__init__()
+        super().__init__(config.n_embd, config.n_head, config.dropout, causal=True)
         C = config.n_embd
-        self.n_head, self.dropout = config.n_head, config.dropout
         self.c_attn = Linear(C, 3 * C, bias=config.bias)
         self.c_proj = Linear(C, C, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
 
-    def forward(self, x, cache=None):
-        """x (B, T, C) -> (B, T, C). With ``cache`` (a dict, for decoding) the keys and values
-        of earlier positions are read from it and this call's are appended: the T new queries
-        attend to all T_past + T keys, each only to positions up to its own."""
-        B, T, C = x.shape
-        H = self.n_head
-        qkv = self.c_attn(x)                                           # (B, T, 3C)
-        weight_dropout = self.dropout > 0 and self.training
-        if cache is None and not weight_dropout:
-            # training and scoring: one fused op from the packed projection to merged heads
-            y = F.qkv_self_attention(qkv, H, causal=True)              # (B, T, C)
-            return self.resid_dropout(self.c_proj(y))
-        q, k, v = F.split(qkv, 3, axis=2)                              # 3 x (B, T, C)
-        q = q.reshape(B, T, H, C // H).transpose(1, 2)                 # (B, H, T, D)
-        k = k.reshape(B, T, H, C // H).transpose(1, 2)
-        v = v.reshape(B, T, H, C // H).transpose(1, 2)
-        if cache is not None:
-            if "k" in cache:
-                k = F.concatenate([cache["k"], k], axis=2)             # (B, H, T_past + T, D)
-                v = F.concatenate([cache["v"], v], axis=2)
-            cache["k"], cache["v"] = k, v
-        if weight_dropout:
-            # dropout on the attention weights: the composed path, op by op
-            T_k = k.shape[2]
-            y, _ = scaled_dot_product_attention(q, k, v, causal_mask(T, T_k, x.device),
-                                                self.dropout, self.training)
-        else:
-            y = F.attention(q, k, v, causal=True)                      # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)                         # (B, H, T, D) -> (B, T, C)
+    def project_packed(self, x):
+        return self.c_attn(x)                                          # (B, T, C) -> (B, T, 3C)
+
+    def project(self, x, kv):
+        # self-attention only: keys and values come from x too (kv is x)
+        return F.split(self.project_packed(x), 3, axis=2)              # 3 x (B, T, C)
+
+    def output(self, y):
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -104,19 +86,19 @@ class MLP(Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
-class Block(Module):
-    """Pre-LN Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+class Block(ResidualBlock):
+    """Pre-LN Transformer block: x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x))."""
 
     def __init__(self, config):
-        super().__init__()
+        super().__init__(norm_first=True)
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, cache=None):
-        x = x + self.attn(self.ln_1(x), cache)
-        return x + self.mlp(self.ln_2(x))
+        x = self.residual(x, self.ln_1, self.attn, cache=cache)       # x + attn(ln_1(x))
+        return self.residual(x, self.ln_2, self.mlp)                   # x + mlp(ln_2(x))
 
 
 class TiedLMHead(Module):

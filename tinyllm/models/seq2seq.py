@@ -9,12 +9,16 @@ or by cross-attention), padded target tokens never attended to by the decoder. T
 teacher forcing: ``tgt_in`` is the target shifted right (starting with BOS), ``tgt_out`` the
 target itself, and the loss is the mean cross-entropy over non-pad positions.
 
-Embeddings are multiplied by sqrt(d_model) (as in the paper) so that they are on the scale of
-the sinusoidal positions added to them.
+Embeddings are multiplied by sqrt(C) (the paper's sqrt(d_model)) so that they are on the scale
+of the sinusoidal positions added to them.
+
+Names as in GPT: ``n_embd`` (C, the paper's d_model), ``n_head`` (H); the encoder and decoder
+layers are tinyllm.nn's ``TransformerEncoderLayer``/``TransformerDecoderLayer``, built on the one
+attention (``MultiHeadAttention``) and the one residual block (``ResidualBlock``).
 """
 import math
-from dataclasses import dataclass
-
+import warnings
+from dataclasses import InitVar, dataclass
 
 from tinyllm import backend
 from tinyllm import functional as F
@@ -28,22 +32,37 @@ from tinyllm.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleLis
 class Seq2SeqConfig:
     src_vocab_size: int = 1000          # source vocabulary (all of it when shared)
     tgt_vocab_size: int = 0             # target vocabulary; 0 = share the source vocabulary
-    d_model: int = 128                  # width of both stacks (the paper's base model: 512)
-    n_heads: int = 4                    # attention heads; d_model must divide by it
+    n_embd: int = 128                   # width C of both stacks (the paper's d_model: 512)
+    n_head: int = 4                     # attention heads; n_embd must divide by it
     num_encoder_layers: int = 2         # encoder depth (paper: 6)
     num_decoder_layers: int = 2         # decoder depth (paper: 6)
-    d_ff: int = 512                     # feed-forward inner width (paper: 4 x d_model)
+    d_ff: int = 512                     # feed-forward inner width (paper: 4 x n_embd)
     dropout: float = 0.1                # on embeddings, attention weights, sublayer outputs
     max_len: int = 256                  # longest sequence the positional table covers
     pad_id: int = 0                     # padding token id, masked everywhere, ignored by loss
     norm_first: bool = False            # False: post-LN as in the paper; True: pre-LN
     activation: str = "relu"            # feed-forward activation: "relu", "gelu", "gelu_tanh"
     tie_output: bool = True             # output layer = transposed target embedding
+    # the names before n_embd / n_head, still accepted (saved configs, old scripts); not stored
+    d_model: InitVar[int | None] = None
+    n_heads: InitVar[int | None] = None
 
-    def __post_init__(self):
-        if self.d_model % self.n_heads:
-            raise ValueError(f"Seq2SeqConfig: d_model {self.d_model} is not divisible by "
-                             f"n_heads {self.n_heads}")
+    def __post_init__(self, d_model, n_heads):
+        renamed = []
+        for old, new, value in (("d_model", "n_embd", d_model), ("n_heads", "n_head", n_heads)):
+            if value is None:
+                continue
+            if getattr(self, new) not in (self.__dataclass_fields__[new].default, value):
+                raise ValueError(f"Seq2SeqConfig: {old}={value} and {new}={getattr(self, new)} "
+                                 f"disagree; {old} is the old name of {new}: give {new} only")
+            setattr(self, new, value)
+            renamed.append(f"{old} is now called {new}")
+        if renamed:
+            warnings.warn(f"Seq2SeqConfig: {', '.join(renamed)}", DeprecationWarning,
+                          stacklevel=3)
+        if self.n_embd % self.n_head:
+            raise ValueError(f"Seq2SeqConfig: n_embd {self.n_embd} is not divisible by "
+                             f"n_head {self.n_head}")
 
     @property
     def shared_vocab(self):
@@ -58,35 +77,35 @@ class Seq2SeqTransformer(Module):
         super().__init__()
         self.config = c = config
         V_tgt = c.src_vocab_size if c.shared_vocab else c.tgt_vocab_size
-        self.src_embed = Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.src_embed = Embedding(c.src_vocab_size, c.n_embd, padding_idx=c.pad_id)
         self.tgt_embed = self.src_embed if c.shared_vocab else \
-            Embedding(V_tgt, c.d_model, padding_idx=c.pad_id)
-        self.pos = SinusoidalPositionalEncoding(c.d_model, c.max_len)
+            Embedding(V_tgt, c.n_embd, padding_idx=c.pad_id)
+        self.pos = SinusoidalPositionalEncoding(c.n_embd, c.max_len)
         self.drop = Dropout(c.dropout)
-        self.encoder = ModuleList([TransformerEncoderLayer(c.d_model, c.n_heads, c.d_ff,
+        self.encoder = ModuleList([TransformerEncoderLayer(c.n_embd, c.n_head, c.d_ff,
                                                            c.dropout, c.activation, c.norm_first)
                                    for _ in range(c.num_encoder_layers)])
-        self.decoder = ModuleList([TransformerDecoderLayer(c.d_model, c.n_heads, c.d_ff,
+        self.decoder = ModuleList([TransformerDecoderLayer(c.n_embd, c.n_head, c.d_ff,
                                                            c.dropout, c.activation, c.norm_first)
                                    for _ in range(c.num_decoder_layers)])
         if c.norm_first:                     # pre-LN stacks end un-normalized: add a final LN
-            self.encoder_norm = LayerNorm(c.d_model)
-            self.decoder_norm = LayerNorm(c.d_model)
+            self.encoder_norm = LayerNorm(c.n_embd)
+            self.decoder_norm = LayerNorm(c.n_embd)
         if not c.tie_output:
-            self.generator = Linear(c.d_model, V_tgt)
+            self.generator = Linear(c.n_embd, V_tgt)
         self._init_weights()
 
     def _init_weights(self):
-        """Embeddings N(0, 1/d_model) (so that embed * sqrt(d_model) has unit scale); Linear
+        """Embeddings N(0, 1/C) (so that embed * sqrt(C) has unit scale, C = n_embd); Linear
         layers keep their default (PyTorch's) uniform init."""
         gen = backend.get_generator(backend.default_device())
         for emb in {id(e): e for e in (self.src_embed, self.tgt_embed)}.values():
-            w = gen.standard_normal(emb.weight.shape) / math.sqrt(self.config.d_model)
+            w = gen.standard_normal(emb.weight.shape) / math.sqrt(self.config.n_embd)
             w[self.config.pad_id] = 0
             emb.weight.data[...] = w.astype(emb.weight.dtype)
 
     def _embed(self, embed, ids):
-        x = embed(ids) * math.sqrt(self.config.d_model)                # (B, T, C)
+        x = embed(ids) * math.sqrt(self.config.n_embd)                # (B, T, C)
         return self.drop(self.pos(x))
 
     def pad_mask(self, ids):
@@ -120,7 +139,7 @@ class Seq2SeqTransformer(Module):
         offset = 0
         if cache is not None and cache and "self" in cache[0] and "k" in cache[0]["self"]:
             offset = cache[0]["self"]["k"].shape[2]
-        x = self.drop(self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.config.d_model),
+        x = self.drop(self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.config.n_embd),
                                offset=offset))
         tgt_mask = None if cache is not None else self.pad_mask(tgt_in)
         for i, layer in enumerate(self.decoder):

@@ -2,7 +2,8 @@
 
 Imports flow one way: nn uses ops (through ``tinyllm.functional``) and never the reverse.
 """
-from tinyllm.nn.attention import (FeedForward, LearnedPositionalEmbedding, MultiHeadAttention,
+from tinyllm.nn.attention import (Attention, FeedForward, LearnedPositionalEmbedding,
+                                  MultiHeadAttention, ResidualBlock,
                                   SinusoidalPositionalEncoding, TransformerDecoderLayer,
                                   TransformerEncoderLayer, causal_mask,
                                   scaled_dot_product_attention, sinusoidal_positions)
@@ -12,7 +13,7 @@ from tinyllm.nn.rnn import LSTM, LSTMCell
 
 __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Linear",
            "Embedding", "LayerNorm", "Dropout", "GELU", "ReLU", "Tanh", "LSTM", "LSTMCell",
-           "MultiHeadAttention",
+           "Attention", "MultiHeadAttention", "ResidualBlock",
            "FeedForward", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
            "TransformerEncoderLayer", "TransformerDecoderLayer", "causal_mask",
            "scaled_dot_product_attention", "sinusoidal_positions"]

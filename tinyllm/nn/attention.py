@@ -1,4 +1,5 @@
-"""Attention and the Transformer layers built on it (Vaswani et al. 2017).
+"""Attention and the Transformer layers built on it (Vaswani et al. 2017): one attention module
+and one residual block, shared by GPT, BERT and the encoder-decoder Transformer.
 
 Scaled dot-product attention, for queries Q (Tq, D), keys K (Tk, D), values V (Tk, D):
 
@@ -8,25 +9,27 @@ Each query's output is an average of the value rows, weighted by how well the qu
 each key. Dividing by sqrt(D) keeps the scores' variance near 1 when q and k have unit-variance
 entries (a dot product of D terms has variance D), so the softmax does not saturate. Masked
 positions get score -inf, hence weight exactly 0 (a query whose keys are all masked gets
-all-zero weights: see tinyllm/kernels/softmax.py).
+all-zero weights: see tinyllm/ops/softmax.py).
 
 Multi-head attention runs H such attentions in parallel on learned projections of width
-D = d_model / H and concatenates them:
+D = head_size = n_embd / H and concatenates them:
 
-    head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V),   MultiHead = Concat(head_1..H) W^O
+    head_h = Attention(Q W_h^Q, K W_h^K, V W_h^V),   MultiHead = Concat(head_1..H) W^O
 
-implemented as one (d_model, d_model) projection per Q, K, V, reshaped into heads.
+implemented as one (C, C) projection per Q, K, V (or one packed (C, 3C), GPT-2's c_attn),
+reshaped into heads.
 
 ``scaled_dot_product_attention`` below is composed of ops whose backward is already derived and
-gradient-checked (matmul, softmax, masked_fill, reshape, transpose), so its backward is the
-chain rule through them: the readable version, which also returns the weights and applies
-weight dropout. The modules use the fused op ``tinyllm.functional.attention`` (one graph node,
-hand-derived backward, tinyllm/ops/attention.py) whenever neither is asked for;
-tests/test_attention.py holds the two equal and gradchecks both.
+gradient-checked (matmul, scale, masked_fill, Softmax, dropout), so its backward is the chain
+rule through them: this is the readable path, and what runs by default. The fused ops of
+tinyllm/ops/attention.py (one graph node, hand-derived backward; ``QKVSelfAttention`` straight
+from a packed projection) are its accelerator, taken only with the kernel switch on
+(``tinyllm.kernels.set_impl("auto")``, which ``tinyllm train`` sets) and when neither the
+weights nor weight dropout are asked for; tests/test_attention.py holds the two equal.
 
 Mask conventions (PyTorch's): ``key_padding_mask`` (B, Tk) is True at padded keys (ignored);
-``attn_mask`` (Tq, Tk) or (B*, Tq, Tk) is True where attention is *not* allowed; ``causal=True``
-adds the mask of future positions (key index > query index).
+``attn_mask`` (Tq, Tk), (B, Tq, Tk) or (B, 1, Tq or 1, Tk) is True where attention is *not*
+allowed; ``causal=True`` adds the mask of future positions (key index > query index).
 """
 import math
 
@@ -35,40 +38,36 @@ import numpy as np
 from tinyllm import backend
 from tinyllm import functional as F
 from tinyllm.autograd.tensor import Tensor
+from tinyllm.dispatch import accelerator
 from tinyllm.nn.layers import GELU, Dropout, LayerNorm, Linear, ReLU
 from tinyllm.nn.module import Module, Parameter
-
-
-def causal_mask(T_q, T_k, device="cpu"):
-    """(T_q, T_k) boolean, True above the diagonal: key position j > query position i (the
-    future). With T_k > T_q the queries are the last T_q positions (as when decoding with a
-    cache)."""
-    xp = backend.xp_for_device(device)
-    offset = T_k - T_q
-    return xp.triu(xp.ones((T_q, T_k), dtype=bool), k=1 + offset)
+from tinyllm.ops.attention import causal_mask
 
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, training=False):
-    """softmax(q k^T / sqrt(D) masked) v, returning (output, attention weights).
+    """softmax(q k^T / sqrt(D) masked) v, op by op, returning (output, attention weights).
 
     Shapes: q (..., Tq, D); k, v (..., Tk, D); attn_mask broadcastable to (..., Tq, Tk), True
-    where attention is not allowed. Output (..., Tq, D); weights (..., Tq, Tk).
+    where attention is not allowed. Output (..., Tq, D); weights (..., Tq, Tk) (before the
+    weight dropout).
     """
     D = q.shape[-1]
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))        # (..., Tq, Tk)
+    # scores, one per query and key: (B, H, Tq, D) @ (B, H, D, Tk) -> (B, H, Tq, Tk)
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))
     if attn_mask is not None:
-        scores = scores.masked_fill(attn_mask, float("-inf"))
-    weights = F.softmax(scores, axis=-1)
-    attended = F.dropout(weights, dropout_p, training=training) if dropout_p else weights
-    return attended @ v, weights                                       # (..., Tq, D)
+        att = att.masked_fill(attn_mask, float("-inf"))         # hidden keys: weight exactly 0
+    weights = F.softmax(att, axis=-1)                           # (B, H, Tq, Tk), rows sum to 1
+    att = F.dropout(weights, dropout_p, training=training) if dropout_p else weights
+    y = att @ v                                 # (B, H, Tq, Tk) @ (B, H, Tk, D) -> (B, H, Tq, D)
+    return y, weights
 
 
-def _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, causal, device):
+def _combine_masks(B, Tq, Tk, key_padding_mask, attn_mask, causal, device):
     """One boolean mask broadcastable to (B, 1, Tq, Tk) (True = masked), or None."""
     xp = backend.xp_for_device(device)
     mask = None
     if causal:
-        mask = causal_mask(T_q, T_k, device)                           # (Tq, Tk)
+        mask = causal_mask(Tq, Tk, device)                             # (Tq, Tk)
     if attn_mask is not None:
         m = _bool_array(attn_mask, device)
         mask = m if mask is None else (mask | m)
@@ -76,9 +75,9 @@ def _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, causal, device):
         mask = mask[:, None]                                           # -> (B, 1, Tq, Tk)
     if key_padding_mask is not None:
         kpm = _bool_array(key_padding_mask, device)
-        if kpm.shape != (B, T_k):
+        if kpm.shape != (B, Tk):
             raise ValueError(f"attention: key_padding_mask must have shape (B, Tk) = "
-                             f"{(B, T_k)}, got {kpm.shape}")
+                             f"{(B, Tk)}, got {kpm.shape}")
         kpm = kpm[:, None, None, :]                                    # (B, 1, 1, Tk)
         mask = kpm if mask is None else (xp.asarray(mask) | kpm)
     return mask
@@ -93,110 +92,182 @@ def _bool_array(m, device):
     return backend.to_device(m, device)
 
 
-class MultiHeadAttention(Module):
-    """Multi-head attention with separate Q, K, V projections (self- or cross-attention).
+class Attention(Module):
+    """Multi-head attention, self or cross: the one forward of every Transformer in tinyllm.
 
-    forward(x, memory=None, key_padding_mask=None, attn_mask=None, need_weights=False)
+    forward(x, memory=None, key_padding_mask=None, attn_mask=None, need_weights=False,
+            cache=None)
       x: (B, Tq, C) queries (and keys/values for self-attention)
       memory: (B, Tk, C) keys/values for cross-attention (the encoder output)
+      cache: a dict, for decoding one step at a time: self-attention appends this call's keys
+             and values (B, H, T, D) to the cached ones; cross-attention computes them from
+             ``memory`` once and reuses them. ``key_padding_mask`` must then cover all keys.
       returns (B, Tq, C), or (output, weights (B, H, Tq, Tk)) when need_weights.
+
+    Subclasses hold the projections under the names their checkpoints use, and say how to
+    apply them in two small methods:
+      project(x, kv) -> q (B, Tq, C) from x, and k, v (B, Tk, C) from kv (None when kv is
+                        None: the cache holds them);
+      output(y)      -> the output projection of the merged heads (identity here: BERT keeps
+                        it in BertSelfOutput).
+    A subclass with one packed (C, 3C) projection (GPT-2's c_attn) also defines
+    ``project_packed(x)`` -> qkv (B, T, 3C), which lets the switch take the fused
+    ``QKVSelfAttention`` straight from it.
     """
 
-    def __init__(self, d_model, n_heads, dropout=0.0, bias=True, causal=False, dtype=None):
-        super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"MultiHeadAttention: d_model {d_model} is not divisible by "
-                             f"n_heads {n_heads}")
-        self.d_model, self.n_heads = d_model, n_heads
-        self.causal, self.dropout_p = causal, dropout
-        self.q_proj = Linear(d_model, d_model, bias=bias, dtype=dtype)
-        self.k_proj = Linear(d_model, d_model, bias=bias, dtype=dtype)
-        self.v_proj = Linear(d_model, d_model, bias=bias, dtype=dtype)
-        self.out_proj = Linear(d_model, d_model, bias=bias, dtype=dtype)
-        self.resid_dropout = Dropout(dropout)
+    project_packed = None
 
-    def _heads(self, t, B, T):
-        # (B, T, C) -> (B, T, H, D) -> (B, H, T, D)
-        return t.reshape(B, T, self.n_heads, self.d_model // self.n_heads).transpose(1, 2)
+    def __init__(self, n_embd, n_head, dropout=0.0, causal=False):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"{type(self).__name__}: n_embd {n_embd} is not divisible by "
+                             f"n_head {n_head}")
+        self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
+        self.causal = causal
+        self.dropout = dropout                  # on the attention weights, while training
+
+    def project(self, x, kv):
+        raise NotImplementedError(f"{type(self).__name__}.project")
+
+    def output(self, y):
+        return y
+
+    def split_heads(self, t):
+        B, T, C = t.shape
+        return t.reshape(B, T, self.n_head, self.head_size).transpose(1, 2)  # -> (B, H, T, D)
 
     def forward(self, x, memory=None, key_padding_mask=None, attn_mask=None,
                 need_weights=False, cache=None):
-        """``cache`` (a dict, for decoding one step at a time): self-attention appends this
-        call's keys and values to the cached ones; cross-attention computes them from
-        ``memory`` once and reuses them. ``key_padding_mask`` must then cover all keys."""
-        B, T_q, C = x.shape
-        kv = x if memory is None else memory
-        q = self._heads(self.q_proj(x), B, T_q)                        # (B, H, Tq, D)
-        if cache is not None and memory is not None and "k" in cache:
-            k, v = cache["k"], cache["v"]                              # fixed encoder keys
+        B, Tq, C = x.shape
+        # the fused ops cannot return the weights or drop some of them
+        fusable = not need_weights and not (self.dropout > 0 and self.training)
+        packed = (self.project_packed is not None and memory is None and cache is None
+                  and key_padding_mask is None and attn_mask is None)
+        if fusable and packed and accelerator("attention", x.data, cupy=True):
+            # accelerator: one op from the packed projection to merged heads (B, Tq, C)
+            y = F.qkv_self_attention(self.project_packed(x), self.n_head, causal=self.causal)
+            return self.output(y)
+
+        cached_memory = cache is not None and memory is not None and "k" in cache
+        kv = None if cached_memory else (x if memory is None else memory)
+        q, k, v = self.project(x, kv)                  # (B, Tq, C), (B, Tk, C), (B, Tk, C)
+        q = self.split_heads(q)                        # (B, Tq, C) -> (B, H, Tq, D)
+        if cached_memory:
+            k, v = cache["k"], cache["v"]              # the encoder's keys, computed once
         else:
-            k = self._heads(self.k_proj(kv), B, kv.shape[1])           # (B, H, Tk, D)
-            v = self._heads(self.v_proj(kv), B, kv.shape[1])
+            k, v = self.split_heads(k), self.split_heads(v)               # (B, H, Tk, D)
             if cache is not None:
-                if memory is None and "k" in cache:                    # earlier positions
-                    k = F.concatenate([cache["k"], k], axis=2)
+                if memory is None and "k" in cache:    # self-attention: earlier positions too
+                    k = F.concatenate([cache["k"], k], axis=2)            # (B, H, Tpast+Tq, D)
                     v = F.concatenate([cache["v"], v], axis=2)
                 cache["k"], cache["v"] = k, v
-        T_k = k.shape[2]
-        weights = None
-        if need_weights or (self.dropout_p > 0 and self.training):
-            # the composed path, op by op: it returns the weights and applies weight dropout
-            mask = _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, self.causal,
-                                  x.device)
-            y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout_p,
-                                                      self.training)
+        Tk = k.shape[2]
+        if fusable and accelerator("attention", q.data, k.data, v.data, cupy=True):
+            # accelerator: one fused op; causal needs no mask array there
+            mask = _combine_masks(B, Tq, Tk, key_padding_mask, attn_mask, False, x.device)
+            y, weights = F.attention(q, k, v, mask=mask, causal=self.causal), None
         else:
-            # one fused op (tinyllm/ops/attention.py); causal needs no mask array
-            mask = _combine_masks(B, T_q, T_k, key_padding_mask, attn_mask, False, x.device)
-            y = F.attention(q, k, v, mask=mask, causal=self.causal)
-        y = y.transpose(1, 2).reshape(B, T_q, C)                       # (B, H, Tq, D) -> (B, Tq, C)
-        y = self.resid_dropout(self.out_proj(y))
+            # the readable path: matmul, scale, mask, Softmax, (dropout), matmul
+            mask = _combine_masks(B, Tq, Tk, key_padding_mask, attn_mask, self.causal,
+                                  x.device)
+            y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout,
+                                                      self.training)
+        y = y.transpose(1, 2).reshape(B, Tq, C)  # (B, H, Tq, D) -> (B, Tq, H * D) = (B, Tq, C)
+        y = self.output(y)
         return (y, weights) if need_weights else y
 
     def extra_repr(self):
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, causal={self.causal}"
+        return f"n_embd={self.n_embd}, n_head={self.n_head}, causal={self.causal}"
+
+
+class MultiHeadAttention(Attention):
+    """Multi-head attention with separate Q, K, V projections (self- or cross-attention), named
+    as PyTorch's: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (C, C) each, then residual
+    dropout. See ``Attention`` for forward."""
+
+    def __init__(self, n_embd, n_head, dropout=0.0, bias=True, causal=False, dtype=None):
+        super().__init__(n_embd, n_head, dropout, causal)
+        C = n_embd
+        self.q_proj = Linear(C, C, bias=bias, dtype=dtype)
+        self.k_proj = Linear(C, C, bias=bias, dtype=dtype)
+        self.v_proj = Linear(C, C, bias=bias, dtype=dtype)
+        self.out_proj = Linear(C, C, bias=bias, dtype=dtype)
+        self.resid_dropout = Dropout(dropout)
+
+    def project(self, x, kv):
+        q = self.q_proj(x)
+        if kv is None:
+            return q, None, None
+        return q, self.k_proj(kv), self.v_proj(kv)
+
+    def output(self, y):
+        return self.resid_dropout(self.out_proj(y))
+
+
+class ResidualBlock(Module):
+    """The one residual block: sub-layers f (attention, feed-forward) around a residual stream,
+    each wrapped with a LayerNorm in one of two places:
+
+        pre-LN  (``norm_first=True``: GPT-2, nanoGPT)          x = x + f(LN(x))
+        post-LN (``norm_first=False``: the paper, BERT)       x = LN(x + f(x))
+
+    Pre-LN keeps an identity path from the output to the input of the whole stack (gradients
+    reach the first layers unscaled), so it trains without warm-up; post-LN normalizes each
+    layer's output. Subclasses hold the LayerNorms and sub-layers under their checkpoints'
+    names and call ``residual`` once per sub-layer.
+    """
+
+    def __init__(self, norm_first):
+        super().__init__()
+        self.norm_first = norm_first
+
+    def residual(self, x, ln, f, *args, **kwargs):
+        """One sub-layer: x + f(ln(x)) or ln(x + f(x)); ``args``/``kwargs`` go to f."""
+        if self.norm_first:
+            return x + f(ln(x), *args, **kwargs)
+        return ln(x + f(x, *args, **kwargs))
 
 
 class FeedForward(Module):
-    """Position-wise feed-forward: Linear(d_model, d_ff) -> activation -> Linear(d_ff, d_model)."""
+    """Position-wise feed-forward: Linear(n_embd, d_ff) -> activation -> Linear(d_ff, n_embd)."""
 
-    def __init__(self, d_model, d_ff, activation="relu", dropout=0.0, bias=True, dtype=None):
+    def __init__(self, n_embd, d_ff, activation="relu", dropout=0.0, bias=True, dtype=None):
         super().__init__()
         acts = {"relu": ReLU, "gelu": GELU, "gelu_tanh": lambda: GELU("tanh")}
         if activation not in acts:
             raise ValueError(f"FeedForward: activation must be one of {sorted(acts)}, got "
                              f"{activation!r}")
-        self.fc1 = Linear(d_model, d_ff, bias=bias, dtype=dtype)
+        self.fc1 = Linear(n_embd, d_ff, bias=bias, dtype=dtype)
         self.act = acts[activation]()
-        self.fc2 = Linear(d_ff, d_model, bias=bias, dtype=dtype)
+        self.fc2 = Linear(d_ff, n_embd, bias=bias, dtype=dtype)
         self.dropout = Dropout(dropout)
 
     def forward(self, x):
         return self.dropout(self.fc2(self.act(self.fc1(x))))
 
 
-def sinusoidal_positions(max_len, d_model, dtype=np.float32):
-    """PE (max_len, d_model): PE[pos, 2i] = sin(pos / 10000^(2i/d_model)),
-    PE[pos, 2i+1] = cos(pos / 10000^(2i/d_model)) (NumPy array).
+def sinusoidal_positions(max_len, n_embd, dtype=np.float32):
+    """PE (max_len, n_embd): PE[pos, 2i] = sin(pos / 10000^(2i/n_embd)),
+    PE[pos, 2i+1] = cos(pos / 10000^(2i/n_embd)) (NumPy array).
 
     Each pair of dimensions is a sinusoid of its own wavelength (2 pi to 10000 * 2 pi), so
     PE[pos + k] is a fixed linear function (a rotation) of PE[pos] for every offset k.
     """
     pos = np.arange(max_len)[:, None]                                   # (T, 1)
-    inv_freq = 1.0 / 10000 ** (np.arange(0, d_model, 2) / d_model)     # (ceil(C/2),)
-    pe = np.zeros((max_len, d_model))
+    inv_freq = 1.0 / 10000 ** (np.arange(0, n_embd, 2) / n_embd)     # (ceil(C/2),)
+    pe = np.zeros((max_len, n_embd))
     pe[:, 0::2] = np.sin(pos * inv_freq)
-    pe[:, 1::2] = np.cos(pos * inv_freq[: d_model // 2])
+    pe[:, 1::2] = np.cos(pos * inv_freq[: n_embd // 2])
     return pe.astype(dtype)
 
 
 class SinusoidalPositionalEncoding(Module):
-    """x + PE[:T] for x (B, T, d_model); PE fixed (a non-persistent buffer), not learned."""
+    """x + PE[:T] for x (B, T, n_embd); PE fixed (a non-persistent buffer), not learned."""
 
-    def __init__(self, d_model, max_len=5000, dtype=None):
+    def __init__(self, n_embd, max_len=5000, dtype=None):
         super().__init__()
         dt = np.dtype(dtype) if dtype is not None else backend.get_default_dtype()
-        self.register_buffer("pe", backend.to_device(sinusoidal_positions(max_len, d_model, dt),
+        self.register_buffer("pe", backend.to_device(sinusoidal_positions(max_len, n_embd, dt),
                                                      backend.default_device()),
                              persistent=False)
 
@@ -209,13 +280,13 @@ class SinusoidalPositionalEncoding(Module):
 
 
 class LearnedPositionalEmbedding(Module):
-    """x + P[:T] with P (max_len, d_model) a learned Parameter (GPT-2's wpe, BERT's)."""
+    """x + P[:T] with P (max_len, n_embd) a learned Parameter (GPT-2's wpe, BERT's)."""
 
-    def __init__(self, max_len, d_model, std=0.02, dtype=None):
+    def __init__(self, max_len, n_embd, std=0.02, dtype=None):
         super().__init__()
         dt = np.dtype(dtype) if dtype is not None else backend.get_default_dtype()
         gen = backend.get_generator(backend.default_device())
-        self.weight = Parameter((gen.standard_normal((max_len, d_model)) * std).astype(dt))
+        self.weight = Parameter((gen.standard_normal((max_len, n_embd)) * std).astype(dt))
 
     def forward(self, x, offset=0):
         T = x.shape[-2]
@@ -225,59 +296,46 @@ class LearnedPositionalEmbedding(Module):
         return x + self.weight[offset:offset + T]
 
 
-class TransformerEncoderLayer(Module):
-    """Self-attention + feed-forward, each wrapped in a residual connection and LayerNorm.
+class TransformerEncoderLayer(ResidualBlock):
+    """Self-attention, then feed-forward, each a residual sub-layer with its LayerNorm, post-LN
+    (``norm_first=False``, the paper) or pre-LN (``norm_first=True``): see ResidualBlock."""
 
-    Post-LN (``norm_first=False``, the original paper):  x = LN(x + Sublayer(x))
-    Pre-LN (``norm_first=True``, GPT-2 style):             x = x + Sublayer(LN(x))
-    """
-
-    def __init__(self, d_model, n_heads, d_ff, dropout=0.0, activation="relu",
+    def __init__(self, n_embd, n_head, d_ff, dropout=0.0, activation="relu",
                  norm_first=False, dtype=None):
-        super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, dtype=dtype)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, dtype=dtype)
+        super().__init__(norm_first)
+        self.self_attn = MultiHeadAttention(n_embd, n_head, dropout, dtype=dtype)
+        self.ff = FeedForward(n_embd, d_ff, activation, dropout, dtype=dtype)
+        self.norm1 = LayerNorm(n_embd, dtype=dtype)
+        self.norm2 = LayerNorm(n_embd, dtype=dtype)
 
     def forward(self, x, key_padding_mask=None):
-        if self.norm_first:
-            x = x + self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask)
-            return x + self.ff(self.norm2(x))
-        x = self.norm1(x + self.self_attn(x, key_padding_mask=key_padding_mask))
-        return self.norm2(x + self.ff(x))
+        x = self.residual(x, self.norm1, self.self_attn, key_padding_mask=key_padding_mask)
+        return self.residual(x, self.norm2, self.ff)
 
 
-class TransformerDecoderLayer(Module):
-    """Causal self-attention, cross-attention to the encoder output, feed-forward; each with a
-    residual connection and LayerNorm (post-LN by default, pre-LN with ``norm_first=True``)."""
+class TransformerDecoderLayer(ResidualBlock):
+    """Causal self-attention, cross-attention to the encoder output, feed-forward; each a
+    residual sub-layer with its LayerNorm (post-LN by default, pre-LN with
+    ``norm_first=True``)."""
 
-    def __init__(self, d_model, n_heads, d_ff, dropout=0.0, activation="relu",
+    def __init__(self, n_embd, n_head, d_ff, dropout=0.0, activation="relu",
                  norm_first=False, dtype=None):
-        super().__init__()
-        self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, dropout, causal=True, dtype=dtype)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, dropout, dtype=dtype)
-        self.ff = FeedForward(d_model, d_ff, activation, dropout, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, dtype=dtype)
-        self.norm3 = LayerNorm(d_model, dtype=dtype)
+        super().__init__(norm_first)
+        self.self_attn = MultiHeadAttention(n_embd, n_head, dropout, causal=True, dtype=dtype)
+        self.cross_attn = MultiHeadAttention(n_embd, n_head, dropout, dtype=dtype)
+        self.ff = FeedForward(n_embd, d_ff, activation, dropout, dtype=dtype)
+        self.norm1 = LayerNorm(n_embd, dtype=dtype)
+        self.norm2 = LayerNorm(n_embd, dtype=dtype)
+        self.norm3 = LayerNorm(n_embd, dtype=dtype)
 
     def forward(self, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None,
                 cache=None):
         """``cache``: {"self": {}, "cross": {}} for step-by-step decoding (see
-        MultiHeadAttention.forward)."""
+        Attention.forward)."""
         c_self = None if cache is None else cache.setdefault("self", {})
         c_cross = None if cache is None else cache.setdefault("cross", {})
-        sa = lambda h: self.self_attn(h, key_padding_mask=tgt_key_padding_mask,  # noqa: E731
-                                      cache=c_self)
-        ca = lambda h: self.cross_attn(h, memory,                                # noqa: E731
-                                       key_padding_mask=memory_key_padding_mask, cache=c_cross)
-        if self.norm_first:
-            x = x + sa(self.norm1(x))
-            x = x + ca(self.norm2(x))
-            return x + self.ff(self.norm3(x))
-        x = self.norm1(x + sa(x))
-        x = self.norm2(x + ca(x))
-        return self.norm3(x + self.ff(x))
+        x = self.residual(x, self.norm1, self.self_attn, key_padding_mask=tgt_key_padding_mask,
+                          cache=c_self)
+        x = self.residual(x, self.norm2, self.cross_attn, memory,
+                          key_padding_mask=memory_key_padding_mask, cache=c_cross)
+        return self.residual(x, self.norm3, self.ff)

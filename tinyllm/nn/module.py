@@ -23,7 +23,7 @@ from collections import OrderedDict, namedtuple
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd.anomaly import SCOPE
+from tinyllm.autograd import observe
 from tinyllm.autograd.function import Function
 from tinyllm.autograd.grad_mode import is_grad_enabled, no_grad
 from tinyllm.autograd.tensor import Tensor
@@ -115,11 +115,11 @@ class Module:
         hooks = self.__dict__.get("_hooks")
         if hooks is not None:
             return self._call_with_hooks(hooks, args, kwargs)
-        SCOPE.append(self)                  # ops made inside record this module (study tools)
+        SCOPE.enter(self)                   # ops made inside record this module (study tools)
         try:
             return self.forward(*args, **kwargs)
         finally:
-            SCOPE.pop()
+            SCOPE.exit()
 
     # ------------------------------------------------------------------------------------------
     # hooks (PyTorch's signatures)
@@ -164,11 +164,11 @@ class Module:
         if hooks["backward"] and is_grad_enabled():
             state = _BackwardHookState(self, hooks["backward"])
             args = state.wrap_inputs(args)
-        SCOPE.append(self)
+        SCOPE.enter(self)
         try:
             out = self.forward(*args, **kwargs)
         finally:
-            SCOPE.pop()
+            SCOPE.exit()
         for hook in list(hooks["forward"]):
             replaced = hook(self, args, out)
             if replaced is not None:
@@ -365,6 +365,34 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class _ModuleScope(observe.Observer):
+    """Gives every op run inside a module's forward that module as ``ctx.module``, so errors,
+    the step-through, graph drawings and health numbers can name the layer ("h.1.attn").
+
+    An observer (tinyllm/autograd/observe.py), attached while any module's forward runs: ops
+    outside every module run without it."""
+
+    def __init__(self):
+        self.stack = []                 # the modules whose forward is running, outermost first
+
+    def enter(self, module):
+        if not self.stack:
+            observe.attach(self, outermost=True)
+        self.stack.append(module)
+
+    def exit(self):
+        self.stack.pop()
+        if not self.stack:
+            observe.detach(self)
+
+    def forward(self, ctx, call, *arrays, **kwargs):
+        ctx.module = self.stack[-1]
+        return call(*arrays, **kwargs)
+
+
+SCOPE = _ModuleScope()
 
 
 class _ModuleHookHandle:

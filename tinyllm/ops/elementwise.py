@@ -6,12 +6,15 @@ that was copied k times receives the sum of the k gradients (chain rule over eve
 
 Shapes: any; x and y broadcastable; dout has the output's shape.
 """
+import math
+
 import numpy as np
 
 from tinyllm import backend
 from tinyllm.autograd.function import Function, unbroadcast
 from tinyllm.autograd.tensor import Tensor
-from tinyllm.kernels.gelu import gelu_backward, gelu_forward
+from tinyllm.dispatch import accelerator
+from tinyllm.kernels import gelu as gelu_kernels
 from tinyllm.ops._util import as_float, as_tensor, operands
 
 
@@ -182,6 +185,16 @@ class ReLU(Function):
         return dout * self.mask
 
 
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_kernel_fits(*arrays):
+    """The Numba or CuPy kernel takes this call: the switch is on, the arrays float32 or
+    float64 of one dtype (and non-empty)."""
+    return (accelerator("gelu", *arrays, cupy=True) is not None
+            and arrays[0].dtype.char in "fd" and all(a.dtype == arrays[0].dtype for a in arrays))
 
 
 class GELU(Function):
@@ -192,19 +205,38 @@ class GELU(Function):
         dx = dout * (Phi(x) + x phi(x))                         (product rule, Phi' = phi)
     approximate="tanh" (GPT-2):
         u = sqrt(2/pi) (x + 0.044715 x^3),   out = x (1 + tanh u) / 2
-        dx = dout * ((1 + tanh u) / 2 + x (1 - tanh^2 u) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2))
-    Computed by tinyllm/kernels/gelu.py (NumPy reference or Numba, one pass per element);
-    backward recomputes tanh u / erf from the saved x.
+        du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        dx = dout * ((1 + tanh u) / 2 + x (1 - tanh^2 u) / 2 * du/dx)
+    Backward recomputes tanh u / erf from the saved x.
+
+    Shapes: any; out, dout, dx like x.
+    Fast path: a Numba kernel, or a CUDA kernel on CuPy arrays (tinyllm/kernels/gelu.py), one
+    pass per element, under the switch.
     """
 
     def forward(self, x, approximate="none"):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.x, self.approximate = x, approximate
-        return gelu_forward(x, approximate)
+        if _gelu_kernel_fits(x):
+            return gelu_kernels.gelu_forward(x, approximate)
+        xp = backend.get_array_module(x)
+        if approximate == "tanh":
+            return 0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+        return x * (0.5 * (1 + backend.erf(x * _INV_SQRT_2)))
 
     def backward(self, dout):
-        return gelu_backward(self.x, dout, self.approximate)
+        x = self.x
+        if _gelu_kernel_fits(x, dout):
+            return gelu_kernels.gelu_backward(x, dout, self.approximate)
+        xp = backend.get_array_module(x)
+        if self.approximate == "tanh":
+            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))          # tanh u
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)                    # du/dx
+            return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
+        cdf = 0.5 * (1 + backend.erf(x * _INV_SQRT_2))                           # Phi(x)
+        pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)                               # phi(x)
+        return dout * (cdf + x * pdf)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Embedding lookup: rows of a weight matrix picked by integer ids."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
-from tinyllm.kernels.embedding import embedding_backward
+from tinyllm.dispatch import accelerator
+from tinyllm.kernels import embedding as embedding_kernels
 from tinyllm.ops._util import as_tensor, int_array
 
 
@@ -12,8 +13,9 @@ class Embedding(Function):
     dout rows of every position whose id is v. That is a scatter-add (ids repeat; each
     occurrence adds its gradient), done without forming the one-hot matrix.
 
-    Shapes: W (V, C); idx (...) integers in [0, V); out (..., C). The scatter-add runs in
-    tinyllm/kernels/embedding.py (np.add.at reference, or a Numba row-add kernel).
+    Shapes: W (V, C); idx (...) integers in [0, V), seen as (N,); out, dout (..., C), seen as
+    (N, C); dW (V, C).
+    Fast path: a Numba row-add kernel (tinyllm/kernels/embedding.py), under the switch.
     """
 
     def forward(self, w, idx=None, padding_idx=None):
@@ -31,7 +33,12 @@ class Embedding(Function):
 
     def backward(self, dout):
         V, C = self.w_shape
-        dw = embedding_backward(self.idx.reshape(-1), dout.reshape(-1, C), V)   # (..., C) -> (N, C)
+        idx, dout2 = self.idx.reshape(-1), dout.reshape(-1, C)     # (...) -> (N,), (N, C)
+        if accelerator("embedding", dout2):
+            dw = embedding_kernels.embedding_backward(idx, dout2, V)
+        else:
+            dw = backend.get_array_module(dout).zeros((V, C), dtype=dout.dtype)
+            backend.scatter_add(dw, idx, dout2)      # dw[idx[n]] += dout2[n], repeats add up
         if self.padding_idx is not None:
             dw[self.padding_idx] = 0                  # padding rows never receive gradient
         return dw.astype(self.w_dtype, copy=False)

@@ -2,57 +2,92 @@
 logits (fused with the sigmoid), mean squared error, and the Gaussian KL divergence of a VAE."""
 from tinyllm import backend
 from tinyllm.autograd.function import Function
-from tinyllm.kernels.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from tinyllm.dispatch import accelerator
+from tinyllm.kernels import cross_entropy as cross_entropy_kernels
 from tinyllm.ops._util import as_tensor, int_array, operands
 
 _REDUCTIONS = ("mean", "sum", "none")
+
+
+def _kernel_fits(z, t):
+    """The Numba kernel takes this call: the switch is on, the logits z (N, C) are float and
+    non-empty, the targets t integers (N,)."""
+    return (accelerator("cross_entropy", z) is not None and t.dtype.kind in "iu"
+            and t.shape == z.shape[:1])
 
 
 class CrossEntropy(Function):
     """Cross-entropy of class logits against integer targets, with log-softmax fused in.
 
     Per row n with logits z (C classes), target t, p = softmax(z), label smoothing e:
+        lse = m + log sum_c e^(z_c - m),   m = max_c z_c     (log-sum-exp, stable; -log p_c =
+                                                            lse - z_c)
         q = (1 - e) * onehot(t) + e / C                  (the target distribution)
-        loss_n = -sum_c q_c log p_c = (1 - e)(-log p_t) + e * mean_c(-log p_c)
+        loss_n = -sum_c q_c log p_c = (1 - e)(lse - z_t) + e (lse - mean_c z_c)
     Gradient (the famous p - y):
-        dloss_n/dz_c = p_c - q_c
-    since d(-log p_k)/dz_c = p_c - [c == k] and sum_c q_c = 1.
-    Rows whose target is ``ignore_index`` contribute 0 loss and 0 gradient, and are left out of
-    the count that reduction="mean" divides by. As in PyTorch, a batch whose rows are all ignored
-    has a NaN mean loss and a zero gradient.
+        dloss_n/dz_c = p_c - q_c = e^(z_c - lse) - (1 - e)[c == t] - e / C
+    since d(-log p_k)/dz_c = p_c - [c == k] and sum_c q_c = 1. Forward saves only lse (N,);
+    backward recomputes p from it.
 
-    Shapes: logits (N, C) after flattening (..., C); target (N,); out () or (...) for "none".
-    Computed by tinyllm/kernels/cross_entropy.py (NumPy reference or Numba), which saves only
-    the per-row log-sum-exp and recomputes p in backward.
+    Rows whose target is ``ignore_index`` contribute 0 loss and 0 gradient (even when their
+    logits hold NaN or inf), and are left out of the count that reduction="mean" divides by. As
+    in PyTorch, a batch whose rows are all ignored has a NaN mean loss and a zero gradient.
+    Backward first turns dout into dloss (N,), each row's share (dout / n_valid for "mean"), so
+    one formula serves every reduction.
+
+    Shapes: logits (..., C) seen as z (N, C); target (N,); out () or (...) for "none".
+    Fast path: a Numba kernel per direction (tinyllm/kernels/cross_entropy.py), under the switch.
     """
 
     def forward(self, z, target=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         xp = backend.get_array_module(z)
         self.in_shape = z.shape
-        C = z.shape[-1]
-        self.z = z.reshape(-1, C)                                     # (..., C) -> (N, C)
-        self.t = target.reshape(-1)                                   # (...) -> (N,)
-        self.ignore_index, self.eps, self.reduction = ignore_index, label_smoothing, reduction
-        loss, self.lse = cross_entropy_forward(self.z, self.t, ignore_index, label_smoothing)
+        z = self.z = z.reshape(-1, z.shape[-1])                       # (..., C) -> (N, C)
+        t = self.t = target.reshape(-1)                               # (...) -> (N,)
+        e = self.eps = label_smoothing
+        self.ignore_index, self.reduction = ignore_index, reduction
+        if _kernel_fits(z, t):
+            loss, self.lse = cross_entropy_kernels.cross_entropy_forward(z, t, ignore_index, e)
+        else:
+            valid = t != ignore_index
+            ts = xp.where(valid, t, 0)                               # any class on ignored rows
+            m = z.max(axis=1)                                        # NaN if the row has a NaN
+            m = xp.where(m == -xp.inf, 0, m)                         # all -inf row: lse = -inf
+            lse = m + xp.log(xp.exp(z - m[:, None]).sum(axis=1))     # (N,)
+            loss = lse - z[xp.arange(z.shape[0]), ts]                # -log p_t, (N,)
+            if e:
+                loss = (1 - e) * loss + e * (lse - z.mean(axis=1))
+            loss, self.lse = xp.where(valid, loss, 0).astype(z.dtype), lse.astype(z.dtype)
         if reduction == "none":
-            return loss.reshape(z.shape[:-1])
+            return loss.reshape(self.in_shape[:-1])
         if reduction == "sum":
             return loss.sum()
-        n_valid = (self.t != ignore_index).sum().astype(z.dtype)     # int count would promote
+        n_valid = (t != ignore_index).sum().astype(z.dtype)          # int count would promote
         self.n_valid = xp.maximum(n_valid, 1)     # no ignored-only 0/0 in backward (rows are 0)
         return xp.where(n_valid > 0, loss.sum() / self.n_valid, xp.nan)   # NaN as PyTorch
 
     def backward(self, dout):
         xp = backend.get_array_module(dout)
-        N = self.z.shape[0]
+        z, t, e = self.z, self.t, self.eps
+        N, C = z.shape
         if self.reduction == "none":
             dloss = dout.reshape(-1)                                  # (...) -> (N,)
         elif self.reduction == "sum":
             dloss = xp.broadcast_to(dout, (N,))
         else:
             dloss = xp.broadcast_to(dout / self.n_valid, (N,))
-        dz = cross_entropy_backward(self.z, self.t, self.lse, dloss, self.ignore_index,
-                                    self.eps)
+        if _kernel_fits(z, t):
+            dz = cross_entropy_kernels.cross_entropy_backward(z, t, self.lse, dloss,
+                                                              self.ignore_index, e)
+            return dz.reshape(self.in_shape)                          # (N, C) -> (..., C)
+        valid = t != self.ignore_index
+        ts = xp.where(valid, t, 0)
+        dz = xp.exp(z - self.lse[:, None])                           # p (N, C)
+        dz[xp.arange(N), ts] -= 1 - e                                # - (1 - e) onehot(t)
+        if e:
+            dz -= e / C
+        dz *= dloss[:, None].astype(z.dtype)
+        xp.copyto(dz, 0, where=~valid[:, None])                      # ignored rows: 0, NaN or not
         return dz.reshape(self.in_shape)                              # (N, C) -> (..., C)
 
 
@@ -179,7 +214,6 @@ def mse_loss(input, target, reduction="mean"):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"mse_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     return MSELoss.apply(x, y, reduction=reduction)
-
 
 
 def binary_cross_entropy_with_logits(logits, target, reduction="mean"):

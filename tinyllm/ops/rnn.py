@@ -30,8 +30,9 @@ step adding the dh and dc it sends back to the gradients arriving from the loss 
 The weights are shared by every step, so their gradients are sums over steps, which the
 sequence op computes as one GEMM each over all (B * T) rows.
 
-The pointwise part of a step (the gates, the state update and their backward) is one kernel
-call each way (tinyllm/kernels/lstm.py: NumPy reference and Numba kernel); the products are BLAS.
+The pointwise part of a step (the gates, the state update and their backward) is
+``cell_forward`` and ``cell_backward`` below, the lines above as array expressions; with the
+switch on, one Numba kernel call each way (tinyllm/kernels/lstm.py). The products are BLAS.
 
 Layout: the weights are (in, 4H) like tinyllm's Linear, the transposes of PyTorch's
 ``weight_ih_l0`` (4H, in); the one bias b is PyTorch's ``bias_ih + bias_hh``.
@@ -39,8 +40,64 @@ Layout: the weights are (in, 4H) like tinyllm's Linear, the transposes of PyTorc
 from tinyllm import backend
 from tinyllm.autograd.function import Function
 from tinyllm.autograd.tensor import Tensor
-from tinyllm.kernels.lstm import lstm_cell_backward, lstm_cell_forward
+from tinyllm.dispatch import accelerator
+from tinyllm.kernels import lstm as lstm_kernels
 from tinyllm.ops._util import as_tensor
+
+
+def _kernel_fits(*arrays):
+    """The Numba kernel takes this call: the switch is on, the arrays NumPy float32 or float64
+    of one dtype."""
+    return accelerator("lstm_cell", *arrays) is not None and arrays[0].dtype.char in "fd"
+
+
+def _into(out, results):
+    """``results``, copied into ``out`` when the caller gave arrays to fill."""
+    if out is None:
+        return results
+    for target, r in zip(out, results):
+        target[...] = r
+    return out
+
+
+def _sigmoid(xp, a):
+    e = xp.exp(-xp.abs(a))                     # no overflow: e^-|a| <= 1
+    return xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def cell_forward(a, c, out=None):
+    """One step's pointwise forward: (h', c', gates, tanh(c')) from the pre-activations
+    a (B, 4H) and the cell state c (B, H); gates (B, 4H) holds i, f, g, o after their
+    nonlinearities, as backward uses them. ``out``: optional arrays to write the four into
+    (one time step's views of a sequence's storage)."""
+    if _kernel_fits(a, c):
+        return lstm_kernels.lstm_cell_forward(a, c, out=out)
+    xp = backend.get_array_module(a)
+    H = c.shape[-1]
+    gates = _sigmoid(xp, a)                                 # i, f, o: sigmoid (B, 4H)
+    gates[:, 2 * H:3 * H] = xp.tanh(a[:, 2 * H:3 * H])     # g: tanh
+    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    c_new = f * c + i * g
+    tanh_c = xp.tanh(c_new)
+    return _into(out, (o * tanh_c, c_new, gates, tanh_c))
+
+
+def cell_backward(dh, dc, gates, tanh_c, c, out=None):
+    """One step's pointwise backward: (da (B, 4H), dc to the previous cell state (B, H)) from
+    dh = dL/dh', dc = dL/dc' (B, H), forward's gates and tanh(c'), and the previous cell state
+    c. ``out``: optional (da, dc_prev) arrays to write into."""
+    if _kernel_fits(dh, dc, gates, tanh_c, c):
+        return lstm_kernels.lstm_cell_backward(dh, dc, gates, tanh_c, c, out=out)
+    xp = backend.get_array_module(dh)
+    H = c.shape[-1]
+    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    dc_total = dc + dh * o * (1 - tanh_c * tanh_c)         # c' feeds h' and the next step
+    da = xp.empty_like(gates)                                               # (B, 4H)
+    da[:, 0:H] = dc_total * g * i * (1 - i)                                 # da_i
+    da[:, H:2 * H] = dc_total * c * f * (1 - f)                             # da_f
+    da[:, 2 * H:3 * H] = dc_total * i * (1 - g * g)                         # da_g
+    da[:, 3 * H:4 * H] = dh * tanh_c * o * (1 - o)                          # da_o
+    return _into(out, (da, dc_total * f))
 
 
 class LSTMCell(Function):
@@ -53,12 +110,12 @@ class LSTMCell(Function):
 
     def forward(self, x, h, c, w_ih, w_hh, b):
         a = x @ w_ih + h @ w_hh + b                                         # (B, 4H)
-        h_new, c_new, self.gates, self.tanh_c = lstm_cell_forward(a, c)
+        h_new, c_new, self.gates, self.tanh_c = cell_forward(a, c)
         self.x, self.h, self.c, self.w_ih, self.w_hh = x, h, c, w_ih, w_hh
         return backend.get_array_module(a).stack([h_new, c_new])           # (2, B, H)
 
     def backward(self, dout):
-        da, dc = lstm_cell_backward(dout[0], dout[1], self.gates, self.tanh_c, self.c)
+        da, dc = cell_backward(dout[0], dout[1], self.gates, self.tanh_c, self.c)
         dx = da @ self.w_ih.T                                               # (B, I)
         dh = da @ self.w_hh.T                                               # (B, H)
         dw_ih = self.x.T @ da                                               # (I, 4H)
@@ -82,7 +139,7 @@ class LSTM(Function):
 
     def forward(self, x, h0, c0, w_ih, w_hh, b):
         xp = backend.get_array_module(x)
-        B, T, I = x.shape
+        B, T, I = x.shape                                       # noqa: E741 (I: input size)
         H = h0.shape[-1]
         ax = (x.reshape(B * T, I) @ w_ih + b).reshape(B, T, 4 * H)       # (B*T, 4H) -> (B,T,4H)
         hc = xp.empty((B, T, 2 * H), dtype=ax.dtype)
@@ -91,7 +148,7 @@ class LSTM(Function):
         h, c = h0, c0
         for t in range(T):
             # step t writes straight into its slices of hc, gates and tanh_c
-            h, c, _, _ = lstm_cell_forward(ax[:, t] + h @ w_hh, c, out=(
+            h, c, _, _ = cell_forward(ax[:, t] + h @ w_hh, c, out=(
                 hc[:, t, :H], hc[:, t, H:], self.gates[:, t], self.tanh_c[:, t]))
         self.x, self.h0, self.c0, self.hc, self.w_ih, self.w_hh = x, h0, c0, hc, w_ih, w_hh
         return hc
@@ -99,7 +156,7 @@ class LSTM(Function):
     def backward(self, dout):
         xp = backend.get_array_module(dout)
         x, hc, w_hh = self.x, self.hc, self.w_hh
-        B, T, I = x.shape
+        B, T, I = x.shape                                       # noqa: E741 (I: input size)
         H = self.h0.shape[-1]
         da = xp.empty((B, T, 4 * H), dtype=dout.dtype)
         dh_next = xp.zeros((B, H), dtype=dout.dtype)                        # from step t + 1
@@ -107,9 +164,9 @@ class LSTM(Function):
         w_hh_t = xp.ascontiguousarray(w_hh.T)          # (4H, H): read 64x per layer, once laid out
         for t in reversed(range(T)):
             c_prev = hc[:, t - 1, H:] if t > 0 else self.c0
-            _, dc_next = lstm_cell_backward(dout[:, t, :H] + dh_next, dout[:, t, H:] + dc_next,
-                                            self.gates[:, t], self.tanh_c[:, t], c_prev,
-                                            out=(da[:, t], xp.empty_like(dc_next)))
+            _, dc_next = cell_backward(dout[:, t, :H] + dh_next, dout[:, t, H:] + dc_next,
+                                       self.gates[:, t], self.tanh_c[:, t], c_prev,
+                                       out=(da[:, t], xp.empty_like(dc_next)))
             dh_next = da[:, t] @ w_hh_t                                     # (B, H)
         da2 = da.reshape(B * T, 4 * H)                          # (B, T, 4H) -> (B*T, 4H)
         h_prev = xp.concatenate([self.h0[:, None], hc[:, :T - 1, :H]], axis=1)   # (B, T, H)

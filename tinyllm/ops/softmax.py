@@ -6,11 +6,13 @@ e^0 = 1, so the sum is >= 1 and the log never sees 0.
 
 Rows whose entries are all -inf (fully masked) have no valid distribution: softmax returns zeros
 for them (not NaN), so a fully padded query contributes nothing; log_softmax returns NaN there,
-as PyTorch does (log 0 - log 0).
+as PyTorch does (log 0 - log 0). A NaN or a +inf in a row makes the whole row NaN (e^(inf - inf)),
+as in PyTorch.
 """
 from tinyllm import backend
 from tinyllm.autograd.function import Function
-from tinyllm.kernels.softmax import softmax_backward, softmax_forward
+from tinyllm.dispatch import accelerator
+from tinyllm.kernels import softmax as softmax_kernels
 from tinyllm.ops._util import as_float
 
 
@@ -23,21 +25,39 @@ def _row_max(x, axis):
 
 
 class Softmax(Function):
-    """y = softmax(x) along ``axis``.
+    """y = softmax(x) along ``axis``:
 
-    Jacobian: dy_i/dx_j = y_i ([i == j] - y_j), so the vector-Jacobian product is
-        dx_j = sum_i dout_i y_i ([i == j] - y_j) = y_j (dout_j - sum_i dout_i y_i).
-    Shapes: x, y, dout, dx all the same; the sum runs over ``axis``.
-    Computed by tinyllm/kernels/softmax.py (NumPy reference or Numba kernel; same formulas).
+        y_i = e^(x_i - m) / sum_j e^(x_j - m),   m = max_j x_j
+
+    Jacobian: with S = sum_k e^x_k, dy_i/dx_j = [i == j] e^x_i / S - e^x_i e^x_j / S^2
+    = y_i ([i == j] - y_j), so the vector-Jacobian product is
+        dx_j = sum_i dout_i y_i ([i == j] - y_j) = y_j (dout_j - sum_i dout_i y_i)
+    one dot product per row; the (C, C) Jacobian is never formed.
+
+    Shapes: x, y, dout, dx all the same; the sums run over ``axis``. A row of -inf gives zeros
+    (the all -inf max is taken as 0, and the sum 0 as 1), and its dx is 0.
+    Fast path: a Numba kernel per direction (tinyllm/kernels/softmax.py), under the switch.
     """
 
     def forward(self, x, axis=-1):
         self.axis = axis
-        self.y = softmax_forward(x, axis)
+        if accelerator("softmax", x, axis=axis):
+            self.y = softmax_kernels.softmax_forward(x)
+            return self.y
+        xp = backend.get_array_module(x)
+        if x.size == 0:                               # max of an empty axis has no identity
+            self.y = xp.zeros_like(x)
+            return self.y
+        e = xp.exp(x - _row_max(x, axis))             # every exponent <= 0
+        s = e.sum(axis=axis, keepdims=True)
+        self.y = e / xp.where(s == 0, 1, s)           # all -inf row: 0 / 1 = 0
         return self.y
 
     def backward(self, dout):
-        return softmax_backward(self.y, dout, self.axis)
+        y, axis = self.y, self.axis
+        if accelerator("softmax", y, dout, axis=axis):
+            return softmax_kernels.softmax_backward(y, dout)
+        return y * (dout - (dout * y).sum(axis=axis, keepdims=True))
 
 
 class LogSoftmax(Function):

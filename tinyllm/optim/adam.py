@@ -11,10 +11,28 @@ Adam adds lambda * p to the gradient, which then passes through the 1/sqrt(v) re
 with large gradients are barely decayed. AdamW shrinks p directly, the same fraction for every
 weight, outside the adaptive step. GPT-2-style training uses AdamW.
 """
+import numpy as np
+
 from tinyllm.autograd.grad_mode import no_grad
 from tinyllm.backend import get_array_module
-from tinyllm.kernels.adam import adam_step
+from tinyllm.dispatch import accelerator
+from tinyllm.kernels import adam as adam_kernels
 from tinyllm.optim.optimizer import Optimizer, check_number
+
+
+def _kernel_fits(p, g, m, v):
+    """The Numba or CuPy kernel takes this update: the switch is on, and p, g, m, v are float32
+    or float64 arrays of one dtype and shape; on the CPU also C-contiguous NumPy arrays (the
+    kernel writes through flat views of them)."""
+    how = accelerator("adam", p, g, m, v, cupy=True)
+    if how is None or isinstance(p, np.ndarray) != (how == "numba"):
+        return False
+    fits = (p.dtype.char in "fd" and p.dtype == g.dtype == m.dtype == v.dtype
+            and p.shape == g.shape == m.shape == v.shape)
+    if how == "numba":
+        fits = fits and all(isinstance(a, np.ndarray) and a.flags.c_contiguous
+                            for a in (p, g, m, v))
+    return fits
 
 
 class Adam(Optimizer):
@@ -48,10 +66,10 @@ class Adam(Optimizer):
 
     State per parameter: ``step`` (int), ``exp_avg`` (m), ``exp_avg_sq`` (v).
 
-    The update runs in ``tinyllm.kernels.adam``: ``adam_step_reference`` is the formula above as
-    readable NumPy (CuPy) code, and ``adam_step`` runs it, or a Numba kernel that does the same
-    in one pass over memory and gives the same numbers bit for bit (``impl`` switch as for every
-    kernel: ``tinyllm.kernels.set_impl`` or TINYLLM_KERNELS).
+    ``step`` runs the formula above on each parameter's arrays, in place. Fast path: with the
+    switch on (``tinyllm.kernels.set_impl("auto")`` or TINYLLM_KERNELS), a Numba kernel, or a
+    CUDA kernel on CuPy arrays (tinyllm/kernels/adam.py), that does the same in one pass over
+    memory and gives the same numbers bit for bit.
     """
 
     _decoupled_weight_decay = False
@@ -85,22 +103,35 @@ class Adam(Optimizer):
             eps = group["eps"]
             weight_decay = group["weight_decay"]
 
-            for p in group["params"]:
-                if p.grad is None:
+            for param in group["params"]:
+                if param.grad is None:
                     continue
-                xp = get_array_module(p.data)
-                g = p.grad
-                state = self.state[p]
+                xp = get_array_module(param.data)
+                state = self.state[param]
                 if len(state) == 0:
                     state["step"] = 0
-                    state["exp_avg"] = xp.zeros_like(p.data)
-                    state["exp_avg_sq"] = xp.zeros_like(p.data)
+                    state["exp_avg"] = xp.zeros_like(param.data)
+                    state["exp_avg_sq"] = xp.zeros_like(param.data)
                 state["step"] += 1
                 t = state["step"]
-                # the update above, in place on p.data, m, v: one fused pass where the Numba
-                # kernel applies, else the NumPy/CuPy reference (tinyllm/kernels/adam.py)
-                adam_step(p.data, g, state["exp_avg"], state["exp_avg_sq"], lr, beta1, beta2,
-                          eps, weight_decay, t, self._decoupled_weight_decay)
+                # the update above, in place on the raw arrays
+                p, g, m, v = param.data, param.grad, state["exp_avg"], state["exp_avg_sq"]
+                if _kernel_fits(p, g, m, v):
+                    adam_kernels.adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t,
+                                           self._decoupled_weight_decay)
+                    continue
+                if weight_decay != 0:
+                    if self._decoupled_weight_decay:
+                        p *= 1 - lr * weight_decay            # AdamW: shrink p directly
+                    else:
+                        g = g + weight_decay * p              # Adam: L2 through the gradient
+                m *= beta1
+                m += (1 - beta1) * g                          # m_t
+                v *= beta2
+                v += (1 - beta2) * (g * g)                    # v_t
+                m_hat = m / (1 - beta1 ** t)                  # bias corrections
+                v_hat = v / (1 - beta2 ** t)
+                p -= lr * m_hat / (xp.sqrt(v_hat) + eps)
         return loss
 
 
