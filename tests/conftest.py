@@ -67,6 +67,19 @@ def _fresh_state():
 
 
 @pytest.fixture
+def default_switch(monkeypatch):
+    """The kernel switch as a fresh ``import tinyllm`` has it (no TINYLLM_KERNELS, no set_impl,
+    no entry point's preference), even in a suite run with TINYLLM_KERNELS=auto; restored
+    after the test."""
+    from tinyllm import dispatch
+    saved = dict(dispatch._state)
+    monkeypatch.delenv("TINYLLM_KERNELS", raising=False)
+    dispatch._state.update(impl=None, env=None, preferred=None)
+    yield
+    dispatch._state.update(saved)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

@@ -91,7 +91,7 @@ def _loss_value(out):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_default_backward_runs_the_ops_own_formulas(name):
+def test_default_backward_runs_the_ops_own_formulas(name, default_switch):
     model, loss_fn = MODELS[name]()
     trace = BackwardTrace().run(loss_fn())
     ops = trace.op_backwards()

@@ -487,7 +487,7 @@ def test_explain_prints_the_ops_card(capsys):
 # ----------------------------------------------------------------------------------------------
 # the command line
 
-def test_cli_explain_backward_table_steps_dot_and_bisect(tmp_path, capsys):
+def test_cli_explain_backward_table_steps_dot_and_bisect(tmp_path, capsys, default_switch):
     from tinyllm import cli
     steps = cli.main(["explain-backward", "--ops", "LayerNorm", "CrossEntropy"])
     out = capsys.readouterr().out

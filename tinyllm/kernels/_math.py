@@ -92,6 +92,29 @@ def masked_row_fill(r):
     return r.dtype.type(0)
 
 
+def softmax_row(x, y):
+    """y = softmax(x) for one 1-D row, three passes: max; exp and sum; scale. ``y`` may be
+    ``x`` (in place). A row with no finite maximum (all -inf: fully masked) gets zeros, or NaN
+    if it holds a NaN (``masked_row_fill``); a NaN beside finite entries reaches the sum, so the
+    row comes out NaN, as in the op's formula (tinyllm/ops/softmax.py). Shared by the softmax
+    and the attention kernels."""
+    C = x.shape[0]
+    m = row_max(x)                                # NaN entries skipped: they reach s below
+    if m == -np.inf:
+        fill = masked_row_fill(x)
+        for c in range(C):
+            y[c] = fill
+        return
+    s = x.dtype.type(0)
+    for c in range(C):
+        e = exp(x[c] - m)                         # vectorizable exp (below)
+        y[c] = e
+        s += e
+    inv = 1 / s
+    for c in range(C):
+        y[c] *= inv
+
+
 def exp(x):
     """e^x. Inside a Numba kernel, float32 takes the vectorizable polynomial below."""
     return np.exp(x)
@@ -189,3 +212,5 @@ if NUMBA_AVAILABLE:
         if isinstance(x, types.Float) and x.bitwidth == 32:
             return _erff
         return lambda x: math.erf(x)
+
+    softmax_row = numba.njit(inline="always", **_JIT_OPTIONS)(softmax_row)

@@ -19,7 +19,7 @@ set-up, where BLAS has register-blocked micro-kernels.
 """
 import numpy as np
 
-from tinyllm.kernels._math import exp, masked_row_fill, row_max
+from tinyllm.kernels._math import softmax_row
 from tinyllm.kernels._numba import kernel, prange
 
 
@@ -51,20 +51,7 @@ def _scaled_masked_softmax_numba(p, H, Tq, scale, causal, has_mask, mask):
             for j in range(Tk):
                 if mask[mb, mh, i, j]:
                     pr[j] = -np.inf
-        m = row_max(pr)                                      # skips NaN: total catches it
-        if m == -np.inf:                                     # no visible key: weights 0
-            fill = masked_row_fill(pr)                       # (NaN if a visible score is)
-            for j in range(Tk):
-                pr[j] = fill
-            continue
-        total = dt(0)
-        for j in range(Tk):
-            e = exp(pr[j] - m)                               # vectorizable (kernels/_math.py)
-            pr[j] = e
-            total += e
-        inv = 1 / total
-        for j in range(Tk):
-            pr[j] *= inv
+        softmax_row(pr, pr)                                  # in place (kernels/_math.py)
 
 
 @kernel

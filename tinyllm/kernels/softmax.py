@@ -21,29 +21,15 @@ Shapes: x, y, dout, dx (..., C), seen as (N, C) rows, N = prod(...).
 """
 import numpy as np
 
-from tinyllm.kernels._math import exp, masked_row_fill, row_max
+from tinyllm.kernels._math import softmax_row
 from tinyllm.kernels._numba import kernel, prange
 
 
 @kernel
 def _softmax_forward_numba(x, y):
-    N, C = x.shape
+    N = x.shape[0]
     for n in prange(N):
-        xr, yr = x[n], y[n]                       # 1-D row views: the loops vectorize
-        m = row_max(xr)                           # NaN entries skipped: they reach s below
-        if m == -np.inf:                          # fully masked row (zeros), or -inf and NaN
-            fill = masked_row_fill(xr)
-            for c in range(C):
-                yr[c] = fill
-            continue
-        s = xr.dtype.type(0)
-        for c in range(C):
-            e = exp(xr[c] - m)                    # vectorizable exp (kernels/_math.py)
-            yr[c] = e
-            s += e
-        inv = 1 / s
-        for c in range(C):
-            yr[c] *= inv
+        softmax_row(x[n], y[n])                   # 1-D row views: the loops vectorize
 
 
 @kernel
