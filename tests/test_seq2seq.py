@@ -145,3 +145,8 @@ def test_config_accepts_the_old_names():
     assert dataclasses.replace(old, dropout=0.5).n_embd == 8
     with pytest.raises(ValueError, match="d_model=16 and n_embd=8 disagree"):
         Seq2SeqConfig(n_embd=8, d_model=16)
+    # the old names read as the new fields, and dataclasses.replace keeps working
+    cfg = Seq2SeqConfig(**TINY)
+    assert (cfg.d_model, cfg.n_heads) == (cfg.n_embd, cfg.n_head)
+    assert dataclasses.replace(cfg, n_embd=16).n_embd == 16
+    assert dataclasses.replace(cfg, dropout=0.5) == Seq2SeqConfig(**{**TINY, "dropout": 0.5})

@@ -50,8 +50,8 @@ class Seq2SeqConfig:
     def __post_init__(self, d_model, n_heads):
         renamed = []
         for old, new, value in (("d_model", "n_embd", d_model), ("n_heads", "n_head", n_heads)):
-            if value is None:
-                continue
+            if value is None or isinstance(value, _OldName):   # dataclasses.replace passes
+                continue                                       # the old names' reads back
             if getattr(self, new) not in (self.__dataclass_fields__[new].default, value):
                 raise ValueError(f"Seq2SeqConfig: {old}={value} and {new}={getattr(self, new)} "
                                  f"disagree; {old} is the old name of {new}: give {new} only")
@@ -67,6 +67,18 @@ class Seq2SeqConfig:
     @property
     def shared_vocab(self):
         return self.tgt_vocab_size in (0, self.src_vocab_size)
+
+
+class _OldName(int):
+    """The value of a renamed field read under its old name (``config.d_model``): an int equal
+    to the new field, marked so that ``dataclasses.replace``, which passes it back, is not taken
+    for a caller giving the old name."""
+
+
+# Reading the old names gives the new fields (an InitVar would otherwise leave them None on
+# the class, a silent wrong answer for ``config.d_model``).
+Seq2SeqConfig.d_model = property(lambda self: _OldName(self.n_embd), doc="old name of n_embd")
+Seq2SeqConfig.n_heads = property(lambda self: _OldName(self.n_head), doc="old name of n_head")
 
 
 class Seq2SeqTransformer(Module):
