@@ -16,6 +16,8 @@ import pytest
 import tinyllm as tl
 from tinyllm import functional as F
 from tinyllm import kernels
+from tests.op_cases import (C, Case, away_from_zero, const, distinct,  # noqa: F401
+                            extra_cases, ints, normal, positive)
 
 
 def _erf(x):
@@ -57,53 +59,6 @@ def _layer_norm(x, w, b, n_axes, eps=1e-5):
     mu = x.mean(axis=axes, keepdims=True)
     var = x.var(axis=axes, keepdims=True)
     return (x - mu) / np.sqrt(var + eps) * w + b
-
-
-# ----------------------------------------------------------------------------------------------
-# input makers: rng -> array
-
-def normal(*shape):
-    return lambda rng: rng.standard_normal(shape)
-
-
-def positive(*shape):
-    return lambda rng: rng.uniform(0.5, 2.0, shape)
-
-
-def away_from_zero(*shape):
-    """Magnitudes in [0.2, 2] with random signs (keeps finite differences off kinks)."""
-    return lambda rng: rng.uniform(0.2, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
-
-
-def distinct(*shape):
-    """A random permutation of spread-out values: no ties for max."""
-    n = int(np.prod(shape))
-    return lambda rng: (rng.permutation(n).astype(np.float64) * 0.1 + 0.01).reshape(shape)
-
-
-def ints(high, *shape):
-    return lambda rng: rng.integers(0, high, shape)
-
-
-def const(value):
-    return lambda rng: np.asarray(value)
-
-
-class Case:
-    def __init__(self, name, fn, ref, inputs, tol64=1e-10, tol32=2e-5):
-        self.name, self.fn, self.ref, self.inputs = name, fn, ref, inputs
-        self.tol64, self.tol32 = tol64, tol32
-
-    def arrays(self, seed=0):
-        rng = np.random.default_rng(seed)
-        return [make(rng) for make in self.inputs]
-
-    def __repr__(self):
-        return self.name
-
-
-def C(name, fn, ref, *inputs, **kw):
-    return Case(name, fn, ref, list(inputs), **kw)
 
 
 def _attention_ref(q, k, v, mask=None, causal=False):
@@ -395,6 +350,9 @@ CASES = [
       lambda x, w, t: _cross_entropy(np.tanh(x @ w), t), normal(4, 3), normal(3, 5),
       ints(5, 4)),
 ]
+
+
+CASES += extra_cases()          # the families in tests/cases_*.py
 
 
 @pytest.fixture(params=["numpy", "numba"], autouse=True)
