@@ -110,8 +110,8 @@ def test_mha_errors():
     mha = nn.MultiHeadAttention(4, 2)
     with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, Tk\)"):
         mha(tl.randn(2, 3, 4), key_padding_mask=np.zeros((2, 4), bool))
-    with pytest.raises(TypeError, match="masks must be boolean"):
-        mha(tl.randn(2, 3, 4), attn_mask=np.zeros((3, 3)))
+    with pytest.raises(TypeError, match="masks must be boolean"):        # float: added
+        mha(tl.randn(2, 3, 4), attn_mask=np.zeros((3, 3), np.int64))
 
 
 def test_sinusoidal_positions_formula():

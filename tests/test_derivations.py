@@ -138,12 +138,19 @@ def _test_functions(path):
 
 
 def _test_ops_cases():
-    """The case names of tests/test_ops.py: the first argument of every ``C("name", ...)``."""
-    with open(os.path.join(REPO, "tests", "test_ops.py"), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    return {node.args[0].value for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id == "C" and node.args and isinstance(node.args[0], ast.Constant)}
+    """The case names tests/test_ops.py runs: the first argument of every ``C("name", ...)`` in
+    it and in the families tests/cases_*.py."""
+    names = set()
+    tests_dir = os.path.join(REPO, "tests")
+    for fname in sorted(os.listdir(tests_dir)):
+        if fname != "test_ops.py" and not (fname.startswith("cases_") and fname.endswith(".py")):
+            continue
+        with open(os.path.join(tests_dir, fname), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        names |= {node.args[0].value for node in ast.walk(tree)
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id == "C" and node.args and isinstance(node.args[0], ast.Constant)}
+    return names
 
 
 # ----------------------------------------------------------------------------------------------

@@ -155,17 +155,160 @@ class TensorMethods:
     def gelu(self, approximate="none"):
         return F.gelu(self, approximate=approximate)
 
-    def sum(self, axis=None, keepdims=False):
-        return F.sum(self, axis=axis, keepdims=keepdims)
+    # issue 19: unary math and activations
+    def silu(self):
+        return F.silu(self)
 
-    def mean(self, axis=None, keepdims=False):
-        return F.mean(self, axis=axis, keepdims=keepdims)
+    def __abs__(self):
+        return F.abs(self)
 
-    def max(self, axis=None, keepdims=False):
-        return F.max(self, axis=axis, keepdims=keepdims)
+    def abs(self):
+        return F.abs(self)
 
-    def var(self, axis=None, keepdims=False, ddof=0):
-        return F.var(self, axis=axis, keepdims=keepdims, ddof=ddof)
+    def sign(self):
+        return F.sign(self)
+
+    def clip(self, min=None, max=None):
+        return F.clip(self, min, max)
+
+    def clamp(self, min=None, max=None):
+        return F.clip(self, min, max)
+
+    def minimum(self, other):
+        return F.minimum(self, other)
+
+    def maximum(self, other):
+        return F.maximum(self, other)
+
+    def rsqrt(self):
+        return F.rsqrt(self)
+
+    def sin(self):
+        return F.sin(self)
+
+    def cos(self):
+        return F.cos(self)
+
+    def erf(self):
+        return F.erf(self)
+
+    def exp2(self):
+        return F.exp2(self)
+
+    def log2(self):
+        return F.log2(self)
+
+    def log1p(self):
+        return F.log1p(self)
+
+    def expm1(self):
+        return F.expm1(self)
+
+    def square(self):
+        return F.square(self)
+
+    def reciprocal(self):
+        return F.reciprocal(self)
+
+    def floor(self):
+        return F.floor(self)
+
+    def ceil(self):
+        return F.ceil(self)
+
+    def round(self, decimals=0):
+        return F.round(self, decimals=decimals)
+
+    def trunc(self):
+        return F.trunc(self)
+
+    def isnan(self):
+        return F.isnan(self)
+
+    def isinf(self):
+        return F.isinf(self)
+
+    def isfinite(self):
+        return F.isfinite(self)
+
+    def logical_not(self):
+        return F.logical_not(self)
+
+    def logical_and(self, other):
+        return F.logical_and(self, other)
+
+    def logical_or(self, other):
+        return F.logical_or(self, other)
+
+    def logical_xor(self, other):
+        return F.logical_xor(self, other)
+
+    # reductions (NumPy's axis/keepdims, or PyTorch's dim/keepdim), scans, indexing (issue 19)
+    def sum(self, axis=None, keepdims=False, *, dtype=None, dim=None, keepdim=None):
+        return F.sum(self, axis, keepdims, dtype=dtype, dim=dim, keepdim=keepdim)
+
+    def mean(self, axis=None, keepdims=False, *, dtype=None, dim=None, keepdim=None):
+        return F.mean(self, axis, keepdims, dtype=dtype, dim=dim, keepdim=keepdim)
+
+    def max(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The maximum values (NumPy's max, PyTorch's amax); ``argmax`` gives the indices."""
+        return F.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def min(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        """The minimum values (NumPy's min, PyTorch's amin); ``argmin`` gives the indices."""
+        return F.min(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def prod(self, axis=None, keepdims=False, *, dtype=None, dim=None, keepdim=None):
+        return F.prod(self, axis, keepdims, dtype=dtype, dim=dim, keepdim=keepdim)
+
+    def var(self, axis=None, keepdims=False, ddof=None, *, correction=None, unbiased=None,
+            dim=None, keepdim=None):
+        return F.var(self, axis, keepdims, ddof, correction=correction, unbiased=unbiased,
+                     dim=dim, keepdim=keepdim)
+
+    def std(self, axis=None, keepdims=False, ddof=None, *, correction=None, unbiased=None,
+            dim=None, keepdim=None):
+        return F.std(self, axis, keepdims, ddof, correction=correction, unbiased=unbiased,
+                     dim=dim, keepdim=keepdim)
+
+    def logsumexp(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return F.logsumexp(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmax(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return F.argmax(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmin(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return F.argmin(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def all(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return F.all(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def any(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
+        return F.any(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def cumsum(self, axis=None, *, dim=None):
+        return F.cumsum(self, axis, dim=dim)
+
+    def cumprod(self, axis=None, *, dim=None):
+        return F.cumprod(self, axis, dim=dim)
+
+    def sort(self, axis=-1, descending=False, *, dim=None):
+        return F.sort(self, axis, descending, dim=dim)
+
+    def topk(self, k, axis=-1, largest=True, sorted=True, *, dim=None):
+        return F.topk(self, k, axis, largest, sorted, dim=dim)
+
+    def gather(self, axis=None, index=None, *, dim=None):
+        return F.gather(self, axis, index, dim=dim)
+
+    def scatter_add(self, axis=None, index=None, src=None, *, dim=None):
+        return F.scatter_add(self, axis, index, src, dim=dim)
+
+    def index_select(self, axis=None, index=None, *, dim=None):
+        return F.index_select(self, axis, index, dim=dim)
+
+    def masked_select(self, mask):
+        return F.masked_select(self, mask)
 
     def reshape(self, *shape):
         return F.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int)
@@ -189,8 +332,62 @@ class TensorMethods:
     def swapaxes(self, axis1, axis2):
         return F.swapaxes(self, axis1, axis2)
 
-    def flatten(self):
-        return F.reshape(self, (-1,))
+    # issue 19: shape and movement, linear algebra (NumPy's names; PyTorch's dim=/dims= too)
+    def flatten(self, start_axis=0, end_axis=-1, *, start_dim=None, end_dim=None):
+        return F.flatten(self, start_axis, end_axis, start_dim=start_dim, end_dim=end_dim)
+
+    def unflatten(self, axis, sizes):
+        return F.unflatten(self, axis, sizes)
+
+    def squeeze(self, axis=None, *, dim=None):
+        """Size-1 axes removed; ``axis=`` names must have size 1 (NumPy), ``dim=`` skips the
+        ones that do not (PyTorch)."""
+        return F.squeeze(self, axis, dim=dim)
+
+    def unsqueeze(self, axis=None, *, dim=None):
+        return F.unsqueeze(self, axis, dim=dim)
+
+    def expand(self, *sizes):
+        return F.expand(self, *sizes)
+
+    def expand_as(self, other):
+        return F.broadcast_to(self, other.shape)
+
+    def broadcast_to(self, shape):
+        return F.broadcast_to(self, shape)
+
+    def repeat(self, *sizes):
+        """PyTorch's repeat: np.tile semantics (``repeat_interleave`` is np.repeat)."""
+        return F.repeat(self, *sizes)
+
+    def tile(self, reps):
+        return F.tile(self, reps)
+
+    def repeat_interleave(self, repeats, axis=None, *, dim=None):
+        return F.repeat_interleave(self, repeats, axis, dim=dim)
+
+    def flip(self, *axes, dims=None):
+        """``flip(0, 1)``, ``flip((0, 1))`` or ``flip(dims=...)``; no axes flips them all."""
+        axes = axes[0] if len(axes) == 1 else (axes or None)
+        return F.flip(self, axes, dims=dims)
+
+    def roll(self, shifts, axis=None, *, dims=None):
+        return F.roll(self, shifts, axis, dims=dims)
+
+    def chunk(self, chunks, axis=0, *, dim=None):
+        return F.chunk(self, chunks, axis, dim=dim)
+
+    def triu(self, k=0, *, diagonal=None):
+        return F.triu(self, k, diagonal=diagonal)
+
+    def tril(self, k=0, *, diagonal=None):
+        return F.tril(self, k, diagonal=diagonal)
+
+    def diagonal(self, offset=0, axis1=0, axis2=1, *, dim1=None, dim2=None):
+        return F.diagonal(self, offset, axis1, axis2, dim1=dim1, dim2=dim2)
+
+    def outer(self, other):
+        return F.outer(self, other)
 
     def split(self, indices_or_sections, axis=0):
         return F.split(self, indices_or_sections, axis=axis)

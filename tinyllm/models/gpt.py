@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from tinyllm import backend
 from tinyllm import functional as F
+from tinyllm.autograd.tensor import Tensor
 from tinyllm.models._util import token_ids as _ids
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from tinyllm.nn.attention import Attention, ResidualBlock
@@ -183,3 +184,45 @@ class GPT(Module):
         the token embeddings count, since they are also the output layer)."""
         n = self.num_parameters()
         return n - self.transformer.wpe.weight.size if non_embedding else n
+
+    @classmethod
+    def from_hf(cls, config_dict, state_dict, dtype=None):
+        """A GPT holding a Hugging Face GPT2LMHeadModel checkpoint: ``config_dict`` its config
+        (``config.json``), ``state_dict`` name -> array (NumPy, or CPU torch tensors). GPT-2's
+        names and (in, out) Conv1D layouts are tinyllm's, so the weights load as they are
+        (``convert_hf_gpt2_state_dict``); ``dtype`` that of the parameters (default: the
+        default dtype)."""
+        hf = config_dict
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+        act = hf.get("activation_function", "gelu_new")
+        if act not in gelu:
+            raise ValueError(f"GPT.from_hf: activation_function {act!r} is not one of "
+                             f"{sorted(gelu)}")
+        if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
+            raise ValueError(f"GPT.from_hf: layer_norm_epsilon {hf['layer_norm_epsilon']} "
+                             f"(tinyllm's LayerNorm uses 1e-5)")
+        config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
+                           n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                           dropout=0.0, bias=True, gelu=gelu[act])
+        model = cls(config)
+        if dtype is not None:
+            model.to(dtype)
+        model.load_state_dict(convert_hf_gpt2_state_dict(state_dict), strict=True)
+        return model
+
+
+def convert_hf_gpt2_state_dict(state_dict):
+    """HF GPT-2 state_dict -> tinyllm's: the same names and layouts, less the causal-mask buffers
+    (``.attn.bias``, ``.attn.masked_bias``); keys of a bare GPT2Model get the ``transformer.``
+    prefix, and ``lm_head.weight`` (tied: the token embeddings) is filled in when absent."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith((".attn.bias", ".attn.masked_bias")):
+            continue
+        a = v.data if isinstance(v, Tensor) else v
+        a = a.detach().cpu().numpy() if hasattr(a, "detach") else a      # a torch tensor
+        k = k if k.startswith(("transformer.", "lm_head.")) else "transformer." + k
+        out[k] = a
+    if "lm_head.weight" not in out and "transformer.wte.weight" in out:
+        out["lm_head.weight"] = out["transformer.wte.weight"]
+    return out

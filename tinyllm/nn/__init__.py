@@ -7,7 +7,8 @@ from tinyllm.nn.attention import (Attention, FeedForward, LearnedPositionalEmbed
                                   SinusoidalPositionalEncoding, TransformerDecoderLayer,
                                   TransformerEncoderLayer, causal_mask,
                                   scaled_dot_product_attention, sinusoidal_positions)
-from tinyllm.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, Tanh
+from tinyllm.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Tanh
+from tinyllm.nn.llama_layers import RotaryEmbedding, SwiGLU
 from tinyllm.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from tinyllm.nn.rnn import LSTM, LSTMCell
 
@@ -16,4 +17,5 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "Attention", "MultiHeadAttention", "ResidualBlock",
            "FeedForward", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
            "TransformerEncoderLayer", "TransformerDecoderLayer", "causal_mask",
-           "scaled_dot_product_attention", "sinusoidal_positions"]
+           "scaled_dot_product_attention", "sinusoidal_positions", "RMSNorm", "RotaryEmbedding",
+           "SwiGLU"]

@@ -27,9 +27,17 @@ from a packed projection) are its accelerator, taken only with the kernel switch
 (``tinyllm.kernels.set_impl("auto")``, which ``tinyllm train`` sets) and when neither the
 weights nor weight dropout are asked for; tests/test_attention.py holds the two equal.
 
-Mask conventions (PyTorch's): ``key_padding_mask`` (B, Tk) is True at padded keys (ignored);
-``attn_mask`` (Tq, Tk), (B, Tq, Tk) or (B, 1, Tq or 1, Tk) is True where attention is *not*
-allowed; ``causal=True`` adds the mask of future positions (key index > query index).
+Mask conventions (PyTorch's nn.MultiheadAttention): ``key_padding_mask`` (B, Tk) is True at
+padded keys (ignored); a boolean ``attn_mask`` (Tq, Tk), (B, Tq, Tk) or (B, 1, Tq or 1, Tk) is
+True where attention is *not* allowed; a float ``attn_mask`` of those shapes (or (B, H, Tq, Tk))
+is *added* to the scores (0 keeps, -inf hides, anything between biases: ALiBi, Hugging Face's
+4-d masks); ``causal=True`` adds the mask of future positions (key index > query index).
+
+Grouped-query attention (Ainslie et al. 2023; LLaMA 2/3): with ``n_kv_head`` < ``n_head`` the
+keys and values have only n_kv_head heads, each shared by a group of n_head // n_kv_head query
+heads (n_kv_head = 1 is multi-query attention). The KV cache shrinks by that factor; the
+readable path repeats each key/value head for its group (query head h reads kv head
+h // group) and then runs the same attention.
 """
 import math
 
@@ -44,16 +52,25 @@ from tinyllm.nn.module import Module, Parameter
 from tinyllm.ops.attention import causal_mask
 
 
-def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, training=False):
-    """softmax(q k^T / sqrt(D) masked) v, op by op, returning (output, attention weights).
+def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, training=False,
+                                 attn_bias=None):
+    """softmax(q k^T / sqrt(D) + bias, masked) v, op by op, returning (output, weights).
 
-    Shapes: q (..., Tq, D); k, v (..., Tk, D); attn_mask broadcastable to (..., Tq, Tk), True
-    where attention is not allowed. Output (..., Tq, D); weights (..., Tq, Tk) (before the
-    weight dropout).
+    Shapes: q (..., Tq, D); k, v (..., Tk, D); attn_mask broadcastable to (..., Tq, Tk): boolean,
+    True where attention is not allowed, or float, added to the scores (then it is the bias);
+    attn_bias, a float array or Tensor broadcastable to (..., Tq, Tk), added before the boolean
+    mask hides. Output (..., Tq, D); weights (..., Tq, Tk) (before the weight dropout).
     """
+    if attn_mask is not None and _is_float(attn_mask):
+        if attn_bias is not None:
+            raise ValueError("scaled_dot_product_attention: got a float attn_mask and an "
+                             "attn_bias; pass one additive mask")
+        attn_mask, attn_bias = None, attn_mask
     D = q.shape[-1]
     # scores, one per query and key: (B, H, Tq, D) @ (B, H, D, Tk) -> (B, H, Tq, Tk)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))
+    if attn_bias is not None:
+        att = att + attn_bias                                   # additive mask: -inf hides
     if attn_mask is not None:
         att = att.masked_fill(attn_mask, float("-inf"))         # hidden keys: weight exactly 0
     weights = F.softmax(att, axis=-1)                           # (B, H, Tq, Tk), rows sum to 1
@@ -83,12 +100,27 @@ def _combine_masks(B, Tq, Tk, key_padding_mask, attn_mask, causal, device):
     return mask
 
 
+def _is_float(m):
+    dtype = getattr(m, "dtype", None)
+    return np.dtype(dtype if dtype is not None else np.asarray(m).dtype).kind == "f"
+
+
+def _float_bias(attn_mask, device):
+    """A float attn_mask as an additive bias broadcastable to (B, H, Tq, Tk). A Tensor stays a
+    Tensor (a learned bias gets its gradient); an array moves to ``device``."""
+    m = attn_mask
+    if not isinstance(m, Tensor):
+        m = backend.to_device(np.asarray(m) if backend.get_array_module(m) is np else m, device)
+    return m[:, None] if m.ndim == 3 else m                 # (B, Tq, Tk) -> (B, 1, Tq, Tk)
+
+
 def _bool_array(m, device):
     m = m.data if isinstance(m, Tensor) else m
     if backend.get_array_module(m) is np:
         m = np.asarray(m)
     if m.dtype != np.bool_:
-        raise TypeError(f"attention: masks must be boolean (True = masked), got {m.dtype}")
+        raise TypeError(f"attention: masks must be boolean (True = masked), or float for an "
+                        f"additive attn_mask, got {m.dtype}")
     return backend.to_device(m, device)
 
 
@@ -99,15 +131,22 @@ class Attention(Module):
             cache=None)
       x: (B, Tq, C) queries (and keys/values for self-attention)
       memory: (B, Tk, C) keys/values for cross-attention (the encoder output)
+      attn_mask: boolean (True = hidden) or float (added to the scores): see the module doc
       cache: a dict, for decoding one step at a time: self-attention appends this call's keys
-             and values (B, H, T, D) to the cached ones; cross-attention computes them from
+             and values (B, Hkv, T, D) to the cached ones; cross-attention computes them from
              ``memory`` once and reuses them. ``key_padding_mask`` must then cover all keys.
       returns (B, Tq, C), or (output, weights (B, H, Tq, Tk)) when need_weights.
 
+    ``n_kv_head`` (default n_head): grouped-query attention, k and v with Hkv = n_kv_head heads
+    (their projections are (C, Hkv * D)), each shared by n_head // n_kv_head query heads.
+
     Subclasses hold the projections under the names their checkpoints use, and say how to
-    apply them in two small methods:
-      project(x, kv) -> q (B, Tq, C) from x, and k, v (B, Tk, C) from kv (None when kv is
-                        None: the cache holds them);
+    apply them in small methods:
+      project(x, kv) -> q (B, Tq, C) from x, and k, v (B, Tk, Hkv * D) from kv (None when kv
+                        is None: the cache holds them);
+      position(q, k, offset) -> q, k (B, H or Hkv, T, D) with positions applied, for
+                        self-attention (RoPE: LlamaAttention); ``offset`` is the number of
+                        positions already in the cache. Identity here;
       output(y)      -> the output projection of the merged heads (identity here: BERT keeps
                         it in BertSelfOutput).
     A subclass with one packed (C, 3C) projection (GPT-2's c_attn) also defines
@@ -117,32 +156,54 @@ class Attention(Module):
 
     project_packed = None
 
-    def __init__(self, n_embd, n_head, dropout=0.0, causal=False):
+    def __init__(self, n_embd, n_head, dropout=0.0, causal=False, n_kv_head=None):
         super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head:
             raise ValueError(f"{type(self).__name__}: n_embd {n_embd} is not divisible by "
                              f"n_head {n_head}")
+        if not 1 <= n_kv_head <= n_head or n_head % n_kv_head:
+            raise ValueError(f"{type(self).__name__}: n_head {n_head} must be a multiple of "
+                             f"n_kv_head, got n_kv_head {n_kv_head}")
         self.n_embd, self.n_head, self.head_size = n_embd, n_head, n_embd // n_head
+        self.n_kv_head = n_kv_head
         self.causal = causal
         self.dropout = dropout                  # on the attention weights, while training
 
     def project(self, x, kv):
         raise NotImplementedError(f"{type(self).__name__}.project")
 
+    def position(self, q, k, offset):
+        return q, k
+
     def output(self, y):
         return y
 
     def split_heads(self, t):
-        B, T, C = t.shape
-        return t.reshape(B, T, self.n_head, self.head_size).transpose(1, 2)  # -> (B, H, T, D)
+        B, T, C = t.shape                       # C = H * D (queries) or Hkv * D (keys, values)
+        return t.reshape(B, T, C // self.head_size, self.head_size).transpose(1, 2)  # (B,H,T,D)
+
+    def repeat_kv(self, t):
+        """(B, Hkv, T, D) -> (B, H, T, D): query head h reads kv head h // (H / Hkv), as Hugging
+        Face's repeat_kv. An index, so backward adds each group's gradients into its head."""
+        if self.n_kv_head == self.n_head:
+            return t
+        xp = backend.get_array_module(t.data)
+        kv_head = xp.arange(self.n_head) // (self.n_head // self.n_kv_head)     # (H,)
+        return t[:, kv_head]
 
     def forward(self, x, memory=None, key_padding_mask=None, attn_mask=None,
                 need_weights=False, cache=None):
         B, Tq, C = x.shape
-        # the fused ops cannot return the weights or drop some of them
-        fusable = not need_weights and not (self.dropout > 0 and self.training)
+        attn_bias = None
+        if attn_mask is not None and _is_float(attn_mask):      # additive: kept apart
+            attn_mask, attn_bias = None, _float_bias(attn_mask, x.device)
+        # the fused ops cannot return the weights, drop some of them, add a bias or share heads
+        fusable = (not need_weights and not (self.dropout > 0 and self.training)
+                   and attn_bias is None and self.n_kv_head == self.n_head)
         packed = (self.project_packed is not None and memory is None and cache is None
-                  and key_padding_mask is None and attn_mask is None)
+                  and key_padding_mask is None and attn_mask is None
+                  and type(self).position is Attention.position)
         if fusable and packed and accelerator("attention", x.data, cupy=True):
             # accelerator: one op from the packed projection to merged heads (B, Tq, C)
             y = F.qkv_self_attention(self.project_packed(x), self.n_head, causal=self.causal)
@@ -150,15 +211,18 @@ class Attention(Module):
 
         cached_memory = cache is not None and memory is not None and "k" in cache
         kv = None if cached_memory else (x if memory is None else memory)
-        q, k, v = self.project(x, kv)                  # (B, Tq, C), (B, Tk, C), (B, Tk, C)
+        q, k, v = self.project(x, kv)            # (B, Tq, C), (B, Tk, Hkv D), (B, Tk, Hkv D)
         q = self.split_heads(q)                        # (B, Tq, C) -> (B, H, Tq, D)
         if cached_memory:
             k, v = cache["k"], cache["v"]              # the encoder's keys, computed once
         else:
-            k, v = self.split_heads(k), self.split_heads(v)               # (B, H, Tk, D)
+            k, v = self.split_heads(k), self.split_heads(v)               # (B, Hkv, Tk, D)
+            if memory is None:                         # self-attention: positions (RoPE)
+                past = cache["k"].shape[2] if cache is not None and "k" in cache else 0
+                q, k = self.position(q, k, past)
             if cache is not None:
                 if memory is None and "k" in cache:    # self-attention: earlier positions too
-                    k = F.concatenate([cache["k"], k], axis=2)            # (B, H, Tpast+Tq, D)
+                    k = F.concatenate([cache["k"], k], axis=2)          # (B, Hkv, Tpast+Tq, D)
                     v = F.concatenate([cache["v"], v], axis=2)
                 cache["k"], cache["v"] = k, v
         Tk = k.shape[2]
@@ -170,27 +234,31 @@ class Attention(Module):
             # the readable path: matmul, scale, mask, Softmax, (dropout), matmul
             mask = _combine_masks(B, Tq, Tk, key_padding_mask, attn_mask, self.causal,
                                   x.device)
+            k, v = self.repeat_kv(k), self.repeat_kv(v)         # (B, Hkv, Tk, D) -> (B, H, Tk, D)
             y, weights = scaled_dot_product_attention(q, k, v, mask, self.dropout,
-                                                      self.training)
+                                                      self.training, attn_bias=attn_bias)
         y = y.transpose(1, 2).reshape(B, Tq, C)  # (B, H, Tq, D) -> (B, Tq, H * D) = (B, Tq, C)
         y = self.output(y)
         return (y, weights) if need_weights else y
 
     def extra_repr(self):
-        return f"n_embd={self.n_embd}, n_head={self.n_head}, causal={self.causal}"
+        kv = f", n_kv_head={self.n_kv_head}" if self.n_kv_head != self.n_head else ""
+        return f"n_embd={self.n_embd}, n_head={self.n_head}{kv}, causal={self.causal}"
 
 
 class MultiHeadAttention(Attention):
     """Multi-head attention with separate Q, K, V projections (self- or cross-attention), named
     as PyTorch's: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj`` (C, C) each, then residual
-    dropout. See ``Attention`` for forward."""
+    dropout; with ``n_kv_head`` < n_head (grouped-query), k_proj and v_proj are
+    (C, n_kv_head * D). See ``Attention`` for forward."""
 
-    def __init__(self, n_embd, n_head, dropout=0.0, bias=True, causal=False, dtype=None):
-        super().__init__(n_embd, n_head, dropout, causal)
-        C = n_embd
+    def __init__(self, n_embd, n_head, dropout=0.0, bias=True, causal=False, dtype=None,
+                 n_kv_head=None):
+        super().__init__(n_embd, n_head, dropout, causal, n_kv_head)
+        C, C_kv = n_embd, self.n_kv_head * self.head_size
         self.q_proj = Linear(C, C, bias=bias, dtype=dtype)
-        self.k_proj = Linear(C, C, bias=bias, dtype=dtype)
-        self.v_proj = Linear(C, C, bias=bias, dtype=dtype)
+        self.k_proj = Linear(C, C_kv, bias=bias, dtype=dtype)
+        self.v_proj = Linear(C, C_kv, bias=bias, dtype=dtype)
         self.out_proj = Linear(C, C, bias=bias, dtype=dtype)
         self.resid_dropout = Dropout(dropout)
 

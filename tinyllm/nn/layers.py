@@ -1,4 +1,4 @@
-"""The basic layers: Linear, Embedding, LayerNorm, Dropout, and activation modules.
+"""The basic layers: Linear, Embedding, LayerNorm, RMSNorm, Dropout, and activation modules.
 
 Each is a thin Module around one op of ``tinyllm.functional``; the math and its backward live
 in the op (tinyllm/ops/). Initialisations follow PyTorch's defaults, drawn from the generator
@@ -111,6 +111,25 @@ class LayerNorm(Module):
 
     def forward(self, x):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class RMSNorm(Module):
+    """RMS normalization over the last axis, with a learned scale (init ones) and no shift:
+    y = x / sqrt(mean(x^2) + eps) * weight (LLaMA's norm; Hugging Face's LlamaRMSNorm)."""
+
+    def __init__(self, normalized_shape, eps=1e-6, dtype=None):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+            tuple(normalized_shape)
+        self.normalized_shape, self.eps = shape, eps
+        xp = backend.xp_for_device(backend.default_device())
+        self.weight = Parameter(xp.ones(shape, _dtype(dtype)))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}"

@@ -77,9 +77,12 @@ class Div(Function):
 class Pow(Function):
     """out = x ** y.
 
-    dx = dout * y * x^(y-1)                     (power rule; 0 where y == 0, also at x == 0)
-    dy = dout * x^y * ln(x)                     (d a^y/dy = a^y ln a), taken as 0 where x == 0
-                                                 (there x^y is 0 for y > 0, so its slope in y is 0)
+    dx = dout * y * x^(y-1)      (power rule); 0 where y == 0, for every x (x^0 = 1 is flat in
+                                  x, also at x = 0 and x = +-inf), as PyTorch
+    dy = dout * x^y * ln(x)      (d a^y/dy = a^y ln a); at x == 0 (PyTorch's values):
+                                  0 for y >= 0 (0^y is 0 or 1 there, flat in y), and
+                                  -inf for y < 0 (0^y = inf, times ln 0 = -inf)
+    Shapes: x, y broadcastable; dx, dy summed back to each one's shape.
     """
 
     def forward(self, x, y):
@@ -92,11 +95,15 @@ class Pow(Function):
         x, y = self.x, self.y
         dx = dy = None
         if self.needs_input_grad[0]:
-            # x^(y-1) with the exponent 1 where y == 0: avoids 0 * 0^-1 = 0 * inf = NaN
-            dx = unbroadcast(dout * y * x ** xp.where(y == 0, 1, y - 1), x.shape)
+            # base 1 where y == 0: y * 1^-1 = 0 exactly (0 * 0^-1 and 0 * inf^1 are NaN)
+            base = xp.where(y == 0, 1, x)
+            dx = unbroadcast(dout * (y * base ** (y - 1)), x.shape)
         if self.needs_input_grad[1]:
-            log_x = xp.log(xp.where(x == 0, 1, x))
-            dy = unbroadcast(dout * self.out * log_x, y.shape)
+            at_zero = x == 0
+            log_x = xp.log(xp.where(at_zero, 1, x))                  # 0 at x == 0, set below
+            slope = xp.where(at_zero, 0, self.out) * log_x            # x == 0, y >= 0: 0
+            slope = xp.where(at_zero & (y < 0), -xp.inf, slope)       # x == 0, y < 0: -inf
+            dy = unbroadcast(dout * slope, y.shape)
         return dx, dy
 
 

@@ -1,10 +1,14 @@
 """Losses: cross-entropy over class logits (fused with log-softmax), binary cross-entropy over
 logits (fused with the sigmoid), mean squared error, and the Gaussian KL divergence of a VAE."""
+import numpy as np
+
 from tinyllm import backend
 from tinyllm.autograd.function import Function
+from tinyllm.autograd.tensor import Tensor
 from tinyllm.dispatch import accelerator
 from tinyllm.kernels import cross_entropy as cross_entropy_kernels
 from tinyllm.ops._util import as_tensor, int_array, operands
+from tinyllm.ops.losses import soft_target_cross_entropy, weighted_cross_entropy
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -174,26 +178,44 @@ class GaussianKL(Function):
         return xp.broadcast_to(dmu, self.mu.shape), xp.broadcast_to(dlogvar, self.mu.shape)
 
 
-def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                  weight=None):
     """Cross-entropy between ``logits`` (..., C) and integer class ``target`` (...).
 
     The class axis is the last one (PyTorch puts it at axis 1 for inputs of rank > 2; for the
     usual LM call, ``cross_entropy(logits.reshape(-1, V), targets.reshape(-1))``, both agree).
     Targets equal to ``ignore_index`` are skipped. ``reduction`` is "mean", "sum" or "none".
+    A float ``target`` of the logits' shape holds class probabilities instead (as PyTorch; see
+    losses.py's ``SoftTargetCrossEntropy``). ``weight`` (C,) weighs each class as PyTorch does
+    (the integer-target mean then divides by the targets' weights; see losses.py).
     """
     logits = as_tensor(logits)
     if logits.ndim == 0:
         raise ValueError("cross_entropy: logits must have a class axis, got a 0-d tensor")
-    t = int_array(target, "cross_entropy", "target", logits.data)
-    if tuple(t.shape) != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: target shape {tuple(t.shape)} does not match logits "
-                         f"shape {logits.shape} (expected target shape {logits.shape[:-1]})")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction must be one of {_REDUCTIONS}, got "
                          f"{reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got "
                          f"{label_smoothing}")
+    if _is_float(target):                                         # class probabilities
+        shape = tuple(target.shape) if hasattr(target, "shape") else np.shape(target)
+        if shape != logits.shape:
+            raise TypeError(f"cross_entropy: target must hold integers (class indices, shape "
+                            f"{logits.shape[:-1]}) or floats of the logits' shape "
+                            f"{logits.shape} (class probabilities), got a float target of "
+                            f"shape {shape}")
+        if ignore_index != -100:
+            raise ValueError(f"cross_entropy: ignore_index={ignore_index} is not supported for "
+                             f"float (class-probability) targets")
+        return soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing)
+    if weight is not None:
+        return weighted_cross_entropy(logits, target, weight, ignore_index, reduction,
+                                      label_smoothing)
+    t = int_array(target, "cross_entropy", "target", logits.data)
+    if tuple(t.shape) != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: target shape {tuple(t.shape)} does not match logits "
+                         f"shape {logits.shape} (expected target shape {logits.shape[:-1]})")
     C = logits.shape[-1]
     bad = (t != ignore_index) & ((t < 0) | (t >= C))
     if bad.any():
@@ -203,6 +225,14 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smo
                          f"{ignore_index})")
     return CrossEntropy.apply(logits, target=t, ignore_index=ignore_index, reduction=reduction,
                               label_smoothing=float(label_smoothing))
+
+
+def _is_float(target):
+    """Whether ``target`` (a Tensor, array, list or number) holds floats: class probabilities."""
+    data = target.data if isinstance(target, Tensor) else target
+    if backend.get_array_module(data) is np:
+        data = np.asarray(data)
+    return data.dtype.kind == "f"
 
 
 def mse_loss(input, target, reduction="mean"):

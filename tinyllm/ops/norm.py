@@ -1,4 +1,6 @@
-"""Layer normalization (Ba, Kiros, Hinton 2016)."""
+"""Layer normalization (Ba, Kiros, Hinton 2016) and RMS normalization (Zhang & Sennrich 2019)."""
+import numpy as np
+
 from tinyllm import backend
 from tinyllm.autograd.function import Function
 from tinyllm.dispatch import accelerator
@@ -85,3 +87,62 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
             raise ValueError(f"layer_norm: {name} shape {p.shape} must equal normalized_shape "
                              f"{shape}")
     return LayerNorm.apply(x, w, b, n_axes=len(shape), eps=eps)
+
+
+class RMSNorm(Function):
+    """y = x / sqrt(mean(x^2) + eps) * w, the mean over the last axis (Zhang & Sennrich 2019;
+    LLaMA's norm). LayerNorm without the centring and without the shift. Per row of n values:
+
+        rstd = 1 / sqrt(mean(x^2) + eps),   xhat = x * rstd,   y = xhat * w
+
+    Backward, with dxhat = dout * w:
+        dw = sum of dout * xhat over the leading (batch) axes
+        dx = rstd * (dxhat - xhat * mean(dxhat * xhat))
+    from drstd/dx_j = -rstd^3 x_j / n = -rstd^2 xhat_j / n, so dxhat_i/dx_j =
+    rstd ([i == j] - xhat_i xhat_j / n): LayerNorm's Jacobian without the -1/n of the mean.
+
+    Shapes: x (..., D); w (D,); y like x; seen as rows x2 (N, D); forward saves rstd (N,).
+    """
+
+    def forward(self, x, w, eps=1e-6):
+        xp = backend.get_array_module(x)
+        D = w.shape[0]
+        x2 = x.reshape(-1, D)                                            # (..., D) -> (N, D)
+        rstd = 1 / xp.sqrt((x2 * x2).mean(axis=1) + eps)                 # (N,)
+        self.x2, self.w, self.rstd, self.in_shape = x2, w, rstd.astype(x.dtype), x.shape
+        y2 = x2 * self.rstd[:, None] * w
+        return y2.reshape(x.shape)
+
+    def backward(self, dout):
+        D = self.w.shape[0]
+        dout2, rstd = dout.reshape(-1, D), self.rstd[:, None]            # (N, D), (N, 1)
+        xhat = self.x2 * rstd                                            # (N, D)
+        dxhat = dout2 * self.w
+        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(axis=1, keepdims=True))
+        dw = (dout2 * xhat).sum(axis=0)                                  # (D,)
+        return (dx.reshape(self.in_shape) if self.needs_input_grad[0] else None,
+                dw if self.needs_input_grad[1] else None)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (``normalized_shape`` = its size).
+
+    As ``torch.nn.functional.rms_norm``: weight defaults to ones, eps to the machine epsilon of
+    x's dtype (LLaMA passes 1e-6 or 1e-5). Only the last axis is normalized.
+    """
+    x = as_tensor(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"rms_norm: the input must be a float tensor, got {x.dtype}")
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape) != 1 or x.ndim == 0 or x.shape[-1] != shape[0]:
+        raise ValueError(f"rms_norm: normalized_shape must be the size of the input's last axis "
+                         f"(one axis), got {shape} for input shape {x.shape}")
+    xp = backend.get_array_module(x.data)
+    w = as_tensor(weight, x) if weight is not None else as_tensor(xp.ones(shape, x.dtype), x)
+    if w.shape != shape:
+        raise ValueError(f"rms_norm: weight shape {w.shape} must equal normalized_shape {shape}")
+    if eps is None:
+        eps = float(np.finfo(x.dtype).eps)
+    if not eps >= 0:
+        raise ValueError(f"rms_norm: eps must be >= 0, got {eps}")
+    return RMSNorm.apply(x, w, eps=eps)

@@ -80,18 +80,25 @@ class LogSoftmax(Function):
 
 
 def _axis(x, axis, op):
-    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+    ndim = max(x.ndim, 1)                 # a 0-d tensor has one implicit axis: 0 or -1 (PyTorch)
+    if isinstance(axis, bool) or not -ndim <= axis < ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for shape {x.shape}")
-    return axis % x.ndim
+    return axis % ndim
+
+
+def _apply(cls, x, axis, op):
+    """cls along ``axis``; a 0-d x is taken as a row of one (softmax 1.0, log_softmax 0.0)."""
+    axis = _axis(x, axis, op)
+    if x.ndim == 0:
+        return cls.apply(x.reshape(1), axis=0).reshape(())
+    return cls.apply(x, axis=axis)
 
 
 def softmax(x, axis=-1):
     """softmax along ``axis`` (default last)."""
-    x = as_float(x)
-    return Softmax.apply(x, axis=_axis(x, axis, "softmax"))
+    return _apply(Softmax, as_float(x), axis, "softmax")
 
 
 def log_softmax(x, axis=-1):
     """log of softmax along ``axis``, computed without forming softmax (no log(0) underflow)."""
-    x = as_float(x)
-    return LogSoftmax.apply(x, axis=_axis(x, axis, "log_softmax"))
+    return _apply(LogSoftmax, as_float(x), axis, "log_softmax")
