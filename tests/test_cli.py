@@ -12,6 +12,7 @@ import pytest
 
 import tinyllm as tl
 from tinyllm import cli, inference, loop, parallel, trainer
+from tinyllm.config import PRESETS
 
 
 @pytest.fixture(autouse=True)
@@ -335,6 +336,38 @@ def test_sample_and_eval(tmp_path):
     result = cli.main(["eval", "--out-dir", str(tmp_path / "run"), "--batches", "3"])
     assert np.isfinite(result["loss"]) and result["perplexity"] == pytest.approx(
         np.exp(result["loss"]))
+
+
+def test_llama_trains_resumes_bitwise_samples_and_evaluates(tmp_path):
+    """--model llama: the same run directory contract as the GPT (resume continues the same
+    run, sample and eval read it back), with grouped-query attention."""
+    flags = ("--model", "llama", "--n-kv-head", "1", "--dropout", "0.1")
+    straight = _train(tmp_path / "a", *flags)
+    assert straight["eval"][-1]["val"] < straight["eval"][0]["val"] - 0.2          # it learns
+    _train(tmp_path / "b", *flags, "--max-iters", "10")
+    resumed = _train(tmp_path / "b", *flags, "--resume")
+    assert resumed["train_loss"] == straight["train_loss"] and resumed["eval"] == straight["eval"]
+    cfg, _, model = inference.load_run(tmp_path / "a")
+    assert type(model).__name__ == "Llama" and model.config.n_kv_head == 1
+    assert model.config.intermediate_size == 88                  # 8/3 * 32 rounded up to 8
+    assert "model.layers.0.self_attn.k_proj.weight" in model.state_dict()
+    text = inference.sample(tmp_path / "a", "ROMEO:", 20, seed=0)
+    assert text.startswith("ROMEO:") and len(text) == 26
+    result = cli.main(["eval", "--out-dir", str(tmp_path / "a"), "--batches", "2"])
+    assert np.isfinite(result["loss"])
+    with pytest.raises(ValueError, match=r"--model gpt \(the run has --model llama\)"):
+        _train(tmp_path / "b", "--resume", "--model", "gpt", "--max-iters", "30")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--n-head", "4", "--n-kv-head", "3"), "n_head 4 is not a multiple of n_kv_head 3"),
+    (("--n-head", "2", "--n-embd", "6"), "needs an even head size"),
+])
+def test_llama_settings_are_checked(flags, message):
+    with pytest.raises(ValueError, match=message):
+        cli.TrainConfig(**dict(PRESETS["tiny"], model="llama",
+                               **{f[2:].replace("-", "_"): int(v)
+                                  for f, v in zip(flags[::2], flags[1::2])}))
 
 
 def test_config_flags_override_presets(monkeypatch):

@@ -97,6 +97,17 @@ class TrainConfig:
     bias: bool = option(True, "biases in Linear and LayerNorm", None)
     gelu: str = option("tanh", "the MLP's GELU: 'tanh' (GPT-2's form) or 'exact' (erf, as "
                                "nanoGPT's nn.GELU())", Check(str, choices=("tanh", "exact")))
+    model: str = option("gpt", "'gpt' (GPT-2: LayerNorm, learned positions, GELU MLP) or 'llama' "
+                               "(RMSNorm, RoPE, SwiGLU, grouped-query attention)",
+                        Check(str, choices=("gpt", "llama")))
+    n_kv_head: int = option(0, "llama: key/value heads, dividing --n-head (0: --n-head, no "
+                               "grouping)", NON_NEGATIVE)
+    intermediate_size: int = option(0, "llama: SwiGLU width (0: 8/3 --n-embd rounded up to a "
+                                       "multiple of 8, the GELU MLP's parameter count)",
+                                    NON_NEGATIVE)
+    rope_theta: float = option(10000.0, "llama: RoPE base", RATE)
+    tie_embeddings: bool = option(True, "llama: the output layer is the transposed token "
+                                        "embedding (as GPT-2)", None)
     batch_size: int = option(12, "sequences per step", POSITIVE)
     max_iters: int = option(2000, "optimizer steps", POSITIVE)
     learning_rate: float = option(1e-3, "peak learning rate", RATE)
@@ -139,6 +150,15 @@ class TrainConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"TrainConfig: n_embd {self.n_embd} does not split into n_head "
                              f"{self.n_head} heads (n_embd must be a multiple of n_head)")
+        if self.model == "llama":
+            if self.n_kv_head and self.n_head % self.n_kv_head:
+                raise ValueError(f"TrainConfig: n_head {self.n_head} is not a multiple of "
+                                 f"n_kv_head {self.n_kv_head} (each key/value head serves "
+                                 f"n_head / n_kv_head query heads)")
+            if (self.n_embd // self.n_head) % 2:
+                raise ValueError(f"TrainConfig: --model llama needs an even head size, got "
+                                 f"n_embd / n_head = {self.n_embd // self.n_head} (RoPE "
+                                 f"rotates pairs of channels)")
         if self.min_lr > self.learning_rate:
             raise ValueError(f"TrainConfig: min_lr {self.min_lr} is above learning_rate "
                              f"{self.learning_rate} (the cosine decays from learning_rate to "
@@ -159,6 +179,9 @@ PRESETS = {
     # above), train.py's default bias=False (no biases in Linear and LayerNorm) and model.py's
     # exact GELU
     "shakespeare-char": dict(bias=False, gelu="exact"),
+    # the same data, size and budget with a LLaMA-style decoder (RMSNorm, RoPE, SwiGLU of the
+    # GELU MLP's parameter count, tied embeddings): the comparison row in benchmarks/RESULTS.md
+    "shakespeare-char-llama": dict(model="llama", bias=False),
     # a few seconds: for smoke tests
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=20,
                  warmup_iters=2, lr_decay_iters=20, eval_interval=10, eval_iters=2,
@@ -174,7 +197,7 @@ MUTABLE_ON_RESUME = ("max_iters", "eval_interval", "eval_iters", "checkpoint_int
 
 
 # settings added since runs were first saved: the value those runs used
-_BEFORE_THE_FIELD = {"gelu": "tanh"}
+_BEFORE_THE_FIELD = {"gelu": "tanh", "model": "gpt"}
 
 
 def saved_config(values):
@@ -183,6 +206,30 @@ def saved_config(values):
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{**_BEFORE_THE_FIELD,
                           **{k: v for k, v in values.items() if k in known}})
+
+
+def model_config(cfg, vocab_size, dropout=None):
+    """The model's config dataclass for a TrainConfig: a GPTConfig or a LlamaConfig.
+    ``dropout``: None for the run's own (training), 0.0 for inference."""
+    from tinyllm.models import GPTConfig, LlamaConfig
+    dropout = cfg.dropout if dropout is None else dropout
+    if cfg.model == "llama":
+        d_ff = cfg.intermediate_size or -(-8 * cfg.n_embd // 3 // 8) * 8   # ceil to 8
+        return LlamaConfig(block_size=cfg.block_size, vocab_size=vocab_size,
+                           n_layer=cfg.n_layer, n_head=cfg.n_head,
+                           n_kv_head=cfg.n_kv_head or cfg.n_head, n_embd=cfg.n_embd,
+                           intermediate_size=d_ff, rope_theta=cfg.rope_theta,
+                           tie_word_embeddings=cfg.tie_embeddings, bias=cfg.bias,
+                           dropout=dropout)
+    return GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=dropout, bias=cfg.bias,
+                     gelu=cfg.gelu)
+
+
+def build_model(model_cfg):
+    """GPT(model_cfg) or Llama(model_cfg), by the config's class."""
+    from tinyllm.models import GPT, Llama, LlamaConfig
+    return (Llama if isinstance(model_cfg, LlamaConfig) else GPT)(model_cfg)
 
 
 def resume_changes(saved, cfg, step):

@@ -17,12 +17,11 @@ import tinyllm as tl
 from tinyllm import rundir
 from tinyllm._files import sha256_file
 from tinyllm.checkpoint import load_checkpoint
-from tinyllm.config import Check, saved_config
+from tinyllm.config import Check, build_model, model_config, saved_config
 from tinyllm.data.corpora import (corpus_path, find_recorded_corpus, read_text,
                                   train_val_split)
 from tinyllm.data.tokenizers import load_tokenizer
 from tinyllm.generate import beam_search, generate
-from tinyllm.models import GPT, GPTConfig
 
 
 def load_run(out_dir):
@@ -36,9 +35,7 @@ def open_run(out_dir):
     log = rundir.read_log(run)
     cfg = saved_config(log["config"])
     tok = load_tokenizer(run / "tokenizer.json")
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
-                          n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                          dropout=0.0, bias=cfg.bias, gelu=cfg.gelu))
+    model = build_model(model_config(cfg, tok.vocab_size, dropout=0.0))
     load_checkpoint(run / "checkpoint", model)
     return cfg, tok, model.eval(), log
 

@@ -36,11 +36,12 @@ import tinyllm as tl
 from tinyllm import health, rundir
 from tinyllm._files import atomic_write
 from tinyllm.checkpoint import load_checkpoint, save_checkpoint
-from tinyllm.config import TrainConfig, resume_changes, saved_config
+from tinyllm.config import (TrainConfig, build_model, model_config, resume_changes,
+                            saved_config)
 from tinyllm.data.corpora import (corpus_record, find_recorded_corpus, read_text,
                                   train_val_split)
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
-from tinyllm.models import GPT, GPTConfig
+from tinyllm.models import GPT, Llama
 from tinyllm.optim import AdamW, weight_decay_groups
 from tinyllm.parallel import DataParallel, auto_workers
 
@@ -132,7 +133,7 @@ class Run:
     cfg: TrainConfig
     dir: Path
     log: dict                       # log.json: config, corpus, train_loss, eval, health
-    model: GPT
+    model: GPT | Llama               # by --model
     opt: AdamW
     train_ids: np.ndarray           # (N_train,) token ids: the first 90% of the corpus
     val_ids: np.ndarray             # (N_val,) the last 10%
@@ -316,10 +317,8 @@ def _setup(cfg, path, resume, quiet, overwrite):
         tok.save(path / "tokenizer.json")
 
     tl.manual_seed(cfg.seed)
-    gpt_config = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size,
-                           n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
-                           dropout=cfg.dropout, bias=cfg.bias, gelu=cfg.gelu)
-    model = GPT(gpt_config)
+    model_cfg = model_config(cfg, tok.vocab_size)                  # GPTConfig or LlamaConfig
+    model = build_model(model_cfg)
     opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
     data_rng, start, meta = data_generator(cfg.seed), 0, None
@@ -340,7 +339,7 @@ def _setup(cfg, path, resume, quiet, overwrite):
             f"differ from an uninterrupted run in the last digits")
     dp = None
     if workers > 1:                 # data parallelism (tinyllm.parallel): B / W rows each
-        dp = DataParallel(model, build=functools.partial(GPT, gpt_config), workers=workers,
+        dp = DataParallel(model, build=functools.partial(build_model, model_cfg), workers=workers,
                           seed=cfg.seed)
         if meta is not None and saved_workers == workers:
             try:
