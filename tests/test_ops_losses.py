@@ -282,3 +282,46 @@ def test_float32_stays_float32():
 def test_errors_name_the_op_and_the_arguments(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------------------------
+# review against PyTorch: the edge cases that used to disagree
+
+def test_weighted_smoothed_cross_entropy_all_ignored_has_zero_gradient():
+    torch = pytest.importorskip("torch")
+    z = np.random.default_rng(0).standard_normal((3, 4))
+    t = np.array([-100, -100, -100])
+    w = np.array([0.5, 1.0, 2.0, 0.3])
+    x = tl.tensor(z, requires_grad=True)
+    loss = F.cross_entropy(x, t, weight=w, label_smoothing=0.2)
+    loss.backward()
+    tz = torch.tensor(z, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(tz, torch.tensor(t), weight=torch.tensor(w),
+                                                 label_smoothing=0.2)
+    expected.backward()
+    assert np.isnan(loss.item()) and torch.isnan(expected)
+    np.testing.assert_array_equal(x.grad, tz.grad.numpy())                    # zeros, not NaN
+
+
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserWarning")    # torch's kl_div
+@pytest.mark.parametrize("name", ["smooth_l1_loss", "huber_loss", "binary_cross_entropy",
+                                  "kl_div", "cross_entropy"])
+def test_mean_of_an_empty_batch_is_nan_as_torch(name):
+    torch = pytest.importorskip("torch")
+    e = np.zeros((0, 3))
+    x = tl.tensor(e, requires_grad=True)
+    loss = getattr(F, name)(x, tl.tensor(e))                 # no 0 / 0 RuntimeWarning (an error)
+    loss.backward()
+    expected = getattr(torch.nn.functional, name)(torch.tensor(e), torch.tensor(e))
+    assert np.isnan(loss.item()) and torch.isnan(expected)
+    assert x.grad.shape == (0, 3)
+
+
+def test_probability_cross_entropy_at_minus_inf_logits_is_nan_as_torch():
+    torch = pytest.importorskip("torch")
+    z = np.array([[0.0, -np.inf, 1.0], [2.0, 1.0, 0.5]])
+    q = np.array([[0.5, 0.0, 0.5], [0.2, 0.3, 0.5]])
+    loss = F.cross_entropy(tl.tensor(z), tl.tensor(q), reduction="none")     # 0 * -inf, no warning
+    expected = torch.nn.functional.cross_entropy(torch.tensor(z), torch.tensor(q),
+                                                 reduction="none")
+    np.testing.assert_allclose(loss.numpy(), expected.numpy(), rtol=1e-12)

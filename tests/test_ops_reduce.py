@@ -143,6 +143,34 @@ def test_topk_matches_torch(k, kwargs):
     assert values.shape == tuple(t_values.shape) and index.dtype == np.int64
 
 
+def test_sort_descending_of_integers_does_not_overflow_at_the_int64_minimum():
+    torch = _torch()
+    a = np.array([[np.iinfo(np.int64).min, 0, 5, -3, 5], [1, np.iinfo(np.int64).max, 1, 0, 2]])
+    for kwargs in ({"descending": True}, {"dim": 0, "descending": True}):
+        values, index = F.sort(tl.tensor(a), **kwargs)
+        t_values, t_index = torch.tensor(a).sort(stable=True, **kwargs)
+        np.testing.assert_array_equal(values.numpy(), t_values.numpy())
+        np.testing.assert_array_equal(index.numpy(), t_index.numpy())
+    u = np.array([3, 0, 255, 7], dtype=np.uint8)
+    np.testing.assert_array_equal(F.sort(tl.tensor(u), descending=True)[1].numpy(),
+                                  torch.tensor(u).sort(descending=True, stable=True)[1].numpy())
+
+
+def test_sort_accepts_torch_stable_and_cumsum_cumprod_accept_dtype():
+    torch = _torch()
+    _both(lambda x: x.sort(dim=0, stable=True), lambda x: x.sort(dim=0, stable=True), X, pick=0)
+    _both(lambda x: F.sort(x, stable=False, descending=True),
+          lambda x: torch.sort(x, stable=True, descending=True), X, pick=0)
+    a = np.arange(1, 7).reshape(2, 3)
+    for name in ("cumsum", "cumprod"):
+        ours = getattr(tl.tensor(a), name)(dim=1, dtype=np.float64)
+        theirs = getattr(torch.tensor(a), name)(dim=1, dtype=torch.float64)
+        assert ours.dtype == np.float64
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy())
+    _both(lambda x: F.cumsum(x, dim=0, dtype=np.float64),
+          lambda x: torch.cumsum(x, dim=0, dtype=torch.float64), X)
+
+
 def test_topk_with_repeated_values_sends_each_gradient_to_its_own_position():
     x = tl.tensor([1.0, 5.0, 5.0, 2.0], requires_grad=True)
     values, index = x.topk(2)
@@ -231,6 +259,18 @@ def test_scatter_add_matches_torch_in_both_inputs():
     torch = _torch()
     np.testing.assert_allclose(F.scatter_add(tl.tensor(X), 1, IDX, src).numpy(),
                                torch.tensor(X).scatter_add(1, _t(IDX), _t(src)).numpy())
+
+
+@pytest.mark.parametrize("index", [np.array(0), np.array([0]), np.array([0, 0])])
+def test_gather_scatter_add_index_select_of_a_0d_tensor_match_torch(index):
+    """A 0-d x is one element along its one implicit axis, as PyTorch (it used to raise
+    IndexError)."""
+    x0 = np.array(1.5)
+    _both(lambda x: F.gather(x, 0, index), lambda x: x.gather(0, _t(index)), x0)
+    _both(lambda x, s: F.scatter_add(x, 0, index, s),
+          lambda x, s: x.scatter_add(0, _t(index), s), x0, np.full(index.shape, 2.0))
+    if index.size == 1:
+        _both(lambda x: x.index_select(0, index), lambda x: x.index_select(0, _t(index)), x0)
 
 
 # ----------------------------------------------------------------------------------------------

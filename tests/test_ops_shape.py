@@ -301,3 +301,44 @@ def test_expand_returns_a_view_without_copying():
 def test_errors_name_the_op_and_what_it_got(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# ----------------------------------------------------------------------------------------------
+# review against PyTorch: the spellings and edge cases that used to disagree
+
+def test_torch_spellings_and_0d_edges_match_torch():
+    torch = pytest.importorskip("torch")
+    x = _randn(2, 1, 4)
+    _torch_matches(lambda a: a.unflatten(dim=2, sizes=(2, 2)),       # dim= as torch
+                   lambda t: t.unflatten(dim=2, sizes=(2, 2)), x)
+    _torch_matches(lambda a: F.unflatten(a, dim=-1, sizes=(2, -1)),
+                   lambda t: torch.unflatten(t, dim=-1, sizes=(2, -1)), x)
+    _torch_matches(lambda a: F.tile(a, dims=(2, 1)), lambda t: torch.tile(t, dims=(2, 1)), x)
+    _torch_matches(lambda a: a.tile(dims=(2,)), lambda t: t.tile(dims=(2,)), x)
+    _torch_matches(lambda a: a.expand(size=(3, 2, 5, 4)), lambda t: t.expand(size=(3, 2, 5, 4)),
+                   x)
+    _torch_matches(lambda a: a.repeat(repeats=(1, 2, 1)), lambda t: t.repeat(repeats=(1, 2, 1)),
+                   x)
+    # torch.broadcast_to takes -1 for "keep this axis", as expand (not for a new leading axis)
+    _torch_matches(lambda a: F.broadcast_to(a, (3, -1, 5, -1)),
+                   lambda t: torch.broadcast_to(t, (3, -1, 5, -1)), x)
+    _torch_matches(lambda a: a.broadcast_to((-1, 3, -1)), lambda t: t.broadcast_to((-1, 3, -1)),
+                   x)
+    with pytest.raises(ValueError, match="-1 is not allowed for a new leading axis"):
+        F.broadcast_to(tl.zeros(2), (-1, 2))
+    # a 0-d tensor takes dim 0 and -1 (squeeze) and flips to itself, as in torch
+    s = np.array(1.5)
+    _torch_matches(lambda a: a.squeeze(dim=-1), lambda t: t.squeeze(dim=-1), s)
+    _torch_matches(lambda a: a.flip(0), lambda t: t.flip(0), s)
+    _torch_matches(lambda a: F.flip(a, dims=(-1,)), lambda t: torch.flip(t, dims=(-1,)), s)
+
+
+def test_triu_tril_keep_the_dtype_as_torch():
+    torch = pytest.importorskip("torch")
+    for dtype in (np.bool_, np.int32, np.int64, np.float32):
+        m = (_randn(3, 4) > 0).astype(dtype) if dtype is np.bool_ else (
+            _randn(3, 4) * 3).astype(dtype)
+        for ours, theirs in ((F.triu, torch.triu), (F.tril, torch.tril)):
+            out, ref = ours(tl.tensor(m), 1), theirs(torch.tensor(m), 1).numpy()
+            assert out.dtype == ref.dtype
+            np.testing.assert_array_equal(out.numpy(), ref)

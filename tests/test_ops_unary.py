@@ -307,3 +307,13 @@ def test_logical_ops_match_numpy_with_broadcasting():
 def test_errors_name_the_op_and_what_it_got(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_sign_of_booleans_is_the_boolean_itself_as_torch():
+    torch = _torch()
+    a = np.array([[True, False], [False, True]])
+    ours = F.sign(tl.tensor(a))
+    theirs = torch.sign(torch.tensor(a))
+    assert ours.dtype == bool
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    np.testing.assert_array_equal(tl.tensor(a).sign().numpy(), theirs.numpy())

@@ -286,14 +286,14 @@ class TensorMethods:
     def any(self, axis=None, keepdims=False, *, dim=None, keepdim=None):
         return F.any(self, axis, keepdims, dim=dim, keepdim=keepdim)
 
-    def cumsum(self, axis=None, *, dim=None):
-        return F.cumsum(self, axis, dim=dim)
+    def cumsum(self, axis=None, *, dim=None, dtype=None):
+        return F.cumsum(self, axis, dim=dim, dtype=dtype)
 
-    def cumprod(self, axis=None, *, dim=None):
-        return F.cumprod(self, axis, dim=dim)
+    def cumprod(self, axis=None, *, dim=None, dtype=None):
+        return F.cumprod(self, axis, dim=dim, dtype=dtype)
 
-    def sort(self, axis=-1, descending=False, *, dim=None):
-        return F.sort(self, axis, descending, dim=dim)
+    def sort(self, axis=-1, descending=False, *, dim=None, stable=None):
+        return F.sort(self, axis, descending, dim=dim, stable=stable)
 
     def topk(self, k, axis=-1, largest=True, sorted=True, *, dim=None):
         return F.topk(self, k, axis, largest, sorted, dim=dim)
@@ -336,8 +336,8 @@ class TensorMethods:
     def flatten(self, start_axis=0, end_axis=-1, *, start_dim=None, end_dim=None):
         return F.flatten(self, start_axis, end_axis, start_dim=start_dim, end_dim=end_dim)
 
-    def unflatten(self, axis, sizes):
-        return F.unflatten(self, axis, sizes)
+    def unflatten(self, axis=None, sizes=None, *, dim=None):
+        return F.unflatten(self, axis, sizes, dim=dim)
 
     def squeeze(self, axis=None, *, dim=None):
         """Size-1 axes removed; ``axis=`` names must have size 1 (NumPy), ``dim=`` skips the
@@ -347,7 +347,12 @@ class TensorMethods:
     def unsqueeze(self, axis=None, *, dim=None):
         return F.unsqueeze(self, axis, dim=dim)
 
-    def expand(self, *sizes):
+    def expand(self, *sizes, size=None):
+        """``expand(2, -1)``, ``expand((2, -1))`` or PyTorch's ``expand(size=(2, -1))``."""
+        if size is not None:
+            if sizes:
+                raise TypeError("expand: got sizes both positionally and as size=; pass one")
+            sizes = (size,)
         return F.expand(self, *sizes)
 
     def expand_as(self, other):
@@ -356,12 +361,17 @@ class TensorMethods:
     def broadcast_to(self, shape):
         return F.broadcast_to(self, shape)
 
-    def repeat(self, *sizes):
-        """PyTorch's repeat: np.tile semantics (``repeat_interleave`` is np.repeat)."""
+    def repeat(self, *sizes, repeats=None):
+        """PyTorch's repeat: np.tile semantics (``repeat_interleave`` is np.repeat); the counts
+        positionally or as PyTorch's ``repeats=``."""
+        if repeats is not None:
+            if sizes:
+                raise TypeError("repeat: got counts both positionally and as repeats=; pass one")
+            sizes = (repeats,)
         return F.repeat(self, *sizes)
 
-    def tile(self, reps):
-        return F.tile(self, reps)
+    def tile(self, reps=None, *, dims=None):
+        return F.tile(self, reps, dims=dims)
 
     def repeat_interleave(self, repeats, axis=None, *, dim=None):
         return F.repeat_interleave(self, repeats, axis, dim=dim)

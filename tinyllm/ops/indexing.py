@@ -154,6 +154,8 @@ def gather(x, axis=None, index=None, *, dim=None):
     x, axis = as_tensor(x), _axis_spelling("gather", axis, dim)
     index = int_array(index, "gather", "index", x.data)
     axis = _one_axis(axis, x.ndim, "gather")
+    if x.ndim == 0 and index.ndim <= 1:              # a 0-d x is one element, as PyTorch
+        return gather(x.reshape(1), 0, index.reshape(-1)).reshape(index.shape)
     if index.ndim != x.ndim or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape))
                                    if d != axis):
         raise ValueError(f"gather: index of shape {index.shape} does not fit x of shape "
@@ -192,8 +194,11 @@ def index_select(x, axis=None, index=None, *, dim=None):
     axis = _one_axis(axis, x.ndim, "index_select")
     if index.ndim > 1:
         raise ValueError(f"index_select: index must be 0-d or 1-d, got shape {index.shape}")
-    if x.ndim == 0:
-        raise ValueError("index_select: x is 0-d; there are no slices to select")
+    if x.ndim == 0:                                  # one element, as PyTorch
+        if index.size != 1:
+            raise ValueError(f"index_select: x is 0-d, so index must hold one value, got "
+                             f"shape {index.shape}")
+        return index_select(x.reshape(1), 0, index.reshape(1)).reshape(())
     _check_bounds(index, x.shape[axis], "index_select", axis)
     return IndexSelect.apply(x, index=index.reshape(-1), axis=axis)
 
@@ -205,6 +210,8 @@ def scatter_add(x, axis=None, index=None, src=None, *, dim=None):
     src = as_tensor(src, x)
     index = int_array(index, "scatter_add", "index", x.data)
     axis = _one_axis(axis, x.ndim, "scatter_add")
+    if x.ndim == 0 and index.ndim <= 1 and src.ndim <= 1:    # one element, as PyTorch
+        return scatter_add(x.reshape(1), 0, index.reshape(-1), src.reshape(-1)).reshape(())
     if (index.ndim != x.ndim or src.ndim != x.ndim
             or any(i > s for i, s in zip(index.shape, src.shape))
             or any(i > n for d, (i, n) in enumerate(zip(index.shape, x.shape)) if d != axis)):

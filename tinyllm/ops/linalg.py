@@ -87,7 +87,7 @@ class Triu(Function):
     def forward(self, x, k=0):
         xp = backend.get_array_module(x)
         self.keep = ~xp.tri(x.shape[-2], x.shape[-1], k - 1, dtype=bool)    # (M, N)
-        return xp.where(self.keep, x, 0)
+        return xp.where(self.keep, x, xp.zeros((), x.dtype))                # x's dtype, bool too
 
     def backward(self, dout):
         return backend.get_array_module(dout).where(self.keep, dout, 0)
@@ -102,7 +102,7 @@ class Tril(Function):
     def forward(self, x, k=0):
         xp = backend.get_array_module(x)
         self.keep = xp.tri(x.shape[-2], x.shape[-1], k, dtype=bool)          # (M, N)
-        return xp.where(self.keep, x, 0)
+        return xp.where(self.keep, x, xp.zeros((), x.dtype))                # x's dtype, bool too
 
     def backward(self, dout):
         return backend.get_array_module(dout).where(self.keep, dout, 0)

@@ -11,6 +11,7 @@ import numpy as np
 from tinyllm import backend
 from tinyllm.autograd.function import Function
 from tinyllm.ops._util import as_tensor, int_array, operands
+from tinyllm.ops.elementwise import where
 from tinyllm.ops.softmax import log_softmax
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -18,10 +19,13 @@ _EPSILON = float(np.float32(1e-12))        # PyTorch's floor under x (1 - x) in 
 
 
 def _reduce(loss, reduction, count):
-    """``loss`` summed, or summed and divided by ``count``, or as it is ("none")."""
+    """``loss`` summed, or summed and divided by ``count``, or as it is ("none"). The mean of
+    nothing is NaN, as PyTorch's (without NumPy's 0 / 0 warning)."""
     if reduction == "none":
         return loss
-    return loss.sum() if reduction == "sum" else loss.sum() / count
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / count if count else loss.sum() * np.nan
 
 
 def _dloss(dout, shape, reduction, count):
@@ -29,6 +33,8 @@ def _dloss(dout, shape, reduction, count):
     xp = backend.get_array_module(dout)
     if reduction == "none":
         return dout
+    if isinstance(count, (int, np.integer)) and count == 0:           # empty: no elements
+        count = 1
     return xp.broadcast_to(dout / count if reduction == "mean" else dout, shape)
 
 
@@ -105,7 +111,8 @@ class SoftTargetCrossEntropy(Function):
         if self.w is not None:
             self.a = self.a * self.w
         self.eps, self.reduction, self.rows = e, reduction, z.size // max(C, 1)
-        loss = -(self.a * self.logp).sum(axis=-1)                     # (...)
+        with np.errstate(invalid="ignore"):                           # 0 * -inf: NaN, as torch
+            loss = -(self.a * self.logp).sum(axis=-1)                 # (...)
         return _reduce(loss, reduction, self.rows)
 
     def backward(self, dout):
@@ -279,12 +286,15 @@ def weighted_cross_entropy(logits, target, weight, ignore_index=-100, reduction=
         return nll
     xp = backend.get_array_module(w)
     valid = t != ignore_index
-    smooth = -(logp * w).sum(axis=-1) * valid.astype(w.dtype)         # (...), 0 where ignored
+    # 0 where ignored, selected (not multiplied by 0) so that those rows get no gradient even
+    # when the mean divides by 0, as PyTorch's masked_fill
+    smooth = where(valid, -(logp * w).sum(axis=-1), 0.0)             # (...)
     if reduction == "sum":
         smooth = smooth.sum()
     elif reduction == "mean":
         total = w[xp.where(valid, t, 0)][valid].sum()                # the weights of the targets
-        smooth = smooth.sum() / (total if total != 0 else xp.nan)     # all ignored: NaN, as nll
+        # all ignored: NaN, as nll, and a zero gradient (PyTorch: 0 / 0 forward, masked back)
+        smooth = smooth.sum() / total if total != 0 else smooth.sum() * 0.0 + xp.nan
     e = float(label_smoothing)
     return (1 - e) * nll + e / C * smooth
 

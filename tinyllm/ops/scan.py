@@ -86,33 +86,44 @@ def _scan_axis(x, axis, dim, op):
     return x, _one_axis(axis, x.ndim, op)
 
 
-def cumsum(x, axis=None, *, dim=None):
-    """Cumulative sum along ``axis`` (None: over the flattened tensor, as NumPy)."""
-    x0 = as_tensor(x)
+def _cast(x, dtype):
+    from tinyllm.ops.elementwise import astype
+    return as_tensor(x) if dtype is None else astype(x, dtype)
+
+
+def cumsum(x, axis=None, *, dim=None, dtype=None):
+    """Cumulative sum along ``axis`` (None: over the flattened tensor, as NumPy); ``dtype``
+    casts x first (as ``torch.cumsum``)."""
+    x0 = _cast(x, dtype)
     x, axis = _scan_axis(x0, axis, dim, "cumsum")
     out = CumSum.apply(x, axis=axis)
     return out.reshape(()) if x0.ndim == 0 else out
 
 
-def cumprod(x, axis=None, *, dim=None):
-    """Cumulative product along ``axis``; the gradient is exact with zeros in the input."""
-    x0 = as_tensor(x)
+def cumprod(x, axis=None, *, dim=None, dtype=None):
+    """Cumulative product along ``axis``; the gradient is exact with zeros in the input.
+    ``dtype`` casts x first (as ``torch.cumprod``)."""
+    x0 = _cast(x, dtype)
     x, axis = _scan_axis(x0, axis, dim, "cumprod")
     out = CumProd.apply(x, axis=axis)
     return out.reshape(()) if x0.ndim == 0 else out
 
 
 def _argsort(data, axis, descending):
-    """Stable argsort; descending sorts -data (ties keep their order, as NumPy's stable sort)."""
+    """Stable argsort; descending sorts -data (ties keep their order, as NumPy's stable sort).
+    Integers sort ~data = -data - 1 instead: it reverses the order too, and unlike -data it
+    cannot overflow (-(-2**63) is -2**63 again in int64)."""
     xp = backend.get_array_module(data)
     if descending:
-        data = -(data.astype(np.int64) if data.dtype.kind in "ub" else data)
+        data = ~data.astype(np.int64) if data.dtype.kind in "ub" else \
+            ~data if data.dtype.kind == "i" else -data
     return xp.argsort(data, axis=axis, kind="stable")
 
 
-def sort(x, axis=-1, descending=False, *, dim=None):
+def sort(x, axis=-1, descending=False, *, dim=None, stable=None):
     """(values, indices) of x sorted along ``axis`` (default last), as ``torch.sort``; values
-    are differentiable (their gradient goes back to where each came from). Stable."""
+    are differentiable (their gradient goes back to where each came from). Always stable, so
+    PyTorch's ``stable=`` is accepted and changes nothing."""
     x = as_tensor(x)
     if dim is not None:
         axis = dim

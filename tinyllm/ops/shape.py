@@ -168,7 +168,7 @@ def squeeze(x, axis=None, *, dim=None):
     """
     x = as_tensor(x)
     named = _pick("squeeze", axis, dim, "axis", "dim")
-    axes = normalize_axes(named, x.ndim, "squeeze")
+    axes = normalize_axes(named, max(x.ndim, 1), "squeeze")       # a 0-d x takes 0 and -1
     if x.ndim == 0:                                   # axis 0 of a 0-d tensor: nothing to do
         return Reshape.apply(x, shape=())
     if named is not None and dim is None:
@@ -213,9 +213,13 @@ def flatten(x, start_axis=0, end_axis=-1, *, start_dim=None, end_dim=None):
     return Reshape.apply(x, shape=x.shape[:start] + (merged,) + x.shape[end + 1:])
 
 
-def unflatten(x, axis, sizes):
-    """x with ``axis`` split into ``sizes`` (one entry may be -1), as torch.unflatten."""
+def unflatten(x, axis=None, sizes=None, *, dim=None):
+    """x with ``axis`` (PyTorch's ``dim=``) split into ``sizes`` (one entry may be -1), as
+    torch.unflatten."""
     x = as_tensor(x)
+    axis = _pick("unflatten", axis, dim, "axis", "dim")
+    if axis is None or sizes is None:
+        raise TypeError("unflatten: needs the axis (axis= or dim=) and the sizes")
     axis = _axis("unflatten", axis, x.ndim)
     sizes = tuple(int(s) for s in sizes)
     known = int(np.prod([s for s in sizes if s != -1]))
@@ -229,9 +233,12 @@ def unflatten(x, axis, sizes):
 
 
 def broadcast_to(x, shape):
-    """x broadcast to ``shape`` (NumPy's rules: size-1 and missing leading axes stretch)."""
+    """x broadcast to ``shape`` (NumPy's rules: size-1 and missing leading axes stretch); a size
+    of -1 keeps that axis's size, as torch.broadcast_to (see ``expand``)."""
     x = as_tensor(x)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(n) for n in shape)
+    if -1 in shape:
+        return expand(x, shape)
     if len(shape) < x.ndim or any(n != m and n != 1 for n, m in
                                   zip(x.shape[::-1], shape[::-1])):
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {shape}")
@@ -253,9 +260,13 @@ def expand(x, *sizes):
     return broadcast_to(x, shape)
 
 
-def tile(x, reps):
-    """x repeated ``reps[i]`` times along each axis, as np.tile (and PyTorch's ``repeat``)."""
+def tile(x, reps=None, *, dims=None):
+    """x repeated ``reps[i]`` times along each axis, as np.tile (and PyTorch's ``repeat``);
+    torch.tile's ``dims=`` is accepted for ``reps``."""
     x = as_tensor(x)
+    reps = _pick("tile", reps, dims, "reps", "dims")
+    if reps is None:
+        raise TypeError("tile: missing the repetitions (reps= or dims=)")
     reps = (reps,) if isinstance(reps, (int, np.integer)) else tuple(int(r) for r in reps)
     if any(r < 0 for r in reps):
         raise ValueError(f"tile: repetitions must be >= 0, got {reps}")
@@ -303,7 +314,9 @@ def flip(x, axis=None, *, dims=None):
     """x reversed along ``axis`` (int or tuple; None: every axis), as np.flip / torch.flip."""
     x = as_tensor(x)
     axes = _axes_tuple("flip", _pick("flip", axis, dims, "axis", "dims"), x.ndim)
-    return Flip.apply(x, axes=axes if axes is not None else tuple(range(x.ndim)))
+    if axes is None or x.ndim == 0:                     # a 0-d x has nothing to reverse
+        axes = tuple(range(x.ndim))
+    return Flip.apply(x, axes=axes)
 
 
 def roll(x, shifts, axis=None, *, dims=None):

@@ -214,8 +214,10 @@ def abs(x):
 
 
 def sign(x):
-    """-1, 0 or 1 by the sign of x; zero gradient."""
-    return Sign.apply(as_tensor(x))
+    """-1, 0 or 1 by the sign of x; zero gradient. Booleans are their own sign (as PyTorch;
+    NumPy has no boolean sign)."""
+    x = as_tensor(x)
+    return x if x.dtype.kind == "b" else Sign.apply(x)
 
 
 def rsqrt(x):
