@@ -5,6 +5,9 @@
 are called directly. While it holds observers, each wraps the call, outermost first::
 
     class Observer:
+        def annotate(self, ctx):                # before each forward: mark the node
+            ...
+
         def forward(self, ctx, call, *arrays, **kwargs):
             return call(*arrays, **kwargs)      # call: the next observer, finally ctx.forward
 
@@ -24,7 +27,12 @@ OBSERVERS = []          # attached observers, outermost first (mutated in place,
 
 
 class Observer:
-    """Base class: both methods pass the call through; override what you need."""
+    """Base class: every method passes through; override what you need. ``annotate`` runs
+    before each forward and only marks the node (no wrapping: cheapest); an observer whose
+    class keeps the base ``forward`` or ``backward`` is not wrapped around that call."""
+
+    def annotate(self, ctx):
+        pass
 
     def forward(self, ctx, call, *arrays, **kwargs):
         return call(*arrays, **kwargs)
@@ -48,8 +56,12 @@ def wrap(ctx, name):
     """``ctx.forward`` or ``ctx.backward`` (``name``) wrapped by every observer, outermost first.
 
     functools.partial adds no Python frame: ``s`` in the debugger goes from one observer
-    straight into the next, and from the innermost into the op."""
+    straight into the next, and from the innermost into the op. Observers that only annotate
+    (the module scope, inside every model) cost one method call per op, no wrapper."""
     call = getattr(ctx, name)
     for observer in reversed(OBSERVERS):
-        call = functools.partial(getattr(observer, name), ctx, call)
+        if name == "forward":
+            observer.annotate(ctx)
+        if getattr(type(observer), name) is not getattr(Observer, name):
+            call = functools.partial(getattr(observer, name), ctx, call)
     return call

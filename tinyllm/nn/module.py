@@ -387,9 +387,8 @@ class _ModuleScope(observe.Observer):
         if not self.stack:
             observe.detach(self)
 
-    def forward(self, ctx, call, *arrays, **kwargs):
+    def annotate(self, ctx):
         ctx.module = self.stack[-1]
-        return call(*arrays, **kwargs)
 
 
 SCOPE = _ModuleScope()
