@@ -17,7 +17,8 @@ import pytest
 
 from tinyllm import backend
 from tinyllm.models import GPT, GPTConfig
-from tinyllm.optim import AdamW
+from tinyllm.models.gpt import convert_hf_gpt2_state_dict
+from tests.golden import adamw_steps, assert_close, hf_loss, tl_loss
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -47,29 +48,9 @@ def _hf_model():
 def _tinyllm_copy(hf):
     model = GPT(GPTConfig(block_size=T_MAX, vocab_size=V, n_layer=L, n_head=H, n_embd=C,
                           dropout=0.0, bias=True)).double()
-    state = {k: v.detach().numpy() for k, v in hf.state_dict().items()
-             if not k.endswith((".attn.bias", ".attn.masked_bias"))}   # causal-mask buffers
-    model.load_state_dict(state)              # strict: every name matches, shapes included
+    # the same names and layouts, less HF's causal-mask buffers; strict: every name matches
+    model.load_state_dict(convert_hf_gpt2_state_dict(hf.state_dict()))
     return model
-
-
-def _hf_loss(hf, idx):
-    """HF's own shift (ForCausalLMLoss), in float64: logits[:, :-1] against idx[:, 1:]."""
-    logits = hf(idx).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V),
-                                             idx[:, 1:].reshape(-1))
-
-
-def _tl_loss(model, idx):
-    return model(idx[:, :-1], idx[:, 1:])[1]
-
-
-def _assert_close(ours, theirs, rtol, what):
-    """Relative to the tensor's largest entry, so near-zero elements do not dominate."""
-    ours, theirs = backend.asnumpy(ours), np.asarray(theirs)
-    assert ours.shape == theirs.shape, what
-    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max(),
-                               err_msg=what)
 
 
 @pytest.fixture
@@ -87,14 +68,14 @@ def test_logits_and_loss_match_hf_gpt2(models, idx):
     hf, model = models
     with torch.no_grad():
         hf_logits = hf(torch.from_numpy(idx)).logits
-        hf_loss = _hf_loss(hf, torch.from_numpy(idx))
+        want = hf_loss(torch, hf, torch.from_numpy(idx))
         hf_labels_loss = hf(torch.from_numpy(idx), labels=torch.from_numpy(idx)).loss
     logits = model(idx)
     assert logits.dtype == np.float64 and hf_logits.dtype == torch.float64
-    _assert_close(logits.data, hf_logits.numpy(), RTOL, "logits (B, T, V)")
+    assert_close(logits.data, hf_logits.numpy(), RTOL, "logits (B, T, V)")
 
-    loss = _tl_loss(model, idx)
-    assert loss.item() == pytest.approx(hf_loss.item(), rel=RTOL)
+    loss = tl_loss(model, idx)
+    assert loss.item() == pytest.approx(want.item(), rel=RTOL)
     assert 3.0 < loss.item() < 4.5                       # near log(37) = 3.61: not degenerate
     assert hf_labels_loss.dtype == torch.float32         # HF's float32 cast, see the docstring
     assert loss.item() == pytest.approx(hf_labels_loss.item(), rel=1e-6)
@@ -102,8 +83,8 @@ def test_logits_and_loss_match_hf_gpt2(models, idx):
 
 def test_every_parameter_gradient_matches_hf_gpt2(models, idx):
     hf, model = models
-    _hf_loss(hf, torch.from_numpy(idx)).backward()
-    _tl_loss(model, idx).backward()
+    hf_loss(torch, hf, torch.from_numpy(idx)).backward()
+    tl_loss(model, idx).backward()
 
     hf_grads = {n: p.grad.numpy() for n, p in hf.named_parameters()}
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -113,43 +94,20 @@ def test_every_parameter_gradient_matches_hf_gpt2(models, idx):
     assert grads.keys() == hf_grads.keys() and len(grads) == 4 + 12 * L
     for name, g in grads.items():
         assert np.abs(hf_grads[name]).max() > 0 or name.endswith("wpe.weight"), name
-        _assert_close(g, hf_grads[name], RTOL, f"d{name}")
+        assert_close(g, hf_grads[name], RTOL, f"d{name}")
     assert (backend.asnumpy(grads["transformer.wpe.weight"])[T - 1:] == 0).all()  # unused rows
-
-
-def _groups(named_params):
-    """Weight decay on the matrices only (nanoGPT's rule), the same in both optimizers."""
-    params = [p for _, p in named_params]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def test_loss_after_10_adamw_steps_matches_torch(models):
     hf, model = models
-    hf_opt = torch.optim.AdamW(_groups(hf.named_parameters()), lr=LR, betas=BETAS, eps=EPS)
-    opt = AdamW(_groups(model.named_parameters()), lr=LR, betas=BETAS, eps=EPS)
     batches = np.random.default_rng(1).integers(0, V, (10, B, T))
-
-    hf_losses, losses = [], []
-    for idx in batches:
-        hf_opt.zero_grad()
-        hf_loss = _hf_loss(hf, torch.from_numpy(idx))
-        hf_loss.backward()
-        hf_opt.step()
-        hf_losses.append(hf_loss.item())
-
-        opt.zero_grad()
-        loss = _tl_loss(model, idx)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-
+    hf_losses, losses = adamw_steps(torch, hf, model, batches, LR, BETAS, EPS, WEIGHT_DECAY)
     np.testing.assert_allclose(losses, hf_losses, rtol=RTOL_STEPS)
     with torch.no_grad():
-        hf_after = _hf_loss(hf, torch.from_numpy(batches[0])).item()
-    after = _tl_loss(model, batches[0]).item()
+        hf_after = hf_loss(torch, hf, torch.from_numpy(batches[0])).item()
+    after = tl_loss(model, batches[0]).item()
     assert after == pytest.approx(hf_after, rel=RTOL_STEPS)
     assert after < hf_losses[0]                            # it trains: batch 0 got easier
     hf_params = dict(hf.named_parameters())
     for name, p in model.named_parameters():
-        _assert_close(p.data, hf_params[name].detach().numpy(), RTOL_STEPS, name)
+        assert_close(p.data, hf_params[name].detach().numpy(), RTOL_STEPS, name)

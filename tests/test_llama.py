@@ -23,6 +23,8 @@ from tinyllm.generate import beam_search, generate
 from tinyllm.models import GPT, GPTConfig, Llama, LlamaConfig
 from tinyllm.optim import AdamW
 
+from tests.golden import adamw_steps, assert_close, hf_loss, tl_loss
+
 V, T_MAX, L, H, H_KV, C, D_FF = 37, 16, 2, 4, 2, 16, 24   # vocab, positions, layers, heads, ...
 B, T = 3, 12
 THETA, EPS_RMS = 100.0, 1e-5
@@ -90,25 +92,6 @@ def _tinyllm_copy(hf):
     return Llama.from_hf(hf.config.to_dict(), sd, dtype=np.float64)
 
 
-def _hf_loss(torch, hf, idx):
-    """HF's own shift (ForCausalLMLoss), in float64: logits[:, :-1] against idx[:, 1:]."""
-    logits = hf(idx).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V),
-                                             idx[:, 1:].reshape(-1))
-
-
-def _tl_loss(model, idx):
-    return model(idx[:, :-1], idx[:, 1:])[1]
-
-
-def _assert_close(ours, theirs, rtol, what):
-    """Relative to the tensor's largest entry, so near-zero elements do not dominate."""
-    ours, theirs = backend.asnumpy(ours), np.asarray(theirs)
-    assert ours.shape == theirs.shape, what
-    np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * np.abs(theirs).max(),
-                               err_msg=what)
-
-
 @pytest.fixture
 def models(_hf_float64):
     import torch
@@ -137,19 +120,19 @@ def test_logits_and_loss_match_hf_llama(models, idx):
     torch, hf, model = models
     with torch.no_grad():
         hf_logits = hf(torch.from_numpy(idx)).logits
-        hf_loss = _hf_loss(torch, hf, torch.from_numpy(idx))
+        want = hf_loss(torch, hf, torch.from_numpy(idx))
     logits = model(idx)
     assert logits.dtype == np.float64 and hf_logits.dtype == torch.float64
-    _assert_close(logits.data, hf_logits.numpy(), RTOL, "logits (B, T, V)")
-    loss = _tl_loss(model, idx)
-    assert loss.item() == pytest.approx(hf_loss.item(), rel=RTOL)
+    assert_close(logits.data, hf_logits.numpy(), RTOL, "logits (B, T, V)")
+    loss = tl_loss(model, idx)
+    assert loss.item() == pytest.approx(want.item(), rel=RTOL)
     assert 3.0 < loss.item() < 4.5                       # near log(37) = 3.61: not degenerate
 
 
 def test_every_parameter_gradient_matches_hf_llama(models, idx):
     torch, hf, model = models
-    _hf_loss(torch, hf, torch.from_numpy(idx)).backward()
-    _tl_loss(model, idx).backward()
+    hf_loss(torch, hf, torch.from_numpy(idx)).backward()
+    tl_loss(model, idx).backward()
     hf_grads = {n: p.grad.numpy() for n, p in hf.named_parameters()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads.keys() == hf_grads.keys() and len(grads) == 3 + 9 * L
@@ -157,41 +140,21 @@ def test_every_parameter_gradient_matches_hf_llama(models, idx):
         want = hf_grads[name]
         want = want.T if name.endswith("_proj.weight") or name == "lm_head.weight" else want
         assert np.abs(want).max() > 0, name
-        _assert_close(g, want, RTOL, f"d{name}")
-
-
-def _groups(named_params):
-    """Weight decay on the matrices only (nanoGPT's rule), the same in both optimizers."""
-    params = [p for _, p in named_params]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        assert_close(g, want, RTOL, f"d{name}")
 
 
 def test_loss_after_10_adamw_steps_matches_torch(models):
     torch, hf, model = models
-    hf_opt = torch.optim.AdamW(_groups(hf.named_parameters()), lr=LR, betas=BETAS, eps=EPS)
-    opt = AdamW(_groups(model.named_parameters()), lr=LR, betas=BETAS, eps=EPS)
     batches = np.random.default_rng(1).integers(0, V, (10, B, T))
-    hf_losses, losses = [], []
-    for idx in batches:
-        hf_opt.zero_grad()
-        hf_loss = _hf_loss(torch, hf, torch.from_numpy(idx))
-        hf_loss.backward()
-        hf_opt.step()
-        hf_losses.append(hf_loss.item())
-        opt.zero_grad()
-        loss = _tl_loss(model, idx)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    hf_losses, losses = adamw_steps(torch, hf, model, batches, LR, BETAS, EPS, WEIGHT_DECAY)
     np.testing.assert_allclose(losses, hf_losses, rtol=RTOL_STEPS)
-    after = _tl_loss(model, batches[0]).item()
+    after = tl_loss(model, batches[0]).item()
     assert after < hf_losses[0]                            # it trains: batch 0 got easier
     hf_params = dict(hf.named_parameters())
     for name, p in model.named_parameters():
         want = hf_params[name].detach().numpy()
         want = want.T if name.endswith("_proj.weight") or name == "lm_head.weight" else want
-        _assert_close(p.data, want, RTOL_STEPS, name)
+        assert_close(p.data, want, RTOL_STEPS, name)
 
 
 def test_tied_embeddings_and_greedy_decoding_match_hf(_hf_float64):
@@ -205,8 +168,8 @@ def test_tied_embeddings_and_greedy_decoding_match_hf(_hf_float64):
     assert model.lm_head.weight is model.model.embed_tokens.weight
     prompt = np.random.default_rng(5).integers(0, V, (2, 4))
     with torch.no_grad():
-        _assert_close(model(prompt).data, hf(torch.from_numpy(prompt)).logits.numpy(), RTOL,
-                      "tied logits")
+        assert_close(model(prompt).data, hf(torch.from_numpy(prompt)).logits.numpy(), RTOL,
+                     "tied logits")
         want = hf.generate(torch.from_numpy(prompt), max_new_tokens=8, do_sample=False,
                            attention_mask=torch.ones(2, 4, dtype=torch.long)).numpy()
     got = generate(model, prompt, 8, greedy=True)
@@ -221,7 +184,7 @@ def test_unpatched_hf_agrees_to_float32_precision(idx):
     model = _tinyllm_copy(hf)
     with torch.no_grad():
         hf_logits = hf(torch.from_numpy(idx)).logits.numpy()
-    _assert_close(model(idx).data, hf_logits, 1e-5, "logits vs float32-cast HF")
+    assert_close(model(idx).data, hf_logits, 1e-5, "logits vs float32-cast HF")
 
 
 def test_from_hf_rejects_what_it_does_not_implement():
@@ -253,7 +216,7 @@ def test_gpt_from_hf_matches_gpt2():
     idx = np.random.default_rng(0).integers(0, V, (2, 7))
     with torch.no_grad():
         want = hf(torch.from_numpy(idx)).logits.numpy()
-    _assert_close(model(idx).data, want, RTOL, "GPT-2 logits")
+    assert_close(model(idx).data, want, RTOL, "GPT-2 logits")
     with pytest.raises(ValueError, match="activation_function 'relu'"):
         GPT.from_hf({**config.to_dict(), "activation_function": "relu"}, hf.state_dict())
 
