@@ -23,6 +23,7 @@ from tinyllm import backend
 from tinyllm import functional as F
 from tinyllm.autograd.tensor import Tensor
 from tinyllm.models._util import token_ids as _ids
+from tinyllm.models._util import token_loss
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from tinyllm.nn.attention import Attention, ResidualBlock
 
@@ -175,9 +176,7 @@ class GPT(Module):
         logits = self.lm_head(tr.ln_f(x))                              # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.reshape(B * T, -1),
-                               _ids(targets).reshape(B * T), ignore_index=-100)
-        return logits, loss
+        return logits, token_loss(logits, targets)
 
     def num_params(self, non_embedding=True):
         """Parameter count; by default without the position embeddings (nanoGPT's convention;

@@ -23,9 +23,9 @@ HF's (out, in). ``Llama.from_hf(config_dict, state_dict)`` converts an HF checkp
 from dataclasses import dataclass
 
 from tinyllm import backend
-from tinyllm import functional as F
 from tinyllm.autograd.tensor import Tensor
 from tinyllm.models._util import token_ids as _ids
+from tinyllm.models._util import token_loss
 from tinyllm.models.gpt import TiedLMHead
 from tinyllm.nn import (Embedding, Linear, Module, ModuleDict, ModuleList, RMSNorm,
                         RotaryEmbedding, SwiGLU)
@@ -185,9 +185,7 @@ class Llama(Module):
         logits = self.lm_head(self.model.norm(x))                          # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.reshape(B * T, -1),
-                               _ids(targets).reshape(B * T), ignore_index=-100)
-        return logits, loss
+        return logits, token_loss(logits, targets)
 
     def num_params(self, non_embedding=True):
         """Parameter count; by default without the token embeddings unless they are tied (then

@@ -13,8 +13,8 @@ embedding, as in Press & Wolf (2017) and the GPT.
 from dataclasses import dataclass
 
 
-from tinyllm import functional as F
 from tinyllm.models._util import token_ids as _ids
+from tinyllm.models._util import token_loss
 from tinyllm.nn import LSTM, Dropout, Embedding, Linear, Module
 
 
@@ -73,7 +73,4 @@ class LSTMLM(Module):
             cache["state"] = tuple(s.detach() for s in new_state)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.reshape(B * T, -1), _ids(targets).reshape(B * T),
-                               ignore_index=-100)
-        return logits, loss
-
+        return logits, token_loss(logits, targets)

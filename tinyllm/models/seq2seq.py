@@ -21,8 +21,7 @@ import warnings
 from dataclasses import InitVar, dataclass
 
 from tinyllm import backend
-from tinyllm import functional as F
-from tinyllm.models._util import token_ids
+from tinyllm.models._util import token_ids, token_loss
 from tinyllm.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList,
                         SinusoidalPositionalEncoding, TransformerDecoderLayer,
                         TransformerEncoderLayer)
@@ -169,10 +168,7 @@ class Seq2SeqTransformer(Module):
         logits = self.decode(tgt_in, memory, src_mask)
         if tgt_out is None:
             return logits
-        B, T, V = logits.shape
-        loss = F.cross_entropy(logits.reshape(B * T, V), _ids(tgt_out).reshape(B * T),
-                               ignore_index=self.config.pad_id)
-        return logits, loss
+        return logits, token_loss(logits, tgt_out, ignore_index=self.config.pad_id)
 
 
 def _ids(t):

@@ -49,7 +49,7 @@ class Max(Function):
 
     def forward(self, x, axis=None, keepdims=False):
         self.shape, self.axes, self.keepdims = x.shape, axis, keepdims
-        m = x.max(axis=axis, keepdims=True)
+        m = self.extreme(x, axis)                    # x.max over axis (Min: x.min), kept dims
         self.mask = x == m
         self.count = self.mask.sum(axis=axis, keepdims=True)
         return m if keepdims else m.reshape([n for i, n in enumerate(x.shape) if i not in axis])
@@ -58,24 +58,22 @@ class Max(Function):
         d = expand_reduced(dout, self.shape, self.axes, self.keepdims)
         return d * self.mask / self.count
 
+    @staticmethod
+    def extreme(x, axis):
+        return x.max(axis=axis, keepdims=True)
 
-class Min(Function):
+
+class Min(Max):
     """out = min of x over ``axis``.
 
-    dx_i = dout * [x_i == min] / (number of elements equal to the min): Max's rule mirrored, ties
-    share the gradient evenly (as ``torch.amin`` and ``torch.min`` without ``dim`` do).
+    dx_i = dout * [x_i == min] / (number of elements equal to the min): Max's forward and
+    backward with min for max; ties share the gradient evenly (as ``torch.amin`` and
+    ``torch.min`` without ``dim`` do).
     """
 
-    def forward(self, x, axis=None, keepdims=False):
-        self.shape, self.axes, self.keepdims = x.shape, axis, keepdims
-        m = x.min(axis=axis, keepdims=True)
-        self.mask = x == m
-        self.count = self.mask.sum(axis=axis, keepdims=True)
-        return m if keepdims else m.reshape([n for i, n in enumerate(x.shape) if i not in axis])
-
-    def backward(self, dout):
-        d = expand_reduced(dout, self.shape, self.axes, self.keepdims)
-        return d * self.mask / self.count
+    @staticmethod
+    def extreme(x, axis):
+        return x.min(axis=axis, keepdims=True)
 
 
 class Prod(Function):
