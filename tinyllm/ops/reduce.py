@@ -9,6 +9,9 @@ element that fed an output element gets its share.
 Reducing over a non-empty axis of an empty tensor is fine (``max`` of a (0, 3) tensor over axis 1
 has shape (0,)); reducing over an axis of length 0 works where the reduction has an identity
 (sum 0, prod 1, logsumexp -inf) and raises where it has none (max, min, argmax, argmin), as NumPy.
+
+Shapes, for every reduction: x (...); out and dout x's shape without the reduced axes (kept as
+size 1 with keepdims); dx like x.
 """
 from tinyllm import backend
 from tinyllm.autograd.function import Function
