@@ -1,11 +1,15 @@
-"""What the autograd layer costs on top of the NumPy it calls, and an MLP step against PyTorch.
+"""What the autograd layer costs on top of the NumPy it calls, and against PyTorch.
 
     python benchmarks/op_overhead.py [--json benchmarks/op_overhead.json] [--quick]
 
 1. Per-op overhead: ``a * b`` through tinyllm (forward, and forward + backward) against the same
    NumPy expression, at sizes from one element (pure Python overhead) to 1M elements (memory
    bound), in the same process.
-2. A 2-layer MLP with cross-entropy, forward + backward, float32, against PyTorch CPU on the same
+2. ``(a * b).sum()`` forward + backward (``a.grad = b.grad = None`` first, as a fresh step),
+   tinyllm against PyTorch, each engine in its own plain process: ``import tinyllm`` and nothing
+   else (no ``keep_freed_memory()``: what a user's own script or gradient check gets), PyTorch
+   at its default thread count and at 1 thread. Engines alternate, 3 rounds, medians.
+3. A 2-layer MLP with cross-entropy, forward + backward, float32, against PyTorch CPU on the same
    weights and batch when torch is installed (after checking both give the same loss).
 
 Each timing is the median of several rounds, the engines interleaved round by round so that
@@ -16,6 +20,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -81,6 +87,50 @@ def bench_op_overhead(quick):
     return rows
 
 
+def plain_worker(engine, n, number):
+    """One engine in this (fresh) process: median seconds of ``(a * b).sum()`` forward +
+    backward over 15 repeats of ``number`` calls, printed as JSON."""
+    if engine.startswith("torch"):
+        import torch
+        if engine == "torch-1":
+            torch.set_num_threads(1)
+        a, b = torch.randn(n, requires_grad=True), torch.randn(n, requires_grad=True)
+    else:
+        a, b = tl.randn(n, requires_grad=True), tl.randn(n, requires_grad=True)
+
+    def step():
+        a.grad = b.grad = None
+        (a * b).sum().backward()
+
+    for _ in range(max(5, number // 10)):
+        step()
+    print(json.dumps({"seconds": _median_time(step, 15, number)}))
+
+
+def bench_plain_processes(quick):
+    """Section 2: each engine in its own process, alternating which goes first."""
+    try:
+        import torch  # noqa: F401
+        engines = ["tinyllm", "torch", "torch-1"]
+    except ImportError:
+        engines = ["tinyllm"]
+    rows = []
+    for n in (1, 1_000_000):
+        number = (200 if quick else 2000) if n == 1 else (10 if quick else 50)
+        samples = {e: [] for e in engines}
+        for r in range(3):
+            for e in (engines if r % 2 == 0 else engines[::-1]):
+                out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", e,
+                                      "--n", str(n), "--number", str(number)],
+                                     capture_output=True, text=True, check=True)
+                samples[e].append(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+        row = {"n": n, **{e: statistics.median(v) * 1e6 for e, v in samples.items()}}
+        for e in engines[1:]:
+            row[f"ratio_{e}"] = row["tinyllm"] / row[e]
+        rows.append(row)
+    return rows
+
+
 def bench_mlp_vs_torch(quick):
     try:
         import torch
@@ -114,8 +164,8 @@ def bench_mlp_vs_torch(quick):
         return loss.item()
 
     l1, l2 = tl_step(), torch_step()
-    if abs(l1 - l2) > 1e-4 * max(1.0, abs(l2)) or not np.allclose(tw1.grad, pw1.grad.numpy(),
-                                                                   rtol=1e-3, atol=1e-5):
+    grads_agree = np.allclose(tw1.grad, pw1.grad.numpy(), rtol=1e-3, atol=1e-5)
+    if abs(l1 - l2) > 1e-4 * max(1.0, abs(l2)) or not grads_agree:
         raise SystemExit(f"MLP check failed before timing: loss {l1} vs torch {l2}")
     t = _interleaved({"tinyllm": tl_step, "torch": torch_step}, rounds=5,
                      number=5 if quick else 20)
@@ -125,11 +175,16 @@ def bench_mlp_vs_torch(quick):
 
 
 def main(argv=None):
-    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the references
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="benchmarks/op_overhead.json")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--number", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        return plain_worker(args.worker, args.n, args.number)     # a plain import: no switch
+    tl.kernels.prefer_impl("auto")      # the accelerators; TINYLLM_KERNELS=numpy: the formulas
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numpy {np.__version__}, python {platform.python_version()}")
@@ -141,6 +196,12 @@ def main(argv=None):
     for r in rows:
         print(f"{r['n']:>10} {r['numpy_fwd']:>10.2f} {r['tl_fwd']:>10.2f} {r['ratio_fwd']:>7.2f} "
               f"{r['numpy_fwd_bwd']:>10.2f} {r['tl_fwd_bwd']:>10.2f} {r['ratio_fwd_bwd']:>7.2f}")
+    plain = bench_plain_processes(args.quick)
+    print("\n(a * b).sum() forward + backward, each engine in its own plain process, "
+          "microseconds per step, median of 3 rounds")
+    for r in plain:
+        cols = "  ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "n")
+        print(f"{r['n']:>10}  {cols}")
     mlp = bench_mlp_vs_torch(args.quick)
     if mlp is None:
         print("\nMLP vs PyTorch: skipped (torch not installed)")
@@ -150,9 +211,10 @@ def main(argv=None):
               f"(torch {mlp['torch_version']}), ratio {mlp['ratio']:.2f}")
     if args.json:
         with open(args.json + ".tmp", "w") as f:
-            json.dump({"op_overhead": rows, "mlp_vs_torch": mlp}, f, indent=2)
+            json.dump({"op_overhead": rows, "plain_processes": plain, "mlp_vs_torch": mlp}, f,
+                      indent=2)
         os.replace(args.json + ".tmp", args.json)
-    return {"op_overhead": rows, "mlp_vs_torch": mlp}
+    return {"op_overhead": rows, "plain_processes": plain, "mlp_vs_torch": mlp}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The backend module: array-module dispatch, lazy CuPy, devices, erf, scatter-add."""
 import math
+import os
+import platform
 import subprocess
 import sys
 
@@ -111,9 +113,54 @@ def test_gradcheck_on_cupy():
 def test_keep_freed_memory_applies_on_glibc_linux():
     """mallopt succeeds on glibc Linux (the CI machine); elsewhere it reports that it did
     nothing."""
-    import platform
     applied = backend.keep_freed_memory()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert applied is True
     else:
         assert applied is False
+
+
+def test_memory_policy_applies_at_the_first_backward_not_on_import(monkeypatch):
+    calls = []
+    monkeypatch.setattr(backend, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setitem(backend._memory, "applied", None)
+    monkeypatch.setitem(backend._memory, "policy", None)
+    monkeypatch.delenv("TINYLLM_MALLOC", raising=False)
+    x = tl.tensor([1.0, 2.0], requires_grad=True)
+    y = (x * x).sum()
+    assert calls == []                                   # forward alone: malloc untouched
+    y.backward()
+    (x * x).sum().backward()
+    assert calls == [1] and backend.apply_memory_policy() is True
+
+
+@pytest.mark.parametrize("how", ["env", "call"])
+def test_memory_policy_system_leaves_malloc_alone(monkeypatch, how):
+    calls = []
+    monkeypatch.setattr(backend, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setitem(backend._memory, "applied", None)
+    monkeypatch.setitem(backend._memory, "policy", None)
+    if how == "env":
+        monkeypatch.setenv("TINYLLM_MALLOC", "system")
+    else:
+        backend.set_memory_policy("system")
+    assert backend.memory_policy() == "system"
+    x = tl.tensor([1.0, 2.0], requires_grad=True)
+    (x * x).sum().backward()
+    assert calls == [] and backend.apply_memory_policy() is False
+    with pytest.raises(ValueError, match="set_memory_policy"):
+        backend.set_memory_policy("sometimes")
+    monkeypatch.setitem(backend._memory, "policy", None)
+    monkeypatch.setenv("TINYLLM_MALLOC", "bogus")
+    with pytest.raises(ValueError, match="TINYLLM_MALLOC"):
+        backend.memory_policy()
+
+
+def test_import_alone_does_not_apply_the_memory_policy():
+    code = ("import tinyllm, tinyllm.backend as b; assert b._memory['applied'] is None; "
+            "x = tinyllm.tensor([1.0], requires_grad=True); (x * x).sum().backward(); "
+            "print(b._memory['applied'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "TINYLLM_MALLOC": "keep"})
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == str(glibc)

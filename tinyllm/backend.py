@@ -13,6 +13,7 @@ Also here: the default dtype (float32), the default backend for new tensors, the
 generators, and the few array operations whose spelling differs between the two libraries
 (scatter-add, erf).
 """
+import os
 import sys
 
 import numpy as np
@@ -339,9 +340,11 @@ def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=512 << 20):
     fell from ~7,100 to ~4 per step and system time from 11 ms to 0.5 ms per step. The cost:
     the process's resident memory stays at its peak.
 
-    Process-wide, so tinyllm never does it on import: the CLI's commands and the benchmarks
-    call it at start. Returns True where it applied (glibc), False elsewhere (macOS, musl,
-    Windows), where it does nothing. 32 MiB is the largest mmap threshold glibc accepts.
+    Process-wide, so tinyllm never does it on import. The first ``Tensor.backward`` of a
+    process calls it (the memory policy below, "keep" unless ``TINYLLM_MALLOC=system``), and
+    the CLI's commands and the benchmarks call it at start. Returns True where it applied
+    (glibc), False elsewhere (macOS, musl, Windows), where it does nothing. 32 MiB is the
+    largest mmap threshold glibc accepts.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -354,3 +357,40 @@ def keep_freed_memory(mmap_threshold=32 << 20, trim_threshold=512 << 20):
     ok_mmap = mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))
     ok_trim = mallopt(_M_TRIM_THRESHOLD, int(trim_threshold))
     return bool(ok_mmap and ok_trim)
+
+
+MEMORY_POLICIES = ("keep", "system")
+_memory = {"policy": None, "applied": None}     # policy: set_memory_policy's; applied: done?
+
+
+def set_memory_policy(policy):
+    """How the first backward treats the CPU allocator: "keep" (``keep_freed_memory()``, the
+    default) or "system" (leave glibc's malloc as it is). ``None`` goes back to the
+    environment's choice, ``TINYLLM_MALLOC=keep|system``. Only a policy chosen before the
+    first backward takes effect: "keep" cannot be undone in a running process."""
+    if policy is not None and policy not in MEMORY_POLICIES:
+        raise ValueError(f"set_memory_policy: expected one of {MEMORY_POLICIES}, got {policy!r}")
+    _memory["policy"] = policy
+
+
+def memory_policy():
+    """The policy in force: set_memory_policy's, else TINYLLM_MALLOC, else "keep"."""
+    if _memory["policy"] is not None:
+        return _memory["policy"]
+    env = os.environ.get("TINYLLM_MALLOC", "").strip().lower() or "keep"
+    if env not in MEMORY_POLICIES:
+        raise ValueError(f"TINYLLM_MALLOC: expected one of {MEMORY_POLICIES}, got {env!r}")
+    return env
+
+
+def apply_memory_policy():
+    """Called by every ``Tensor.backward``; acts once per process, on the first. Returns
+    whether freed memory is kept (False under "system" or where mallopt does not exist).
+
+    Why at the first backward and not on import: importing a library should not change the
+    process's malloc, and a process that never trains does not need it. Why at all: in a plain
+    ``import tinyllm`` process a GPT training step otherwise page-faults on every activation
+    and gradient array it allocates (benchmarks/allocation.py measures it)."""
+    if _memory["applied"] is None:
+        _memory["applied"] = memory_policy() == "keep" and keep_freed_memory()
+    return _memory["applied"]

@@ -1,7 +1,7 @@
 """Step through a backward pass one node at a time.
 
 ``loss.backward()`` walks the graph from the loss to the leaves in one go. ``backward_steps``
-runs the same walk (``tinyllm.autograd.tensor.backward_walk``, the engine's only one) and stops
+runs the same walk (``tinyllm.autograd.walk.backward_walk``, the engine's only one) and stops
 after each node, so you can look at what the chain rule did there::
 
     steps = tinyllm.trace.backward_steps(loss, model=model)
@@ -33,7 +33,8 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm.autograd import graph, observe
-from tinyllm.autograd.tensor import Tensor, backward_walk
+from tinyllm.autograd.tensor import Tensor
+from tinyllm.autograd.walk import backward_walk
 
 
 class BackwardStep:

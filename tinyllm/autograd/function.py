@@ -63,7 +63,7 @@ class Function:
     @classmethod
     def apply(cls, *tensors, **kwargs):
         """Run ``forward`` on the tensors' arrays; record the op if a gradient is needed."""
-        ctx = cls(*tensors)
+        ctx = cls(*tensors) if grad_mode.is_grad_enabled() else cls._unrecorded(len(tensors))
         arrays = [t.data for t in tensors]
         _check_same_device(cls.__name__, tensors, arrays)
         forward = observe.wrap(ctx, "forward") if OBSERVERS else ctx.forward  # study tools
@@ -71,10 +71,19 @@ class Function:
             out = Tensor._from_op(forward(*arrays, **kwargs))
         except ValueError as e:                      # e.g. NumPy's broadcasting message
             _reraise_naming_the_op(cls.__name__, e, arrays)
-        if ctx.requires_grad and grad_mode.is_grad_enabled() and out.data.dtype.kind == "f":
+        if ctx.requires_grad and out.data.dtype.kind == "f":
             out._requires_grad, out._ctx = True, ctx     # out -> ctx -> ctx.parents: the graph
             ctx.forward_kwargs = kwargs                  # to rerun the node (bisect_backward)
         return out       # not recorded (no_grad, constants, an integer result): ctx dies
+
+    @classmethod
+    def _unrecorded(cls, n):
+        """The node of a call under ``no_grad``: never recorded, it keeps no reference to its
+        inputs, and ``needs_input_grad`` all False tells ``forward`` it need not save anything
+        for backward."""
+        ctx = cls.__new__(cls)
+        ctx.parents, ctx.needs_input_grad, ctx.requires_grad = (), (False,) * n, False
+        return ctx
 
     @classmethod
     def explain(cls, file=None):

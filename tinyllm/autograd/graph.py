@@ -19,7 +19,8 @@ import numpy as np
 
 from tinyllm import backend
 from tinyllm._files import atomic_write, atomic_write_text
-from tinyllm.autograd.tensor import Tensor, _topological_order
+from tinyllm.autograd.tensor import Tensor
+from tinyllm.autograd.walk import _topological_order
 
 
 def tensors(root):
@@ -131,7 +132,7 @@ def to_dot(root, model=None, grad_norms=False, group_modules=True, max_nodes=200
     pnames = parameter_names(model)
     norms = {}
     if grad_norms:
-        from tinyllm.autograd.tensor import backward_walk
+        from tinyllm.autograd.walk import backward_walk
         xp = backend.get_array_module(root.data)
         for t, _, dout, _ in backward_walk(root, xp.ones_like(root.data), retain_graph=True):
             norms[id(t)] = float(backend.asnumpy(xp.sqrt((dout.astype(np.float64) ** 2).sum())))

@@ -6,12 +6,8 @@ A Tensor holds
 - ``requires_grad``: whether gradients flow to it;
 - ``_ctx``: the ``Function`` instance that produced it (None for leaves, the tensors you make).
 
-``loss.backward()`` orders the graph behind ``loss`` so that every tensor comes after all the
-tensors computed from it (a topological order, found with an explicit stack, so a chain of
-100,000 ops needs no recursion), then walks it from ``loss`` back to the leaves. At each node the
-chain rule needs the *total* upstream gradient dL/dnode: the sum over every op that consumed the
-node. The walk order guarantees all those contributions have arrived before the node's own
-``Function.backward`` turns it into gradients for the node's inputs.
+``loss.backward()`` walks the graph behind ``loss`` back to the leaves (walk.py), calling each
+op's ``backward`` with the total upstream gradient of its output.
 
 Gradients of leaves accumulate across ``backward`` calls, as in PyTorch: call ``zero_grad()``
 (or the optimizer's) between steps. The graph is freed as it is walked unless
@@ -19,12 +15,13 @@ Gradients of leaves accumulate across ``backward`` calls, as in PyTorch: call ``
 
 The operators and method forms of the ops (``a + b``, ``t.sum()``) are in tensor_methods.py.
 """
+import collections
+
 import numpy as np
 
 from tinyllm import backend
-from tinyllm.autograd import observe
-from tinyllm.autograd.observe import OBSERVERS
 from tinyllm.autograd.tensor_methods import TensorMethods
+from tinyllm.autograd.walk import _topological_order, backward_walk  # noqa: F401 (re-export)
 
 
 class Tensor(TensorMethods):
@@ -222,7 +219,9 @@ class Tensor(TensorMethods):
 
         ``grad`` is dL/dself: required when self is not a scalar (then this computes the
         vector-Jacobian product), default 1 for a scalar. The graph is freed as it is walked,
-        unless ``retain_graph=True``.
+        unless ``retain_graph=True``. The first backward of a process applies the memory
+        policy (``backend.apply_memory_policy``: freed pages are kept for reuse unless
+        ``TINYLLM_MALLOC=system``).
         """
         if not self.requires_grad:
             raise RuntimeError("backward(): this tensor does not require grad and has no graph "
@@ -241,8 +240,9 @@ class Tensor(TensorMethods):
                 raise ValueError(f"backward(): grad has shape {tuple(dout.shape)}, expected "
                                  f"the tensor's shape {self.shape}")
             dout = dout.astype(self.dtype, copy=False)
-        for _ in backward_walk(self, dout, retain_graph):
-            pass                     # one step per node; tinyllm.trace stops at each
+        backend.apply_memory_policy()    # once per process: keep freed pages (backend.py)
+        # drain the walk keeping nothing it yields (tinyllm.trace stops at each step instead)
+        collections.deque(backward_walk(self, dout, retain_graph, steal=True), maxlen=0)
 
 
 class _HookHandle:
@@ -252,106 +252,6 @@ class _HookHandle:
     def remove(self):
         if self._fn in self._hooks:
             self._hooks.remove(self._fn)
-
-
-# ----------------------------------------------------------------------------------------------
-# the backward walk
-
-def _topological_order(root):
-    """Tensors reachable from ``root`` that require grad, each after all of its inputs.
-
-    Depth-first with an explicit stack of (tensor, children_done) pairs instead of recursion:
-    a tensor is appended once every input below it has been appended.
-    """
-    order, seen = [], set()
-    stack = [(root, False)]
-    while stack:
-        t, children_done = stack.pop()
-        if children_done:
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
-        ctx = t._ctx
-        if ctx is not None:
-            for p in getattr(ctx, "parents", ()):
-                if p.requires_grad and id(p) not in seen:
-                    stack.append((p, False))
-    return order
-
-
-def backward_walk(root, dout, retain_graph=False):
-    """The backward pass as a generator: one node per step, the engine's only backward walk.
-
-    ``Tensor.backward`` drains it; ``tinyllm.trace`` stops at each step to show it. Each step
-    yields ``(t, ctx, dout, dparents)``: the tensor reached, the Function that made it (None for
-    a leaf), dL/dt summed over all its consumers (after hooks), and what ``ctx.backward``
-    returned (one gradient per input; None for a leaf). A leaf's step comes after its ``.grad``
-    was accumulated; an op's step comes before its saved arrays are freed.
-    """
-    grads = {id(root): dout}                  # id(tensor) -> dL/dtensor summed so far
-    for t in reversed(_topological_order(root)):
-        dout = grads.pop(id(t), None)
-        if dout is None:                      # reachable, but no gradient flowed to it
-            continue
-        if t._hooks:
-            dout = _run_hooks(t, dout)
-        ctx = t._ctx
-        if ctx is None or t._retains_grad:
-            # .grad is owned by this tensor (a private copy), so later += never touches an
-            # array that an op's backward handed to someone else too
-            if t.grad is None:
-                xp = backend.get_array_module(dout)
-                t.grad = xp.array(dout, dtype=t.dtype, copy=True)   # ops on 0-d give scalars
-            else:
-                t.grad += dout
-        if ctx is None:
-            yield t, None, dout, None
-            continue
-        if hasattr(ctx, "_released"):
-            raise RuntimeError(
-                f"backward through {ctx._released} a second time: its saved arrays were freed "
-                f"by the first backward. Call backward(retain_graph=True) the first time if you "
-                f"need to backward through the same graph again")
-        if OBSERVERS:                         # study tools wrap the call (observe.py)
-            dparents = observe.wrap(ctx, "backward")(dout)
-        else:
-            dparents = ctx.backward(dout)
-        if not isinstance(dparents, tuple):
-            dparents = (dparents,)
-        parents = ctx.parents
-        if len(dparents) != len(parents):
-            raise RuntimeError(f"{type(ctx).__name__}.backward returned {len(dparents)} "
-                               f"gradients for {len(parents)} inputs")
-        for p, dp, needed in zip(parents, dparents, ctx.needs_input_grad):
-            if not needed or dp is None:
-                continue
-            if tuple(dp.shape) != p.shape:
-                raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of shape "
-                                   f"{tuple(dp.shape)} for an input of shape {p.shape}")
-            if dp.dtype != p.dtype:
-                dp = dp.astype(p.dtype)
-            key = id(p)
-            prev = grads.get(key)
-            grads[key] = dp if prev is None else prev + dp   # not +=: dp may be shared
-        yield t, ctx, dout, dparents
-        if not retain_graph:
-            ctx.release()
-
-
-def _run_hooks(t, dout):
-    for hook in list(t._hooks):
-        replaced = hook(dout)
-        if replaced is None:
-            continue
-        if tuple(getattr(replaced, "shape", ())) != t.shape:
-            raise RuntimeError(f"hook {getattr(hook, '__name__', hook)!r} returned a gradient of "
-                               f"shape {tuple(getattr(replaced, 'shape', ()))}, expected the "
-                               f"tensor's shape {t.shape}")
-        dout = backend.get_array_module(dout).asarray(replaced, dtype=t.dtype)
-    return dout
 
 
 def _to_array(data, dtype, device):
