@@ -1,14 +1,23 @@
-"""Generation speed: ms per token with and without the KV cache, beside PyTorch eager.
+"""Generation speed: ms per token of the compiled decode step, the readable forward, no
+cache, and PyTorch eager; batch 1 and 8, and beam search.
 
     python benchmarks/generation.py [--rounds 5] [--tokens 127]
 
-GPT at 4 layers / 4 heads / 128 dims / context 128 / vocab 65 (float32, greedy, batch 1):
-prompt of 1 token, 127 new tokens, so every step fits the context. tinyllm with and without
-its KV cache must produce the same tokens first. With PyTorch installed, the same weights run
-in a PyTorch twin (benchmarks/train_step.py's, nanoGPT-style modules) decoding with a KV cache
-of its own (keys and values concatenated per token, as tinyllm's cache does today,
-``scaled_dot_product_attention``, ``torch.no_grad``, 2 threads); its tokens are compared with
-tinyllm's and the ratio printed. Interleaved rounds, medians.
+GPT at 4 layers / 4 heads / 128 dims / context 128 / vocab 65 (float32, greedy): prompt of 1
+token per row, 127 new tokens, so every step fits the context. Rows:
+- compiled: the switch on ("auto"): generate() runs one Numba call per token through the
+  whole model (tinyllm/kernels/decode.py), writing tinyllm's preallocated KV cache in place;
+- readable: the switch off ("numpy", ``tl.kernels.using``): ``model(token, cache=cache)``, ~100
+  ops through the autograd layer per token, writing the same preallocated cache;
+- no cache: the window recomputed every step (under "auto": the ops' accelerators);
+- torch: the same weights in a PyTorch twin (benchmarks/train_step.py's nanoGPT-style
+  modules) decoding with a KV cache of its own, keys and values concatenated per token
+  (``torch.cat``), ``scaled_dot_product_attention``, ``torch.no_grad``, 2 threads;
+- beam: ``beam_search(model, ...)`` with 4 beams (its cache rows reordered each step),
+  readable vs compiled, ms per step.
+Before timing, the compiled and readable paths must give the same tokens (batch 1 and 8, and
+the same beam), and cached must equal uncached; the twin's tokens are compared with tinyllm's
+(a float32 near tie may flip one). Interleaved rounds, medians; ratios printed at the end.
 """
 import argparse
 import os
@@ -19,13 +28,13 @@ import time
 import numpy as np
 
 import tinyllm as tl
-from tinyllm.generate import generate
+from tinyllm.generate import beam_search, generate
 from tinyllm.models import GPT, GPTConfig
 
 
 def torch_generate(model, cfg, prompt, n):
-    """Greedy decoding of ``n`` tokens after ``prompt`` (1, T0) with the PyTorch twin ``model``
-    and a per-layer KV cache: one position's work per new token."""
+    """Greedy decoding of ``n`` tokens after ``prompt`` (B, T0) with the PyTorch twin ``model``
+    and a per-layer KV cache grown by concatenation: one position's work per new token."""
     import torch
     import torch.nn.functional as F
 
@@ -70,20 +79,42 @@ def main(rounds=5, n=127):
     tl.manual_seed(0)
     cfg = GPTConfig(block_size=128, vocab_size=65, n_layer=4, n_head=4, n_embd=128)
     model = GPT(cfg)
-    prompt = np.zeros((1, 1), dtype=np.int64)
-    a = generate(model, prompt, n, greedy=True)
-    b = generate(model, prompt, n, greedy=True, use_cache=False)
-    if not np.array_equal(a, b):
+    prompts = {1: np.zeros((1, 1), dtype=np.int64),
+               8: np.arange(8, dtype=np.int64)[:, None]}                # (B, 1) per batch
+
+    def gen(impl, B, **kw):
+        with tl.kernels.using(impl):
+            return generate(model, prompts[B], n, greedy=True, **kw)
+
+    def beam(impl):
+        with tl.kernels.using(impl):
+            return beam_search(model, prompts[1], beam_width=4, max_new_tokens=n)[0]
+
+    tokens = {B: gen("numpy", B) for B in prompts}
+    for B in prompts:
+        if not np.array_equal(gen("auto", B), tokens[B]):
+            raise SystemExit(f"compiled and readable generation differ at batch {B}")
+    if not np.array_equal(gen("auto", 1, use_cache=False), tokens[1]):
         raise SystemExit("cached and uncached generation differ")
-    runs = {"cache": lambda: generate(model, prompt, n, greedy=True),
-            "no cache": lambda: generate(model, prompt, n, greedy=True, use_cache=False)}
+    b_read, b_comp = beam("numpy"), beam("auto")
+    if not np.array_equal(b_read[0], b_comp[0]) or not np.isclose(b_read[1], b_comp[1]):
+        raise SystemExit("compiled and readable beam search differ")
+
+    runs = {}
+    for B in prompts:
+        runs[f"b{B} compiled"] = lambda B=B: gen("auto", B)
+        runs[f"b{B} readable"] = lambda B=B: gen("numpy", B)
+    runs["b1 no cache"] = lambda: gen("auto", 1, use_cache=False)
     twin = _torch_twin(model, cfg)
     if twin is not None:
-        same = torch_generate(twin, cfg, prompt, n)
-        agree = float((same == a).mean())
-        print(f"PyTorch twin: {agree:.1%} of the tokens equal tinyllm's (float32; a near tie "
-              f"can flip one and the rest follow)")
-        runs["torch cache"] = lambda: torch_generate(twin, cfg, prompt, n)
+        for B in prompts:
+            same = torch_generate(twin, cfg, prompts[B], n)
+            print(f"PyTorch twin, batch {B}: {float((same == tokens[B]).mean()):.1%} of the "
+                  f"tokens equal tinyllm's (float32; a near tie can flip one and the rest "
+                  f"follow)")
+            runs[f"b{B} torch"] = lambda B=B: torch_generate(twin, cfg, prompts[B], n)
+    runs["beam4 compiled"] = lambda: beam("auto")
+    runs["beam4 readable"] = lambda: beam("numpy")
     times = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
@@ -91,10 +122,17 @@ def main(rounds=5, n=127):
             fn()
             times[name].append((time.perf_counter() - t0) / n * 1e3)
     med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"ms per step ({n} steps; batch 8: per step of 8 tokens), medians of {rounds}:")
     for name, ms in med.items():
-        print(f"{name:>12}: {ms:.3f} ms/token")
-    if "torch cache" in med:
-        print(f"tinyllm (cache) / PyTorch eager (cache): {med['cache'] / med['torch cache']:.2f}x")
+        print(f"{name:>15}: {ms:.3f}")
+    for B in prompts:
+        c, r = med[f"b{B} compiled"], med[f"b{B} readable"]
+        line = f"batch {B}: readable / compiled {r / c:.2f}x"
+        if f"b{B} torch" in med:
+            t = med[f"b{B} torch"]
+            line += f"; compiled / PyTorch {c / t:.2f}x; readable / PyTorch {r / t:.2f}x"
+        print(line)
+    print(f"beam 4: readable / compiled {med['beam4 readable'] / med['beam4 compiled']:.2f}x")
     return med
 
 

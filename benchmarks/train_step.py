@@ -113,6 +113,16 @@ ENGINES = ("tinyllm", "tinyllm-dp", "torch")
 VERBOSE = False                  # --verbose: one line per worker on stderr
 
 
+def _cupy_pool_mb():
+    import cupy
+    return cupy.get_default_memory_pool().total_bytes() / 2**20
+
+
+def _torch_cuda_mb():
+    import torch
+    return torch.cuda.max_memory_reserved() / 2**20
+
+
 def _config(config):
     return CONFIGS[config] if isinstance(config, str) else Config(*config)
 
@@ -473,20 +483,14 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
         if backend == "cupy":
             import cupy
             to_device = cupy.asarray
-
-            def gpu_peak_mb():
-                return cupy.get_default_memory_pool().total_bytes() / 2**20
+            gpu_peak_mb = _cupy_pool_mb
     elif engine == "torch":
         model, opt = _torch_setup(cfg, sdpa, backend)
         step = _torch_step
         if backend == "cupy":
-            import torch
-
             def to_device(t):
                 return t.to("cuda")
-
-            def gpu_peak_mb():
-                return torch.cuda.max_memory_reserved() / 2**20
+            gpu_peak_mb = _torch_cuda_mb
     else:
         raise ValueError(f"engine must be 'tinyllm' or 'torch', got {engine!r}")
     batches = _batches(cfg)

@@ -147,6 +147,7 @@ def train_bert(steps, seed):
         losses.append(loss.item())
     # 2. fine-tuning: counting (1) or shuffled (0)? Two ways, from the same pretrained weights:
     #    the encoder frozen and only a new classifier head trained, or everything trained.
+
     def labelled_batch(r, B):
         ids = np.concatenate([bert_sequences(r, B // 2, T),
                               bert_sequences(r, B // 2, T, shuffled=True)])

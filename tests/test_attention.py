@@ -430,13 +430,13 @@ def _cross(mha, x, mem):
 
 
 def _self_cached(mha, x):
-    cache = {}
+    cache = nn.KVCache()
     return tl.cat([mha(x[:, :1], cache=cache), mha(x[:, 1:3], cache=cache),
                    mha(x[:, 3:], cache=cache)], axis=1)
 
 
 def _cross_cached(mha, x, mem):
-    cache = {}
+    cache = nn.KVCache()
     return tl.cat([mha(x[:, :2], mem, cache=cache), mha(x[:, 2:], mem, cache=cache)], axis=1)
 
 
@@ -486,9 +486,9 @@ def test_kv_cache_gives_the_full_forward(impl, causal):
     x = _x(2, 5, 6, grad=False)
     with kernels.using(impl):
         full = _np(mha(x))
-        cache = {}
+        cache = nn.KVCache()
         steps = [_np(mha(x[:, t:t + 1], cache=cache)) for t in range(5)]
-    assert cache["k"].shape == (2, 2, 5, 3)
+    assert cache.length == 5 and cache.view()[0].shape == (2, 2, 5, 3)
     if causal:
         np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12,
                                    atol=1e-13)

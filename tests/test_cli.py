@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinyllm as tl
-from tinyllm import cli, inference, loop, parallel, trainer
+from tinyllm import cli, decoding, inference, loop, parallel, trainer
 from tinyllm.config import PRESETS
 
 
@@ -326,11 +326,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert meta["step"] == 4                                            # the last good one
 
 
-def test_sample_and_eval(tmp_path):
+def test_sample_and_eval(tmp_path, monkeypatch):
     _train(tmp_path / "run")
+    steps = []                                 # the compiled decode step (the switch is on)
+    real_step = decoding.CompiledDecoder.step
+    monkeypatch.setattr(decoding.CompiledDecoder, "step",
+                        lambda self, ids, cache: steps.append(1) or real_step(self, ids, cache))
     text = cli.main(["sample", "--out-dir", str(tmp_path / "run"), "--prompt", "ROMEO:",
                      "--num-tokens", "40", "--seed", "3"])
     assert text.startswith("ROMEO:") and len(text) == 46
+    jit = tl.kernels.NUMBA_AVAILABLE and not tl.kernels.jit_disabled()
+    assert len(steps) == 16 - 6 if jit else not steps      # block_size 16, prompt of 6 tokens
     again = inference.sample(tmp_path / "run", "ROMEO:", 40, seed=3)
     assert again == text                                                 # seeded
     result = cli.main(["eval", "--out-dir", str(tmp_path / "run"), "--batches", "3"])

@@ -9,6 +9,7 @@ import pytest
 
 from tinyllm.data import corpora
 
+
 def test_registry_matches_the_shared_files(shared_data):
     for name in corpora.CORPORA:
         assert corpora.verify(name), name

@@ -106,7 +106,7 @@ def test_kv_cache_gives_the_same_logits_and_tokens_as_recomputing():
     parts = [m(idx[:, :2], cache=cache).numpy()]                       # a prompt, then 1 by 1
     parts += [m(idx[:, t:t + 1], cache=cache).numpy() for t in range(2, 6)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-13)
-    assert cache[0]["k"].shape == (3, 2, 6, 8)
+    assert cache.length == 6 and cache[0].view()[0].shape == (3, 2, 6, 8)
     with pytest.raises(ValueError, match="sequence length 17 exceeds block_size 16"):
         m(np.zeros((3, 11), dtype=np.int64), cache=cache)
     for kwargs in ({"greedy": True}, {"top_k": 5}):                    # runs past block_size

@@ -166,5 +166,6 @@ def test_kv_cache_gives_the_full_forward_logits(impl):
         cache = m.new_cache()
         parts = [_np(m(idx[:, :3], cache=cache).data)]
         parts += [_np(m(idx[:, t:t + 1], cache=cache).data) for t in range(3, 8)]
-    assert cache[0]["k"].shape == (2, 2, 8, 4)                  # (B, H, T, D)
+    assert cache.length == 8 and cache[0].view()[0].shape == (2, 2, 8, 4)   # (B, H, T, D)
+    assert cache[0].k.shape == (2, 2, m.config.block_size, 4)   # preallocated, written in place
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-12)

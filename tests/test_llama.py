@@ -244,7 +244,7 @@ def test_kv_cache_equals_recompute(impl, n_kv_head):
         parts = [_np(m(idx[:, :3], cache=cache))]
         parts += [_np(m(idx[:, t:t + 2], cache=cache)) for t in (3, 5)]
         parts += [_np(m(idx[:, t:t + 1], cache=cache)) for t in range(7, 9)]
-    assert cache[0]["k"].shape == (2, n_kv_head, 9, 4)          # (B, Hkv, T, D)
+    assert cache.length == 9 and cache[0].view()[0].shape == (2, n_kv_head, 9, 4)  # (B,Hkv,T,D)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, rtol=1e-12, atol=1e-12)
 
 

@@ -22,8 +22,8 @@ def test_bleu_by_hand():
     assert corpus_bleu(["a b c d e"], ["a b c d e"]) == pytest.approx(100.0)
     short = corpus_bleu(["a b c d"], ["a b c d e"])
     assert short == pytest.approx(100 * math.exp(1 - 5 / 4))
-    assert tokenize_13a("Hello, world! 3,000 dollars-5") == ["Hello", ",", "world", "!",
-                                                            "3,000", "dollars-5"]
+    assert tokenize_13a("Hello, world! 3,000 dollars-5") == [
+        "Hello", ",", "world", "!", "3,000", "dollars-5"]
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         corpus_bleu(["a", "b"], ["a"])
 

@@ -129,8 +129,9 @@ def _lstm_cell_ref(x, h, c, w_ih, w_hh, b):
 ATT_MASK = np.random.default_rng(7).random((2, 1, 4, 6)) < 0.3        # (B, 1, Tq, Tk)
 ATT_MASK[1, 0, 2, :] = True                                            # one fully hidden query
 
-MASK = np.array([[True, False, True, True], [False, False, True, False], [True, True, False,
-                                                                           False]])
+MASK = np.array([[True, False, True, True],
+                 [False, False, True, False],
+                 [True, True, False, False]])
 
 CASES = [
     # ---- arithmetic, with broadcasting, size-1 axes and 0-d operands

@@ -10,14 +10,65 @@ A language model gives p(x_t | x_<t). Generation picks x_t, appends it, and asks
   probabilities sum to at least p, renormalize, draw.
 
 Everything here runs under ``no_grad`` on NumPy arrays of logits. Models with a KV cache
-(``model.new_cache()``, as GPT) process the prompt once and then one new token per step; once
-the sequence outgrows ``block_size`` (learned positions end there) each step recomputes the
-last ``block_size`` tokens, as nanoGPT does.
+(``model.new_cache()``, as GPT; tinyllm/nn/kv_cache.py) process the prompt once and then one
+new token per step; once the sequence outgrows ``block_size`` (learned positions end there)
+each step recomputes the last ``block_size`` tokens, as nanoGPT does.
+
+A step is ``model(new_tokens, cache=cache)``, the readable forward, by default. With the
+kernel switch on (``tinyllm.kernels.set_impl("auto")``; ``tinyllm sample`` sets it), a GPT or
+Llama takes its accelerator beside it: the compiled decode step (tinyllm/decoding.py,
+tinyllm/kernels/decode.py), one call per token through every layer, writing the same cache.
+The prompt still goes through the readable forward; tests hold the two equal token for token.
 """
 import numpy as np
 
-from tinyllm import backend
+from tinyllm import backend, decoding
 from tinyllm.autograd.grad_mode import no_grad
+from tinyllm.dispatch import accelerator
+
+
+class NextLogits:
+    """Logits (B, V) of the token after each row of ``seqs`` (B, t), through a language
+    model's KV cache: called with the whole sequences each time, it feeds the model only what
+    the cache has not seen (the prompt, then one token). Past ``block_size`` it recomputes the
+    last block_size tokens instead (the cache's positions have run out).
+
+    compiled: a CompiledDecoder (``compiled_decoder(model)``) for the single-token steps, or
+    None for the readable forward. ``reorder(index)`` follows beam search (a cache without
+    ``reorder``, like the LSTM's, is not used then: every step recomputes).
+    """
+
+    def __init__(self, model, block_size=None, use_cache=True, compiled=None, reorder=False):
+        self.model, self.block_size, self.compiled = model, block_size, compiled
+        cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
+        if reorder and not hasattr(cache, "reorder"):
+            cache = None
+        self.cache, self.primed = cache, False        # primed: has the cache seen the prompt?
+
+    def __call__(self, seqs):
+        cache, T = self.cache, seqs.shape[1]
+        if cache is None or (self.block_size is not None and T > self.block_size):
+            window = seqs if self.block_size is None else seqs[:, -self.block_size:]
+            return self.model(window).data[:, -1]                         # (B, T, V) -> (B, V)
+        fresh = seqs[:, -1:] if self.primed else seqs                     # prompt, then 1 token
+        self.primed = True
+        if self.compiled is not None and fresh.shape[1] == 1 and \
+                self.compiled.fits(cache, fresh.shape[0]):
+            return self.compiled.step(fresh[:, 0], cache)                 # accelerator: (B, V)
+        return self.model(fresh, cache=cache).data[:, -1]                 # (B, T, V) -> (B, V)
+
+    def reorder(self, index):
+        if self.cache is not None:
+            self.cache.reorder(index)
+
+
+def compiled_decoder(model):
+    """The compiled decode step for ``model`` when the switch takes the "decode" accelerator
+    and the kernel covers the model (GPT, Llama on NumPy arrays), else None."""
+    weight = decoding.first_weight(model)
+    if weight is None or accelerator("decode", weight) != "numba":
+        return None
+    return decoding.compile_decoder(model)
 
 
 def filter_logits(logits, top_k=None, top_p=None):
@@ -84,18 +135,11 @@ def generate(model, idx, max_new_tokens, rng=None, temperature=1.0, top_k=None, 
     if hasattr(model, "eval"):
         model.eval()
     finished = np.zeros(out.shape[0], dtype=bool)
-    cache = model.new_cache() if use_cache and hasattr(model, "new_cache") else None
-    primed = False                                    # has the cache seen the prompt yet?
     try:
+        compiled = compiled_decoder(model) if use_cache else None
+        next_logits = NextLogits(model, block_size, use_cache, compiled)
         for _ in range(max_new_tokens):
-            if cache is not None and (block_size is None or out.shape[1] <= block_size):
-                fresh = out[:, -1:] if primed else out                    # prompt, then 1 token
-                logits = model(fresh, cache=cache)                        # (B, T, V)
-                primed = True
-            else:
-                window = out if block_size is None else out[:, -block_size:]
-                logits = model(window)                                    # (B, T, V)
-            last = logits.data[:, -1]                                     # (B, V)
+            last = next_logits(out)                                       # (B, V)
             if repetition_penalty != 1.0 or no_repeat_ngram_size:
                 last = np.asarray(backend.asnumpy(last), dtype=np.float64)
                 last = apply_repetition_penalty(last, out, repetition_penalty)
@@ -162,8 +206,11 @@ def beam_search(next_logits, prompts, beam_width=4, max_new_tokens=20, eos_id=No
                 repetition_penalty=1.0, no_repeat_ngram_size=0):
     """Beam search over continuations of each prompt.
 
-    next_logits: callable, sequences (K, t) int64 -> logits (K, V) of the token after each
-                 (for a GPT: ``lambda s: model(s[:, -block_size:]).numpy()[:, -1]``).
+    next_logits: a language model (GPT, Llama: ``model(ids, cache=...)`` -> logits (K, t, V)
+                 with ``new_cache()``), decoded through its KV cache, whose rows follow the
+                 beams (``reorder``) and which takes the compiled step as ``generate`` does;
+                 or a callable, sequences (K, t) int64 -> logits (K, V) of the token after
+                 each (e.g. ``lambda s: model(s[:, -block_size:]).numpy()[:, -1]``).
     prompts:     (B, T0) token ids.
     Keeps the ``beam_width`` best partial hypotheses by total log-probability; a hypothesis
     ending in ``eos_id`` is finished. Stops when ``beam_width`` hypotheses have finished or
@@ -175,40 +222,62 @@ def beam_search(next_logits, prompts, beam_width=4, max_new_tokens=20, eos_id=No
         raise ValueError(f"beam_search: prompts must be (B, T) token ids, got {prompts.shape}")
     if beam_width < 1:
         raise ValueError(f"beam_search: beam_width must be >= 1, got {beam_width}")
-    results = []
-    for prompt in prompts:
-        T0 = len(prompt)
-        seqs, scores = prompt[None, :], np.zeros(1)                   # (K, t), (K,)
-        finished = []                                                  # (tokens, log P)
-        out_of_steps = True
-        for _ in range(max_new_tokens):
-            logits = np.asarray(backend.asnumpy(next_logits(seqs)), dtype=np.float64)
-            logits = apply_repetition_penalty(logits, seqs, repetition_penalty)
-            logits = block_repeated_ngrams(logits, seqs, no_repeat_ngram_size)
-            m = logits.max(axis=1, keepdims=True)
-            logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
-            cand = (scores[:, None] + logp).reshape(-1)               # (K * V,)
-            V = logp.shape[1]
-            order = np.argsort(-cand, kind="stable")[: 2 * beam_width]
-            new_seqs, new_scores = [], []
-            for c in order:
-                if not np.isfinite(cand[c]):
-                    break
-                k, tok = divmod(int(c), V)
-                seq = np.append(seqs[k], tok)
-                if eos_id is not None and tok == eos_id:
-                    finished.append((seq, cand[c]))
-                else:
-                    new_seqs.append(seq)
-                    new_scores.append(cand[c])
-                if len(new_seqs) == beam_width:
-                    break
-            if len(finished) >= beam_width or not new_seqs:
-                out_of_steps = False                                   # done early
-                break
-            seqs, scores = np.stack(new_seqs), np.array(new_scores)
-        if out_of_steps or not finished:
-            finished += list(zip(seqs, scores))                        # unfinished, at the limit
-        best = max(finished, key=lambda f: f[1] / length_penalty(len(f[0]) - T0, alpha))
-        results.append((best[0], float(best[1] / length_penalty(len(best[0]) - T0, alpha))))
+    model = next_logits if hasattr(next_logits, "new_cache") else None
+    if model is not None:
+        was_training = getattr(model, "training", False)
+        model.eval()
+        compiled = compiled_decoder(model)                        # packed once for all prompts
+        block_size = getattr(getattr(model, "config", None), "block_size", None)
+    try:
+        results = [_beam_search_one(
+            NextLogits(model, block_size, True, compiled, reorder=True) if model is not None
+            else next_logits, prompt, beam_width, max_new_tokens, eos_id, alpha,
+            repetition_penalty, no_repeat_ngram_size) for prompt in prompts]
+    finally:
+        if model is not None and was_training:
+            model.train()
     return results
+
+
+def _beam_search_one(next_logits, prompt, beam_width, max_new_tokens, eos_id, alpha,
+                     repetition_penalty, no_repeat_ngram_size):
+    """beam_search for one prompt (T0,): (tokens, score) of the best hypothesis.
+    ``next_logits`` may have ``reorder(index)`` (NextLogits): called with the beam each new
+    hypothesis extends, so that its cache rows follow."""
+    T0 = len(prompt)
+    seqs, scores = prompt[None, :], np.zeros(1)                       # (K, t), (K,)
+    finished = []                                                      # (tokens, log P)
+    out_of_steps = True
+    for _ in range(max_new_tokens):
+        logits = np.asarray(backend.asnumpy(next_logits(seqs)), dtype=np.float64)
+        logits = apply_repetition_penalty(logits, seqs, repetition_penalty)
+        logits = block_repeated_ngrams(logits, seqs, no_repeat_ngram_size)
+        m = logits.max(axis=1, keepdims=True)
+        logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+        cand = (scores[:, None] + logp).reshape(-1)                   # (K * V,)
+        V = logp.shape[1]
+        order = np.argsort(-cand, kind="stable")[: 2 * beam_width]
+        new_seqs, new_scores, parents = [], [], []
+        for c in order:
+            if not np.isfinite(cand[c]):
+                break
+            k, tok = divmod(int(c), V)
+            seq = np.append(seqs[k], tok)
+            if eos_id is not None and tok == eos_id:
+                finished.append((seq, cand[c]))
+            else:
+                new_seqs.append(seq)
+                new_scores.append(cand[c])
+                parents.append(k)
+            if len(new_seqs) == beam_width:
+                break
+        if len(finished) >= beam_width or not new_seqs:
+            out_of_steps = False                                       # done early
+            break
+        seqs, scores = np.stack(new_seqs), np.array(new_scores)
+        if hasattr(next_logits, "reorder"):
+            next_logits.reorder(np.array(parents))                    # cache row k -> beam k
+    if out_of_steps or not finished:
+        finished += list(zip(seqs, scores))                            # unfinished, at the limit
+    best = max(finished, key=lambda f: f[1] / length_penalty(len(f[0]) - T0, alpha))
+    return best[0], float(best[1] / length_penalty(len(best[0]) - T0, alpha))

@@ -80,12 +80,8 @@ def sample(out_dir, prompt="\n", num_tokens=300, temperature=0.8, top_k=None, to
                          "greedy, top_k or top_p")
     cfg, tok, model = load_run(out_dir)
     idx = np.array([tok.encode(prompt or "\n")], dtype=np.int64)
-    if num_beams > 1:
-        block = cfg.block_size
-
-        def next_logits(seqs):                      # (K, t) -> (K, V)
-            return model(seqs[:, -block:]).numpy()[:, -1]
-        (best, _), = beam_search(next_logits, idx, beam_width=num_beams,
+    if num_beams > 1:                               # the model's KV cache follows the beams
+        (best, _), = beam_search(model, idx, beam_width=num_beams,
                                  max_new_tokens=num_tokens, alpha=length_penalty,
                                  repetition_penalty=repetition_penalty,
                                  no_repeat_ngram_size=no_repeat_ngram_size)

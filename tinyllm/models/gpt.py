@@ -26,6 +26,7 @@ from tinyllm.models._util import token_ids as _ids
 from tinyllm.models._util import token_loss
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
 from tinyllm.nn.attention import Attention, ResidualBlock
+from tinyllm.nn.kv_cache import DecoderCache, KVCache
 
 
 @dataclass
@@ -51,9 +52,9 @@ class CausalSelfAttention(Attention):
     """GPT-2's attention: causal self-attention with one packed projection ``c_attn`` (C, 3C)
     = [W_q | W_k | W_v] and the output projection ``c_proj`` (C, C), then residual dropout.
     The forward is tinyllm.nn.attention.Attention's: ``attn(x, cache=None)``, x (B, T, C) ->
-    (B, T, C); with ``cache`` (a dict, for decoding) the keys and values of earlier positions
-    are read from it and this call's are appended, so the T new queries attend to all
-    T_past + T keys, each only to positions up to its own."""
+    (B, T, C); with ``cache`` (a KVCache, for decoding) the keys and values of earlier
+    positions are read from it and this call's are written after them, so the T new queries
+    attend to all T_past + T keys, each only to positions up to its own."""
 
     def __init__(self, config):
         super().__init__(config.n_embd, config.n_head, config.dropout, causal=True)
@@ -152,9 +153,10 @@ class GPT(Module):
                 p.data[...] = 0
 
     def new_cache(self):
-        """An empty KV cache for ``forward(idx, cache=...)``: one dict per block, filled with
-        each block's keys and values (B, H, T, D) as positions are processed."""
-        return [{} for _ in self.transformer.h]
+        """An empty KV cache for ``forward(idx, cache=...)``: one KVCache per block, room for
+        block_size positions of its keys and values (B, H, T, D), filled as they are
+        processed (tinyllm/nn/kv_cache.py)."""
+        return DecoderCache(KVCache(self.config.block_size) for _ in self.transformer.h)
 
     def forward(self, idx, targets=None, cache=None):
         """Logits (B, T, V) for ids (B, T). With ``cache`` (from ``new_cache()``), ``idx`` holds
@@ -164,7 +166,7 @@ class GPT(Module):
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) token ids, got shape {idx.shape}")
         B, T = idx.shape
-        past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        past = 0 if cache is None else cache.length
         if past + T > self.config.block_size:
             raise ValueError(f"GPT: sequence length {past + T} exceeds block_size "
                              f"{self.config.block_size}")

@@ -30,6 +30,7 @@ from tinyllm.models.gpt import TiedLMHead
 from tinyllm.nn import (Embedding, Linear, Module, ModuleDict, ModuleList, RMSNorm,
                         RotaryEmbedding, SwiGLU)
 from tinyllm.nn.attention import Attention, ResidualBlock
+from tinyllm.nn.kv_cache import DecoderCache, KVCache
 
 
 @dataclass
@@ -168,9 +169,10 @@ class Llama(Module):
                 p.data[...] = 0
 
     def new_cache(self):
-        """An empty KV cache for ``forward(idx, cache=...)``: one dict per layer, filled with
-        its keys (rotated) and values (B, Hkv, T, D) as positions are processed."""
-        return [{} for _ in self.model.layers]
+        """An empty KV cache for ``forward(idx, cache=...)``: one KVCache per layer, room for
+        block_size positions of its keys (rotated) and values (B, Hkv, T, D), filled as they
+        are processed (tinyllm/nn/kv_cache.py)."""
+        return DecoderCache(KVCache(self.config.block_size) for _ in self.model.layers)
 
     def forward(self, idx, targets=None, cache=None):
         """Logits (B, T, V) for ids (B, T). With ``cache`` (from ``new_cache()``), ``idx`` holds

@@ -25,6 +25,7 @@ from tinyllm.models._util import token_ids, token_loss
 from tinyllm.nn import (Dropout, Embedding, LayerNorm, Linear, Module, ModuleList,
                         SinusoidalPositionalEncoding, TransformerDecoderLayer,
                         TransformerEncoderLayer)
+from tinyllm.nn.kv_cache import DecoderCache, KVCache
 
 
 @dataclass
@@ -136,8 +137,10 @@ class Seq2SeqTransformer(Module):
 
     def new_cache(self):
         """An empty decoder KV cache for ``decode(..., cache=...)``: per layer, the
-        self-attention keys/values so far and the cross-attention keys/values of the memory."""
-        return [{} for _ in self.decoder]
+        self-attention keys/values so far and the cross-attention keys/values of the memory,
+        {"self": KVCache, "cross": KVCache} (tinyllm/nn/kv_cache.py)."""
+        return DecoderCache({"self": KVCache(self.config.max_len), "cross": KVCache()}
+                            for _ in self.decoder)
 
     def decode(self, tgt_in, memory, src_mask, cache=None):
         """logits (B, T, V) for decoder inputs ``tgt_in`` (B, T) given the encoder output.
@@ -147,9 +150,7 @@ class Seq2SeqTransformer(Module):
         (true when generating: BOS, then the model's own tokens).
         """
         tgt_in = _ids(tgt_in)
-        offset = 0
-        if cache is not None and cache and "self" in cache[0] and "k" in cache[0]["self"]:
-            offset = cache[0]["self"]["k"].shape[2]
+        offset = 0 if cache is None else cache.length
         x = self.drop(self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.config.n_embd),
                                offset=offset))
         tgt_mask = None if cache is not None else self.pad_mask(tgt_in)

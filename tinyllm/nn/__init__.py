@@ -8,6 +8,7 @@ from tinyllm.nn.attention import (Attention, FeedForward, LearnedPositionalEmbed
                                   TransformerEncoderLayer, causal_mask,
                                   scaled_dot_product_attention, sinusoidal_positions)
 from tinyllm.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, ReLU, RMSNorm, Tanh
+from tinyllm.nn.kv_cache import DecoderCache, KVCache
 from tinyllm.nn.llama_layers import RotaryEmbedding, SwiGLU
 from tinyllm.nn.module import Module, ModuleDict, ModuleList, Parameter, Sequential
 from tinyllm.nn.rnn import LSTM, LSTMCell
@@ -18,4 +19,4 @@ __all__ = ["Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Lin
            "FeedForward", "SinusoidalPositionalEncoding", "LearnedPositionalEmbedding",
            "TransformerEncoderLayer", "TransformerDecoderLayer", "causal_mask",
            "scaled_dot_product_attention", "sinusoidal_positions", "RMSNorm", "RotaryEmbedding",
-           "SwiGLU"]
+           "SwiGLU", "KVCache", "DecoderCache"]

@@ -132,9 +132,10 @@ class Attention(Module):
       x: (B, Tq, C) queries (and keys/values for self-attention)
       memory: (B, Tk, C) keys/values for cross-attention (the encoder output)
       attn_mask: boolean (True = hidden) or float (added to the scores): see the module doc
-      cache: a dict, for decoding one step at a time: self-attention appends this call's keys
-             and values (B, Hkv, T, D) to the cached ones; cross-attention computes them from
-             ``memory`` once and reuses them. ``key_padding_mask`` must then cover all keys.
+      cache: a KVCache (tinyllm/nn/kv_cache.py), for decoding one step at a time:
+             self-attention writes this call's keys and values (B, Hkv, T, D) after the
+             cached ones and attends to all; cross-attention computes them from ``memory``
+             once and reuses them. ``key_padding_mask`` must then cover all keys.
       returns (B, Tq, C), or (output, weights (B, H, Tq, Tk)) when need_weights.
 
     ``n_kv_head`` (default n_head): grouped-query attention, k and v with Hkv = n_kv_head heads
@@ -209,22 +210,19 @@ class Attention(Module):
             y = F.qkv_self_attention(self.project_packed(x), self.n_head, causal=self.causal)
             return self.output(y)
 
-        cached_memory = cache is not None and memory is not None and "k" in cache
+        cached_memory = cache is not None and memory is not None and cache.length > 0
         kv = None if cached_memory else (x if memory is None else memory)
         q, k, v = self.project(x, kv)            # (B, Tq, C), (B, Tk, Hkv D), (B, Tk, Hkv D)
         q = self.split_heads(q)                        # (B, Tq, C) -> (B, H, Tq, D)
         if cached_memory:
-            k, v = cache["k"], cache["v"]              # the encoder's keys, computed once
+            k, v = cache.tensors()                     # the encoder's keys, computed once
         else:
             k, v = self.split_heads(k), self.split_heads(v)               # (B, Hkv, Tk, D)
             if memory is None:                         # self-attention: positions (RoPE)
-                past = cache["k"].shape[2] if cache is not None and "k" in cache else 0
-                q, k = self.position(q, k, past)
+                q, k = self.position(q, k, 0 if cache is None else cache.length)
             if cache is not None:
-                if memory is None and "k" in cache:    # self-attention: earlier positions too
-                    k = F.concatenate([cache["k"], k], axis=2)          # (B, Hkv, Tpast+Tq, D)
-                    v = F.concatenate([cache["v"], v], axis=2)
-                cache["k"], cache["v"] = k, v
+                # written in place after the earlier positions; all of them come back
+                k, v = cache.append(k, v)                         # (B, Hkv, Tpast + Tq, D)
         Tk = k.shape[2]
         if fusable and accelerator("attention", q.data, k.data, v.data, cupy=True):
             # accelerator: one fused op; causal needs no mask array there
@@ -398,10 +396,10 @@ class TransformerDecoderLayer(ResidualBlock):
 
     def forward(self, x, memory, tgt_key_padding_mask=None, memory_key_padding_mask=None,
                 cache=None):
-        """``cache``: {"self": {}, "cross": {}} for step-by-step decoding (see
+        """``cache``: {"self": KVCache, "cross": KVCache} for step-by-step decoding (see
         Attention.forward)."""
-        c_self = None if cache is None else cache.setdefault("self", {})
-        c_cross = None if cache is None else cache.setdefault("cross", {})
+        c_self = None if cache is None else cache["self"]
+        c_cross = None if cache is None else cache["cross"]
         x = self.residual(x, self.norm1, self.self_attn, key_padding_mask=tgt_key_padding_mask,
                           cache=c_self)
         x = self.residual(x, self.norm2, self.cross_attn, memory,

@@ -35,8 +35,9 @@ class LSTMCell(Module):
 
     def forward(self, x, state=None):
         h, c = state if state is not None else _zero_state(x, x.shape[0], self.hidden_size)
-        b = self.bias if self.bias is not None else F.zeros(4 * self.hidden_size,
-                                                              dtype=x.dtype, device=x.device)
+        b = self.bias
+        if b is None:
+            b = F.zeros(4 * self.hidden_size, dtype=x.dtype, device=x.device)
         return F.lstm_cell(x, h, c, self.weight_ih, self.weight_hh, b)
 
     def extra_repr(self):

@@ -80,8 +80,8 @@ def normalize_axes(axis, ndim, op):
     """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative ints."""
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, bool) or (isinstance(axis, tuple) and any(isinstance(a, bool)
-                                                                   for a in axis)):
+    bools = isinstance(axis, tuple) and any(isinstance(a, bool) for a in axis)
+    if isinstance(axis, bool) or bools:
         raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}")
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     out = []
