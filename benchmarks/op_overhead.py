@@ -7,8 +7,9 @@
    bound), in the same process.
 2. ``(a * b).sum()`` forward + backward (``a.grad = b.grad = None`` first, as a fresh step),
    tinyllm against PyTorch, each engine in its own plain process: ``import tinyllm`` and nothing
-   else (no ``keep_freed_memory()``: what a user's own script or gradient check gets), PyTorch
-   at its default thread count and at 1 thread. Engines alternate, 3 rounds, medians.
+   else (what a user's own script or gradient check gets), PyTorch at its default thread count
+   and at 1 thread, and "numpy": the NumPy calls the formulas make, without autograd (the
+   floor for tinyllm, whose ufuncs run on one core). Engines alternate, 3 rounds, medians.
 3. A 2-layer MLP with cross-entropy, forward + backward, float32, against PyTorch CPU on the same
    weights and batch when torch is installed (after checking both give the same loss).
 
@@ -90,17 +91,25 @@ def bench_op_overhead(quick):
 def plain_worker(engine, n, number):
     """One engine in this (fresh) process: median seconds of ``(a * b).sum()`` forward +
     backward over 15 repeats of ``number`` calls, printed as JSON."""
-    if engine.startswith("torch"):
-        import torch
-        if engine == "torch-1":
-            torch.set_num_threads(1)
-        a, b = torch.randn(n, requires_grad=True), torch.randn(n, requires_grad=True)
-    else:
-        a, b = tl.randn(n, requires_grad=True), tl.randn(n, requires_grad=True)
+    if engine == "numpy":                  # the NumPy the formulas run, without autograd
+        a, b = np.random.randn(n).astype(np.float32), np.random.randn(n).astype(np.float32)
 
-    def step():
-        a.grad = b.grad = None
-        (a * b).sum().backward()
+        def step():
+            (a * b).sum()
+            dout = np.broadcast_to(np.ones((), np.float32), a.shape)    # Sum's backward
+            return dout * b, dout * a                                    # Mul's backward
+    else:
+        if engine.startswith("torch"):
+            import torch
+            if engine == "torch-1":
+                torch.set_num_threads(1)
+            a, b = torch.randn(n, requires_grad=True), torch.randn(n, requires_grad=True)
+        else:
+            a, b = tl.randn(n, requires_grad=True), tl.randn(n, requires_grad=True)
+
+        def step():
+            a.grad = b.grad = None
+            (a * b).sum().backward()
 
     for _ in range(max(5, number // 10)):
         step()
@@ -111,9 +120,9 @@ def bench_plain_processes(quick):
     """Section 2: each engine in its own process, alternating which goes first."""
     try:
         import torch  # noqa: F401
-        engines = ["tinyllm", "torch", "torch-1"]
+        engines = ["tinyllm", "numpy", "torch", "torch-1"]
     except ImportError:
-        engines = ["tinyllm"]
+        engines = ["tinyllm", "numpy"]
     rows = []
     for n in (1, 1_000_000):
         number = (200 if quick else 2000) if n == 1 else (10 if quick else 50)

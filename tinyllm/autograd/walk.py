@@ -64,7 +64,9 @@ def backward_walk(root, dout, retain_graph=False, steal=False):
     """
     grads = {id(root): dout}                  # id(tensor) -> dL/dtensor summed so far
     del dout                                  # the dict is the only holder (see _accumulate)
-    for t in reversed(_topological_order(root)):
+    order = _topological_order(root)
+    while order:
+        t = order.pop()                       # dropped once walked: its output can be freed
         key = id(t)
         if key not in grads:                  # reachable, but no gradient flowed to it
             continue
