@@ -250,3 +250,45 @@ def test_eps_lab_shows_the_v_and_writes_its_plot(tmp_path, capsys):
     assert "float64: best eps" in printed and "at eps = 1e-6" in printed
     assert (tmp_path / "v.png").stat().st_size > 10_000
     assert os.listdir(tmp_path) == ["v.png"]
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 21 at toy scale: examples/compression.py (distillation, pruning, int8)
+
+def test_compression_toy_run_distills_prunes_and_quantizes(data_dir, tmp_path):
+    ex = _load("compression")
+    plot = tmp_path / "pruning.png"
+    out = ex.main(["all", "--max-chars", "20000", "--steps", "40", "--lr", "1e-2",
+                   "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+                   "--teacher-steps", "60", "--teacher-layers", "2", "--teacher-heads", "2",
+                   "--teacher-embd", "32", "--seeds", "0,1", "--temperatures", "1,2",
+                   "--sparsities", "0,0.5,0.9", "--finetune-steps", "10", "--kl-windows", "20",
+                   "--gen-tokens", "5", "--cache", str(tmp_path / "cache"),
+                   "--json", str(tmp_path / "c.json"), "--plot", str(plot)])
+    d = out["distill"]
+    # seed 0: scratch + T=1 + T=2; seed 1: scratch + T=2
+    runs = [(r["seed"], r["T"]) for r in d["runs"]]
+    assert runs == [(0, None), (0, 1.0), (0, 2.0), (1, None), (1, 2.0)]
+    V = math.log(65)
+    assert all(math.isfinite(r["val_loss"]) and r["val_loss"] < V for r in d["runs"])
+    assert d["teacher_params"] > d["student_params"]
+    rows = {(r["scope"], r["sparsity"]): r for r in out["prune"]["rows"]}
+    for scope in ("global", "layer"):
+        assert rows[(scope, 0.0)]["report"]["sparsity"] == 0.0
+        # 90% of the Linear weights stay exactly zero through fine-tuning
+        assert rows[(scope, 0.9)]["report"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
+        assert rows[(scope, 0.9)]["val_loss"] > rows[(scope, 0.0)]["val_loss"]
+    assert plot.stat().st_size > 0
+    f32, per_channel, grouped = out["int8"]["rows"]
+    for q in (per_channel, grouped):
+        assert q["bytes"] < f32["bytes"]                     # the Linears at ~1/4
+        assert 0.0 <= q["kl"] < 0.05 and abs(q["ppl"] - f32["ppl"]) < 0.05 * f32["ppl"]
+    assert json.loads((tmp_path / "c.json").read_text())["int8"]["rows"][0]["model"] == "float32"
+    # rerunning a phase loads the cached models instead of training them again
+    again = ex.main(["distill", "--max-chars", "20000", "--steps", "40", "--lr", "1e-2",
+                     "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+                     "--teacher-steps", "60", "--teacher-layers", "2", "--teacher-heads", "2",
+                     "--teacher-embd", "32", "--seeds", "0,1", "--temperatures", "1,2",
+                     "--cache", str(tmp_path / "cache")])
+    assert all(r["train_s"] is None for r in again["distill"]["runs"])
+    assert [r["val_loss"] for r in again["distill"]["runs"]] == [r["val_loss"] for r in d["runs"]]

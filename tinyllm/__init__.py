@@ -19,6 +19,7 @@ from tinyllm.backend import (cuda_is_available, get_backend, get_default_dtype, 
 from tinyllm.functional import *  # noqa: F401,F403  (tinyllm.exp, tinyllm.matmul, ... as torch.*)
 from tinyllm.functional import __all__ as _functional_all
 from tinyllm import nn, optim, trace  # noqa: E402,I001  (tinyllm.nn / .optim, as torch.nn)
+from tinyllm import compress  # noqa: E402,F401,I001  (distillation, pruning, int8)
 
 __version__ = "0.1.0"
 

@@ -3,12 +3,14 @@
     tinyllm train --preset shakespeare-char --out-dir runs/shakespeare
     tinyllm sample --out-dir runs/shakespeare --prompt "ROMEO:" --num-tokens 300
     tinyllm eval --out-dir runs/shakespeare
+    tinyllm export --out-dir runs/shakespeare --to models/shakespeare    # a Hugging Face dir
+    tinyllm train --init-from models/shakespeare --data more.txt --out-dir runs/more
 
 The options of ``train`` are the fields of ``TrainConfig`` (``tinyllm.config``: built from the
 dataclass, never ``exec``-ed from a config file; each with its help line and valid range); a
 preset fills them, and flags override it. The loop is ``tinyllm.loop`` (its helpers: setup,
 resume, Ctrl-C, health, ``tinyllm.trainer``), the run directory's contract ``tinyllm.rundir``,
-sampling and evaluation ``tinyllm.inference``.
+sampling and evaluation ``tinyllm.inference``, export and ``--init-from`` ``tinyllm.hf``.
 
 Errors: a bad flag is argparse's (usage and one line, exit 2); anything the library refuses
 (a corrupted checkpoint, a corpus that is not UTF-8, a run directory in use) is printed by
@@ -23,8 +25,8 @@ import sys
 import numpy as np
 
 import tinyllm as tl
-from tinyllm import rundir
-from tinyllm.config import PRESETS, Check, TrainConfig, saved_config
+from tinyllm import hf, rundir
+from tinyllm.config import PRESETS, Check, TrainConfig, flag_text, saved_config
 from tinyllm.data.corpora import get_batch, read_text
 from tinyllm.inference import SAMPLE_CHECKS, evaluate, open_run, run_corpus, sample
 from tinyllm.loop import train
@@ -65,16 +67,28 @@ def _add_config_args(parser, cls):
 
 def _config_from_args(args):
     """The run's TrainConfig: a preset, then the flags given. With --resume the run's saved
-    config comes first (flags given then are checked against it by ``train``)."""
+    config comes first (flags given then are checked against it by ``train``). A new run with
+    --init-from DIR takes the model's settings (architecture, tokenizer) from DIR, over the
+    preset's; a flag that sets one otherwise is an error."""
     values = {}
-    if getattr(args, "resume", False):
+    resume = getattr(args, "resume", False)
+    if resume:
         out_dir = args.out_dir if args.out_dir is not None else TrainConfig.out_dir
         values.update(dataclasses.asdict(saved_config(rundir.read_log(out_dir)["config"])))
     values.update(PRESETS[args.preset] if args.preset else {})
+    init_from = args.init_from or (None if resume else values.get("init_from"))
+    fixed = {} if resume or not init_from else hf.train_settings(init_from)
+    values.update(fixed)
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name)
-        if v is not None:
-            values[f.name] = v
+        if v is None:
+            continue
+        if f.name in fixed and v != fixed[f.name]:
+            raise ValueError(f"--init-from {init_from} holds a model with "
+                             f"{flag_text(f.name, fixed[f.name])}; {flag_text(f.name, v)} "
+                             f"would build another (drop it: the model's settings come from "
+                             f"there)")
+        values[f.name] = v
     return TrainConfig(**values)
 
 
@@ -139,6 +153,14 @@ def _parser():
                              "whole split (default: the whole split)")
     p_eval.add_argument("--seed", type=_arg(Check(int, lo=0)), default=0,
                         help="seed of the random batches of --batches (default: 0)")
+    p_export = sub.add_parser("export", parents=[debug],
+                              help="write a trained run as a Hugging Face model directory")
+    p_export.add_argument("--out-dir", required=True, help="the run to export")
+    p_export.add_argument("--to", required=True,
+                          help="the model directory to write (config.json, model.safetensors, "
+                               "tinyllm_tokenizer.json); must not exist or be empty")
+    p_export.add_argument("--force", action="store_true",
+                          help="replace a model directory already at --to")
     p_explain = sub.add_parser("explain-backward", parents=[debug],
                                help="step through the backward pass of a tiny GPT (or a run)")
     p_explain.add_argument("--out-dir", default=None,
@@ -195,6 +217,12 @@ def main(argv=None):
         return text
     if args.command == "explain-backward":
         return explain_backward(args)
+    if args.command == "export":
+        to = hf.export_run(args.out_dir, args.to, force=args.force)
+        print(f"exported the run in {args.out_dir} to {to}: load it with transformers' "
+              f"AutoModelForCausalLM.from_pretrained({str(to)!r}), or train on from it with "
+              f"tinyllm train --init-from {to}")
+        return to
     result = evaluate(args.out_dir, args.data, args.split, args.batches, args.seed)
     print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
           f"{result['tokens']:,} tokens of {result['what']}")

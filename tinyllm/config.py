@@ -14,15 +14,18 @@ those changes.
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 
 class Check:
     """The valid range of a setting: ``check(value)`` returns it (parsed from a string on the
     command line) or raises ValueError saying what is expected."""
 
-    def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False, choices=None):
+    def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False, choices=None,
+                 optional=False):
         self.kind, self.lo, self.hi = kind, lo, hi
         self.lo_open, self.hi_open, self.choices = lo_open, hi_open, choices
+        self.optional = optional            # None is a value too (the setting is off)
 
     def describe(self):
         if self.choices:
@@ -36,6 +39,8 @@ class Check:
         return what + (" " + " and ".join(bounds) if bounds else "")
 
     def __call__(self, value):
+        if value is None and self.optional:
+            return None
         v = self._parse(value)
         if v is None:
             raise ValueError(f"expected {self.describe()}, got {value!r}")
@@ -108,6 +113,11 @@ class TrainConfig:
     rope_theta: float = option(10000.0, "llama: RoPE base", RATE)
     tie_embeddings: bool = option(True, "llama: the output layer is the transposed token "
                                         "embedding (as GPT-2)", None)
+    init_from: Optional[str] = option(None, "start from the weights and tokenizer of a Hugging "
+                                            "Face model directory (tinyllm export) or a run "
+                                            "directory, which also fix the model's settings "
+                                            "(none: random weights)",
+                                      Check(str, optional=True))
     batch_size: int = option(12, "sequences per step", POSITIVE)
     max_iters: int = option(2000, "optimizer steps", POSITIVE)
     learning_rate: float = option(1e-3, "peak learning rate", RATE)
@@ -244,7 +254,8 @@ def resume_changes(saved, cfg, step):
         if f.name in MUTABLE_ON_RESUME:
             changes[f.name] = (old, new)
         else:
-            refused.append(f"{_flag(f.name, new)} (the run has {_flag(f.name, old)})")
+            refused.append(f"{flag_text(f.name, new)} (the run has "
+                           f"{flag_text(f.name, old)})")
     if refused:
         raise ValueError(f"--resume continues the run with its own settings; these differ: "
                          f"{'; '.join(refused)}. Drop them, or start another run (a new "
@@ -256,7 +267,7 @@ def resume_changes(saved, cfg, step):
     return changes
 
 
-def _flag(name, value):
+def flag_text(name, value):
     """How the command line says ``name = value``: '--learning-rate 0.01', '--no-bias'."""
     flag = name.replace("_", "-")
     if isinstance(value, bool):

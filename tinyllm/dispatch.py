@@ -18,8 +18,9 @@ The switch, from strongest to weakest:
 - else "numpy": the ops' own formulas, with no kernel module entered.
 
 "auto" takes each accelerator where benchmarks/kernels.py measured it faster than the formula
-(every row kernel; not the Numba matmul, which NumPy's BLAS beats), and the compiled decode
-step of a GPT or Llama (tinyllm/kernels/decode.py; benchmarks/generation.py measures it). "numba" takes every Numba
+(every row kernel; not the Numba matmul, which NumPy's BLAS beats), the compiled decode step
+of a GPT or Llama (tinyllm/kernels/decode.py; benchmarks/generation.py measures it) and the
+int8 matmul for up to 16 rows (decoding; tinyllm/kernels/int8.py). "numba" takes every Numba
 kernel that can run, the teaching matmul included. On CuPy arrays "auto" and "numba" take the
 ops' compiled CuPy kernels where they have one (AdamW, GELU, LayerNorm).
 

@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 import tinyllm as tl
-from tinyllm import health, rundir
+from tinyllm import health, hf, rundir
 from tinyllm._files import atomic_write
 from tinyllm.checkpoint import load_checkpoint, save_checkpoint
 from tinyllm.config import (TrainConfig, build_model, model_config, resume_changes,
@@ -275,8 +275,10 @@ def setup_run(cfg, resume=False, quiet=False, overwrite=False):
     A new run refuses a directory that holds anything, unless ``overwrite`` (then the old run
     is deleted once the new one has its corpus and tokenizer). ``resume`` continues the run
     there: ``cfg`` must be its saved config, changed only in ``MUTABLE_ON_RESUME`` settings
-    (the changes are printed and recorded in the log). Raises RunDirError when the directory
-    is in use or cannot be used as asked (``tinyllm.rundir``)."""
+    (the changes are printed and recorded in the log). A new run with ``cfg.init_from`` starts
+    from that model's weights and tokenizer instead of random ones (``tinyllm.hf.load_init``).
+    Raises RunDirError when the directory is in use or cannot be used as asked
+    (``tinyllm.rundir``)."""
     if resume and overwrite:
         raise TrainError("--resume continues the run, --overwrite deletes it: give one of them")
     tl.set_backend(cfg.backend)
@@ -308,9 +310,10 @@ def _setup(cfg, path, resume, quiet, overwrite):
             say(f"removed what an interrupted save left: {', '.join(removed)}")
     else:
         stale = rundir.check_new(path, overwrite)
+    init = hf.load_init(cfg) if cfg.init_from and not resume else None   # (model, tokenizer)
     source, record = _corpus(cfg, log, resume, changes)
     text = read_text(source)
-    tok = _tokenizer(cfg, text, path / "tokenizer.json" if resume else None)
+    tok = init[1] if init else _tokenizer(cfg, text, path / "tokenizer.json" if resume else None)
     train_ids, val_ids = _split_ids(tok, text, cfg, source)
     if not resume:                                      # everything checked: now write
         rundir.delete(path, stale)
@@ -319,6 +322,8 @@ def _setup(cfg, path, resume, quiet, overwrite):
     tl.manual_seed(cfg.seed)
     model_cfg = model_config(cfg, tok.vocab_size)                  # GPTConfig or LlamaConfig
     model = build_model(model_cfg)
+    if init:                                    # --init-from: its weights, not random ones
+        model.load_state_dict(init[0].state_dict())
     opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
     data_rng, start, meta = data_generator(cfg.seed), 0, None

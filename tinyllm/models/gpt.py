@@ -8,7 +8,10 @@ Parameter names and layouts are GPT-2's, so a GPT-2 checkpoint maps one-to-one:
 ``transformer.h.{i}.ln_1``, ``.attn.c_attn`` (C, 3C), ``.attn.c_proj`` (C, C), ``.ln_2``,
 ``.mlp.c_fc`` (C, 4C), ``.mlp.c_proj`` (4C, C), ``transformer.ln_f``, and ``lm_head.weight``
 (V, C), the same Parameter as wte (weight tying: the output projection is the transposed input
-embedding). Linear weights are (in, out), as GPT-2's Conv1D stores them.
+embedding). Linear weights are (in, out), as GPT-2's Conv1D stores them. ``GPT.from_hf`` /
+``to_hf`` convert to and from HF's GPT2LMHeadModel; ``save_pretrained(path)`` /
+``GPT.from_pretrained(path)`` write and read a Hugging Face model directory
+(tinyllm/models/hf_dir.py).
 
 The language-model objective (the chain rule of probability): log p(x_1..x_T) =
 sum_t log p(x_t | x_<t). The causal mask makes position t see only x_<=t, so one forward pass
@@ -19,9 +22,12 @@ x_{t+1}: ``tinyllm.data.corpora.get_batch``).
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from tinyllm import backend
 from tinyllm import functional as F
 from tinyllm.autograd.tensor import Tensor
+from tinyllm.models import hf_dir
 from tinyllm.models._util import token_ids as _ids
 from tinyllm.models._util import token_loss
 from tinyllm.nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleDict, ModuleList
@@ -186,30 +192,98 @@ class GPT(Module):
         n = self.num_parameters()
         return n - self.transformer.wpe.weight.size if non_embedding else n
 
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face: GPT2LMHeadModel's config and weights, a model directory
+
     @classmethod
     def from_hf(cls, config_dict, state_dict, dtype=None):
         """A GPT holding a Hugging Face GPT2LMHeadModel checkpoint: ``config_dict`` its config
         (``config.json``), ``state_dict`` name -> array (NumPy, or CPU torch tensors). GPT-2's
         names and (in, out) Conv1D layouts are tinyllm's, so the weights load as they are
         (``convert_hf_gpt2_state_dict``); ``dtype`` that of the parameters (default: the
-        default dtype)."""
+        default dtype). A checkpoint ``to_hf`` made of a bias-free model (``tinyllm_bias:
+        false`` in the config, every bias zero) loads bias-free again. Raises ValueError for
+        what this model does not implement (another activation or LayerNorm eps, an MLP width
+        other than 4 n_embd, an output layer not tied to the token embeddings, ...)."""
         hf = config_dict
         gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
         act = hf.get("activation_function", "gelu_new")
+        problems = []
         if act not in gelu:
-            raise ValueError(f"GPT.from_hf: activation_function {act!r} is not one of "
-                             f"{sorted(gelu)}")
+            problems.append(f"activation_function {act!r} is not one of {sorted(gelu)}")
         if hf.get("layer_norm_epsilon", 1e-5) != 1e-5:
-            raise ValueError(f"GPT.from_hf: layer_norm_epsilon {hf['layer_norm_epsilon']} "
-                             f"(tinyllm's LayerNorm uses 1e-5)")
+            problems.append(f"layer_norm_epsilon {hf['layer_norm_epsilon']} (tinyllm's "
+                            f"LayerNorm uses 1e-5)")
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            problems.append(f"n_inner {hf['n_inner']} (tinyllm's MLP is 4 n_embd = "
+                            f"{4 * hf['n_embd']} wide)")
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+            problems.append("attention scores scaled otherwise than by 1/sqrt(head size)")
+        if hf.get("add_cross_attention"):
+            problems.append("add_cross_attention (tinyllm's GPT is decoder-only)")
+        if problems:
+            raise ValueError("GPT.from_hf: unsupported " + "; ".join(problems))
+        weights = convert_hf_gpt2_state_dict(state_dict)
+        head, wte = weights.get("lm_head.weight"), weights.get("transformer.wte.weight")
+        if head is not wte and not np.array_equal(head, wte):
+            raise ValueError("GPT.from_hf: the checkpoint's lm_head.weight differs from "
+                             "transformer.wte.weight (tie_word_embeddings false); tinyllm's GPT "
+                             "ties its output layer to the token embeddings")
+        biases = [k for k in weights if k.endswith(".bias")]
+        bias = not (hf.get("tinyllm_bias") is False and not any(np.any(weights[k])
+                                                                for k in biases))
+        if not bias:
+            weights = {k: v for k, v in weights.items() if k not in biases}
         config = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                           dropout=0.0, bias=True, gelu=gelu[act])
+                           dropout=0.0, bias=bias, gelu=gelu[act])
         model = cls(config)
         if dtype is not None:
             model.to(dtype)
-        model.load_state_dict(convert_hf_gpt2_state_dict(state_dict), strict=True)
+        model.load_state_dict(weights, strict=True)
         return model
+
+    def to_hf(self):
+        """(config_dict, state_dict) of the Hugging Face GPT2LMHeadModel holding this model:
+        GPT2Config's keys, and the weights as NumPy arrays under the same names and layouts
+        ((in, out), GPT-2's Conv1D), ``lm_head.weight`` left out (tied: HF stores it once, as
+        wte). A bias-free model gets explicit zero biases where GPT-2 has them (every Linear
+        and LayerNorm), so HF loads it with no missing keys; ``tinyllm_bias: false`` in the
+        config lets ``from_hf`` drop them again."""
+        c = self.config
+        weights = {k: backend.asnumpy(t.data) for k, t in self.state_dict().items()
+                   if k != "lm_head.weight"}
+        for k, w in list(weights.items()):
+            if k.endswith(".weight") and not k.startswith(("transformer.wte", "transformer.wpe")):
+                weights.setdefault(k[:-len("weight")] + "bias", np.zeros(w.shape[-1], w.dtype))
+        config = {
+            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_embd": c.n_embd,
+            "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": 4 * c.n_embd,
+            "activation_function": "gelu_new" if c.gelu == "tanh" else "gelu",
+            "layer_norm_epsilon": self.transformer.ln_f.eps, "resid_pdrop": c.dropout,
+            "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "initializer_range": 0.02,
+            "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False, "add_cross_attention": False,
+            "tie_word_embeddings": True, "use_cache": True,
+            "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
+        }
+        if not c.bias:
+            config["tinyllm_bias"] = False
+        return config, weights
+
+    def save_pretrained(self, path, tokenizer=None):
+        """Write this model into the directory ``path`` as Hugging Face does (config.json,
+        model.safetensors; ``tokenizer``'s file beside them): ``transformers``'
+        ``GPT2LMHeadModel.from_pretrained(path)`` loads it (tinyllm/models/hf_dir.py)."""
+        return hf_dir.save_pretrained(self, path, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None):
+        """The GPT in the Hugging Face GPT-2 directory ``path`` (``save_pretrained``'s, or
+        ``transformers``'); ``dtype`` that of the parameters (default: the weights' own when
+        float32 or float64, else the default dtype)."""
+        return hf_dir.from_pretrained(cls, path, "gpt2", dtype)
 
 
 def convert_hf_gpt2_state_dict(state_dict):

@@ -18,12 +18,15 @@ Parameter names are Hugging Face's LlamaForCausalLM's (``model.embed_tokens.weig
 _proj.weight``, ``model.layers.{i}.input_layernorm.weight``,
 ``model.layers.{i}.post_attention_layernorm.weight``, ``model.norm.weight``,
 ``lm_head.weight``), with Linear weights (in, out) as everywhere in tinyllm: the transpose of
-HF's (out, in). ``Llama.from_hf(config_dict, state_dict)`` converts an HF checkpoint.
+HF's (out, in). ``Llama.from_hf(config_dict, state_dict)`` converts an HF checkpoint, ``to_hf``
+the other way; ``save_pretrained(path)`` / ``Llama.from_pretrained(path)`` write and read a
+Hugging Face model directory (tinyllm/models/hf_dir.py).
 """
 from dataclasses import dataclass
 
 from tinyllm import backend
 from tinyllm.autograd.tensor import Tensor
+from tinyllm.models import hf_dir
 from tinyllm.models._util import token_ids as _ids
 from tinyllm.models._util import token_loss
 from tinyllm.models.gpt import TiedLMHead
@@ -209,6 +212,48 @@ class Llama(Module):
             model.to(dtype)
         model.load_state_dict(convert_hf_llama_state_dict(state_dict, config), strict=True)
         return model
+
+    def to_hf(self):
+        """(config_dict, state_dict) of the Hugging Face LlamaForCausalLM holding this model:
+        LlamaConfig's keys, and the weights as NumPy arrays under the same names, every Linear
+        weight transposed (in, out) -> (out, in) (``convert_hf_llama_state_dict`` undone); a
+        tied ``lm_head.weight`` left out (HF stores it once, as embed_tokens)."""
+        c = self.config
+        weights = {}
+        for k, t in self.state_dict().items():
+            if k == "lm_head.weight" and c.tie_word_embeddings:
+                continue
+            a = backend.asnumpy(t.data)
+            linear = k.endswith("_proj.weight") or k == "lm_head.weight"
+            weights[k] = a.T.copy() if linear else a
+        config = {
+            "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+            "vocab_size": c.vocab_size, "hidden_size": c.n_embd,
+            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.n_layer,
+            "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head,
+            "head_dim": c.n_embd // c.n_head, "max_position_embeddings": c.block_size,
+            "rms_norm_eps": c.rms_norm_eps, "hidden_act": "silu",
+            "rope_theta": c.rope_theta,         # transformers 4; 5 reads rope_parameters
+            "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+            "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": c.dropout,
+            "tie_word_embeddings": c.tie_word_embeddings, "initializer_range": 0.02,
+            "pretraining_tp": 1, "use_cache": True,
+            "bos_token_id": None, "eos_token_id": None, "pad_token_id": None,
+        }
+        return config, weights
+
+    def save_pretrained(self, path, tokenizer=None):
+        """Write this model into the directory ``path`` as Hugging Face does (config.json,
+        model.safetensors; ``tokenizer``'s file beside them): ``transformers``'
+        ``LlamaForCausalLM.from_pretrained(path)`` loads it (tinyllm/models/hf_dir.py)."""
+        return hf_dir.save_pretrained(self, path, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None):
+        """The Llama in the Hugging Face directory ``path`` (``save_pretrained``'s, or
+        ``transformers``'); ``dtype`` that of the parameters (default: the weights' own when
+        float32 or float64, else the default dtype)."""
+        return hf_dir.from_pretrained(cls, path, "llama", dtype)
 
 
 def convert_hf_llama_state_dict(state_dict, config):
