@@ -4,6 +4,7 @@
     tinyllm sample --out-dir runs/shakespeare --prompt "ROMEO:" --num-tokens 300
     tinyllm eval --out-dir runs/shakespeare
     tinyllm export --out-dir runs/shakespeare --to models/shakespeare    # a Hugging Face dir
+    tinyllm quantize --out-dir runs/shakespeare && tinyllm eval --out-dir runs/shakespeare --int8
     tinyllm train --init-from models/shakespeare --data more.txt --out-dir runs/more
 
 The options of ``train`` are the fields of ``TrainConfig`` (``tinyllm.config``: built from the
@@ -28,7 +29,8 @@ import tinyllm as tl
 from tinyllm import hf, rundir
 from tinyllm.config import PRESETS, Check, TrainConfig, flag_text, saved_config
 from tinyllm.data.corpora import get_batch, read_text
-from tinyllm.inference import SAMPLE_CHECKS, evaluate, open_run, run_corpus, sample
+from tinyllm.inference import (SAMPLE_CHECKS, evaluate, open_run, quantize_run, run_corpus,
+                               sample)
 from tinyllm.loop import train
 from tinyllm.rundir import RunDirError
 from tinyllm.trainer import TrainError
@@ -140,6 +142,8 @@ def _parser():
                           default=0, help="never repeat an n-gram of this size (default: 0, off)")
     p_sample.add_argument("--seed", type=checked("seed"), default=0,
                           help="seed of the sampling (default: 0)")
+    p_sample.add_argument("--int8", action="store_true",
+                          help="the run's int8 model (written by tinyllm quantize)")
     p_eval = sub.add_parser("eval", help="loss and perplexity of a trained run", parents=[debug])
     p_eval.add_argument("--out-dir", required=True, help="the run to evaluate")
     p_eval.add_argument("--data", default=None,
@@ -153,6 +157,16 @@ def _parser():
                              "whole split (default: the whole split)")
     p_eval.add_argument("--seed", type=_arg(Check(int, lo=0)), default=0,
                         help="seed of the random batches of --batches (default: 0)")
+    p_eval.add_argument("--int8", action="store_true",
+                        help="the run's int8 model (written by tinyllm quantize)")
+    p_quant = sub.add_parser("quantize", parents=[debug],
+                             help="write the run's model with int8 weights (sample/eval --int8)")
+    p_quant.add_argument("--out-dir", required=True, help="the run to quantize")
+    p_quant.add_argument("--group-size", type=_arg(Check(int, lo=0)), default=64,
+                         help="input features per scale; 0: one scale per output channel "
+                              "(default: 64)")
+    p_quant.add_argument("--force", action="store_true",
+                         help="replace the run's int8 model if it has one")
     p_export = sub.add_parser("export", parents=[debug],
                               help="write a trained run as a Hugging Face model directory")
     p_export.add_argument("--out-dir", required=True, help="the run to export")
@@ -212,7 +226,8 @@ def main(argv=None):
                       args.top_p, args.seed, args.greedy, num_beams=args.num_beams,
                       length_penalty=args.length_penalty,
                       repetition_penalty=args.repetition_penalty,
-                      no_repeat_ngram_size=args.no_repeat_ngram_size, stream=stream)
+                      no_repeat_ngram_size=args.no_repeat_ngram_size, stream=stream,
+                      int8=args.int8)
         sys.stdout.write("\n")
         return text
     if args.command == "explain-backward":
@@ -223,7 +238,14 @@ def main(argv=None):
               f"AutoModelForCausalLM.from_pretrained({str(to)!r}), or train on from it with "
               f"tinyllm train --init-from {to}")
         return to
-    result = evaluate(args.out_dir, args.data, args.split, args.batches, args.seed)
+    if args.command == "quantize":
+        r = quantize_run(args.out_dir, args.group_size or None, force=args.force)
+        print(f"wrote {r['path']}: the model's arrays {r['int8_bytes']:,} bytes, from "
+              f"{r['float_bytes']:,} in float (embeddings and norms stay float); sample or "
+              f"evaluate it with --int8")
+        return r
+    result = evaluate(args.out_dir, args.data, args.split, args.batches, args.seed,
+                      int8=args.int8)
     print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
           f"{result['tokens']:,} tokens of {result['what']}")
     return result

@@ -7,15 +7,22 @@
 Everything is read from the run directory: the settings and the corpus record from log.json,
 the tokenizer, the weights (checked against their sha256). No environment variable and no
 working directory is needed: the corpus is found by its recorded absolute path and sha256.
+
+``quantize_run`` (``tinyllm quantize``) writes the run's model with every Linear in int8
+(``tinyllm.compress.quantize_int8``) beside its checkpoint: ``model-int8.safetensors`` and
+``model-int8.json`` (its sha256, the group size, and the sha256 of the checkpoint it was made
+from). ``sample``/``evaluate`` with ``int8=True`` load it, after checking both: a run trained
+further since is refused until it is quantized again.
 """
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 import tinyllm as tl
-from tinyllm import rundir
-from tinyllm._files import sha256_file
+from tinyllm import compress, rundir
+from tinyllm._files import atomic_write_text, sha256_file
 from tinyllm.checkpoint import load_checkpoint
 from tinyllm.config import Check, build_model, model_config, saved_config
 from tinyllm.data.corpora import (corpus_path, find_recorded_corpus, read_text,
@@ -24,20 +31,63 @@ from tinyllm.data.tokenizers import load_tokenizer
 from tinyllm.generate import beam_search, generate
 
 
-def load_run(out_dir):
-    """(config, tokenizer, model in eval mode) of the run in ``out_dir``."""
-    cfg, tok, model, _ = open_run(out_dir)
+INT8_FILE, INT8_RECORD = "model-int8.safetensors", "model-int8.json"
+
+
+def load_run(out_dir, int8=False):
+    """(config, tokenizer, model in eval mode) of the run in ``out_dir``; ``int8``: the model
+    ``quantize_run`` wrote."""
+    cfg, tok, model, _ = open_run(out_dir, int8)
     return cfg, tok, model
 
 
-def open_run(out_dir):
+def open_run(out_dir, int8=False):
     run = Path(out_dir)
     log = rundir.read_log(run)
     cfg = saved_config(log["config"])
     tok = load_tokenizer(run / "tokenizer.json")
     model = build_model(model_config(cfg, tok.vocab_size, dropout=0.0))
     load_checkpoint(run / "checkpoint", model)
+    if int8:
+        compress.load_quantized(_verified_int8(run), model)
     return cfg, tok, model.eval(), log
+
+
+def quantize_run(out_dir, group_size=64, force=False):
+    """Quantize the run's model to int8 (every Linear, weight-only, symmetric; ``group_size``
+    inputs per scale, None: one scale per output channel) and write it beside the checkpoint.
+    Returns the file's path and the sizes (bytes) of the float and int8 weights."""
+    run = Path(out_dir)
+    path, record = run / INT8_FILE, run / INT8_RECORD
+    if (path.exists() or record.exists()) and not force:
+        raise FileExistsError(f"quantize: {path} exists; pass force=True (--force) to replace it")
+    _, _, model, _ = open_run(run)
+    float_bytes = sum(int(p.data.nbytes) for p in model.parameters())
+    compress.quantize_int8(model, group_size=group_size)
+    if record.exists():
+        record.unlink()                 # never a record that names another file's sha256
+    compress.save_quantized(model, path)
+    atomic_write_text(record, json.dumps({
+        "file": INT8_FILE, "sha256": sha256_file(path), "group_size": group_size,
+        "checkpoint_sha256": sha256_file(run / "checkpoint" / "meta.json")}, indent=1) + "\n")
+    return {"path": str(path), "float_bytes": float_bytes,
+            "int8_bytes": compress.quantized_size_bytes(model), "file_bytes": path.stat().st_size}
+
+
+def _verified_int8(run):
+    """The run's int8 file, checked against its record and the run's current checkpoint."""
+    path, record = run / INT8_FILE, run / INT8_RECORD
+    if not path.exists() or not record.exists():
+        raise FileNotFoundError(f"{run} has no int8 model: run `tinyllm quantize --out-dir "
+                                f"{run}` first")
+    rec = json.loads(record.read_text())
+    if sha256_file(path) != rec.get("sha256"):
+        raise ValueError(f"{path}: sha256 does not match {record} (a damaged or replaced file); "
+                         f"quantize the run again")
+    if sha256_file(run / "checkpoint" / "meta.json") != rec.get("checkpoint_sha256"):
+        raise ValueError(f"{path} was made from an earlier checkpoint of this run (it has been "
+                         f"trained since); quantize it again (tinyllm quantize --force)")
+    return path
 
 
 def run_corpus(cfg, log):
@@ -58,14 +108,15 @@ SAMPLE_CHECKS = {
 
 def sample(out_dir, prompt="\n", num_tokens=300, temperature=0.8, top_k=None, top_p=None,
            seed=0, greedy=False, num_beams=1, length_penalty=0.0, repetition_penalty=1.0,
-           no_repeat_ngram_size=0, stream=None):
+           no_repeat_ngram_size=0, stream=None, int8=False):
     """Text from the run in ``out_dir``: the prompt and ``num_tokens`` generated tokens.
 
     Sampling (temperature, top-k, top-p; ``greedy``: argmax) draws from a generator seeded by
     ``seed``; ``num_beams`` > 1 runs beam search (deterministic; GNMT's ``length_penalty``
     alpha). ``repetition_penalty`` (CTRL's, > 1 discourages repeats) and
     ``no_repeat_ngram_size`` apply to both. ``stream(text)``, when given, receives the text as
-    it is generated (beam search: once, at the end)."""
+    it is generated (beam search: once, at the end). ``int8``: the run's int8 model
+    (``quantize_run``)."""
     args = dict(num_tokens=num_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                 seed=seed, num_beams=num_beams, length_penalty=length_penalty,
                 repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
@@ -78,7 +129,7 @@ def sample(out_dir, prompt="\n", num_tokens=300, temperature=0.8, top_k=None, to
     if num_beams > 1 and (greedy or top_k is not None or top_p is not None):
         raise ValueError("sample: num_beams > 1 is beam search (deterministic); it takes no "
                          "greedy, top_k or top_p")
-    cfg, tok, model = load_run(out_dir)
+    cfg, tok, model = load_run(out_dir, int8)
     idx = np.array([tok.encode(prompt or "\n")], dtype=np.int64)
     if num_beams > 1:                               # the model's KV cache follows the beams
         (best, _), = beam_search(model, idx, beam_width=num_beams,
@@ -123,19 +174,20 @@ class _Streamer:
             self.shown = len(text)
 
 
-def evaluate(out_dir, data=None, split="val", batches=None, seed=0):
+def evaluate(out_dir, data=None, split="val", batches=None, seed=0, int8=False):
     """Mean loss and perplexity (e^loss) of the run in ``out_dir``.
 
     By default on the whole ``split`` of the run's corpus: consecutive block_size windows, every
     token predicted once (but the last few that fill no window), deterministic. ``batches``: a
     quick estimate from that many random batches instead (seeded by ``seed``). ``data``: a text
     file to score instead; a copy of the run's own corpus (same sha256) is split as in
-    training. Returns loss, perplexity, tokens scored and what was scored."""
+    training. ``int8``: the run's int8 model (``quantize_run``). Returns loss, perplexity,
+    tokens scored and what was scored."""
     if batches is not None:
         batches = Check(int, lo=1)(batches)
     if split not in ("train", "val"):
         raise ValueError(f"evaluate: split must be 'train' or 'val', got {split!r}")
-    cfg, tok, model, log = open_run(out_dir)
+    cfg, tok, model, log = open_run(out_dir, int8)
     if data is None:
         source, own = run_corpus(cfg, log), True
     else:                                   # a copy of the run's corpus, or another text
