@@ -224,18 +224,22 @@ def run_prune(ctx, args):
     base = trained_student(ctx, args)
     vx, vy = ctx["val"]
     rows = []
-    for scope in ("global", "layer"):
-        for s in (float(x) for x in args.sparsities.split(",")):
-            m = copy_of(base, ctx, args)
-            compress.prune(m, s, scope=scope)
-            pruned = val_loss(m, vx, vy)
-            train(m, ctx["train"], args, args.finetune_steps, 7, lr=args.lr / 10)
-            tuned = val_loss(m, vx, vy)
-            report = compress.sparsity_report(m)
-            rows.append({"scope": scope, "sparsity": s, "val_loss": pruned,
-                         "val_loss_finetuned": tuned, "report": report})
-            print(f"  {scope} sparsity {s:.2f}: val loss {pruned:.4f}, after "
-                  f"{args.finetune_steps} fine-tuning steps {tuned:.4f}")
+    runs = [(scope, None, float(x)) for scope in args.scopes.split(",") if scope
+            for x in args.sparsities.split(",")]
+    runs += [("layer", kind, float(x)) for kind in args.structured.split(",") if kind
+             for x in args.structured_sparsities.split(",")]
+    for scope, structured, s in runs:
+        m = copy_of(base, ctx, args)
+        compress.prune(m, s, scope=scope, structured=structured)
+        pruned = val_loss(m, vx, vy)
+        train(m, ctx["train"], args, args.finetune_steps, 7, lr=args.lr / 10)
+        tuned = val_loss(m, vx, vy)
+        report = compress.sparsity_report(m)
+        rows.append({"scope": scope, "structured": structured, "sparsity": s,
+                     "val_loss": pruned, "val_loss_finetuned": tuned, "report": report})
+        print(f"  {structured or scope} sparsity {s:.2f}: val loss {pruned:.4f}, after "
+              f"{args.finetune_steps} fine-tuning steps {tuned:.4f} (Linear weights at "
+              f"zero: {report['sparsity']:.3f})")
     if args.plot:
         plot_pruning(rows, args.plot)
     return {"finetune_steps": args.finetune_steps, "rows": rows}
@@ -247,7 +251,9 @@ def plot_pruning(rows, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     for scope, style in (("global", "-"), ("layer", "--")):
-        r = [x for x in rows if x["scope"] == scope]
+        r = [x for x in rows if x["scope"] == scope and not x.get("structured")]
+        if not r:
+            continue
         s = [x["sparsity"] for x in r]
         ax.plot(s, [x["val_loss"] for x in r], "o" + style, label=f"{scope}, pruned")
         ax.plot(s, [x["val_loss_finetuned"] for x in r], "s" + style,
@@ -345,6 +351,10 @@ def main(argv=None):
     p.add_argument("--temperatures", default="1,2,4", help="the sweep, at the first seed")
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--sparsities", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
+    p.add_argument("--scopes", default="global,layer", help="unstructured pruning scopes")
+    p.add_argument("--structured", default="heads,rows",
+                   help="structured pruning: whole attention heads, whole MLP hidden units")
+    p.add_argument("--structured-sparsities", default="0.25,0.5,0.75")
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--plot", default=None, help="write the pruning plot (PNG) here")
     p.add_argument("--kl-windows", type=int, default=400)

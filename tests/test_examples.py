@@ -262,7 +262,8 @@ def test_compression_toy_run_distills_prunes_and_quantizes(data_dir, tmp_path):
                    "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
                    "--teacher-steps", "60", "--teacher-layers", "2", "--teacher-heads", "2",
                    "--teacher-embd", "32", "--seeds", "0,1", "--temperatures", "1,2",
-                   "--sparsities", "0,0.5,0.9", "--finetune-steps", "10", "--kl-windows", "20",
+                   "--sparsities", "0,0.5,0.9", "--structured-sparsities", "0.5",
+                   "--finetune-steps", "10", "--kl-windows", "20",
                    "--gen-tokens", "5", "--cache", str(tmp_path / "cache"),
                    "--json", str(tmp_path / "c.json"), "--plot", str(plot)])
     d = out["distill"]
@@ -272,12 +273,14 @@ def test_compression_toy_run_distills_prunes_and_quantizes(data_dir, tmp_path):
     V = math.log(65)
     assert all(math.isfinite(r["val_loss"]) and r["val_loss"] < V for r in d["runs"])
     assert d["teacher_params"] > d["student_params"]
-    rows = {(r["scope"], r["sparsity"]): r for r in out["prune"]["rows"]}
+    rows = {(r["structured"] or r["scope"], r["sparsity"]): r for r in out["prune"]["rows"]}
     for scope in ("global", "layer"):
         assert rows[(scope, 0.0)]["report"]["sparsity"] == 0.0
         # 90% of the Linear weights stay exactly zero through fine-tuning
         assert rows[(scope, 0.9)]["report"]["sparsity"] == pytest.approx(0.9, abs=1e-3)
         assert rows[(scope, 0.9)]["val_loss"] > rows[(scope, 0.0)]["val_loss"]
+    for kind in ("heads", "rows"):              # whole heads / MLP units: part of the weights
+        assert 0.1 < rows[(kind, 0.5)]["report"]["sparsity"] < 0.5
     assert plot.stat().st_size > 0
     f32, per_channel, grouped = out["int8"]["rows"]
     for q in (per_channel, grouped):
