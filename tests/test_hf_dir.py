@@ -14,6 +14,7 @@ import pytest
 
 import tinyllm as tl
 from tinyllm import backend, cli, hf, trainer
+from tinyllm.config import PRESETS, TrainConfig, model_config
 from tinyllm.data.corpora import get_batch, read_text, train_val_split
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer
 from tinyllm.models import GPT, GPTConfig, Llama, LlamaConfig, hf_dir
@@ -331,3 +332,105 @@ def test_a_failed_export_leaves_nothing(tmp_path, data, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         hf.export_run(tmp_path / "run", tmp_path / "hf")
     assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
+# ----------------------------------------------------------------------------------------------
+# fine-tuning: --freeze-layers, --new-head
+
+def _exported(tmp_path, *extra):
+    """A 2-block tiny run exported as a model directory (the --init-from source)."""
+    _train(tmp_path / "src", "--n-layer", "2", *extra)
+    cli.main(["export", "--out-dir", str(tmp_path / "src"), "--to", str(tmp_path / "hf")])
+    return tmp_path / "hf"
+
+
+def _weights(path):
+    return {k: backend.asnumpy(v.data).copy()
+            for k, v in hf.load_pretrained(path)[0].state_dict().items()}
+
+
+def _assert_frozen(loaded, trained, frozen_prefixes):
+    """Parameters under ``frozen_prefixes`` bit-identical to ``loaded``, every other changed."""
+    assert list(loaded) == list(trained)
+    for k in loaded:
+        if k.startswith(frozen_prefixes):
+            np.testing.assert_array_equal(trained[k], loaded[k], err_msg=k)
+        else:
+            assert not np.array_equal(trained[k], loaded[k]), f"{k} did not train"
+
+
+GPT_FROZEN = ("transformer.wte.", "transformer.wpe.", "transformer.h.0.", "lm_head.")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_freeze_layers_keeps_the_embeddings_and_first_blocks_as_loaded(tmp_path, data,
+                                                                       workers):
+    hf_path = _exported(tmp_path)
+    loaded = _weights(hf_path)
+    log = _train(tmp_path / "tuned", "--init-from", str(hf_path), "--freeze-layers", "1",
+                 "--workers", workers)
+    assert log["config"]["freeze_layers"] == 1 and log["workers"] == int(workers)
+    _assert_frozen(loaded, _weights(tmp_path / "tuned"), GPT_FROZEN)   # the head is wte
+
+
+def test_freeze_layers_holds_on_resume(tmp_path, data):
+    hf_path = _exported(tmp_path)
+    loaded = _weights(hf_path)
+    _train(tmp_path / "tuned", "--init-from", str(hf_path), "--freeze-layers", "1")
+
+    def resume(*extra):         # no --preset: the tiny preset's --n-layer 1 is not the run's
+        return cli.main(["train", "--resume", "--out-dir", str(tmp_path / "tuned"), "--quiet",
+                         "--max-iters", "5", *extra])
+
+    assert len(resume()["train_loss"]) == 5
+    _assert_frozen(loaded, _weights(tmp_path / "tuned"), GPT_FROZEN)
+    with pytest.raises(ValueError, match="--freeze-layers 0 .the run has --freeze-layers 1"):
+        resume("--max-iters", "6", "--freeze-layers", "0")
+
+
+def test_freeze_every_block_of_an_untied_llama_trains_the_norm_and_head(tmp_path, data):
+    hf_path = _exported(tmp_path, "--model", "llama", "--no-tie-embeddings")
+    loaded = _weights(hf_path)
+    _train(tmp_path / "tuned", "--init-from", str(hf_path), "--freeze-layers", "2")
+    _assert_frozen(loaded, _weights(tmp_path / "tuned"), ("model.embed_tokens.", "model.layers."))
+
+
+def test_new_head_reinitialises_an_untied_llama_head_only(tmp_path, data):
+    hf_path = _exported(tmp_path, "--model", "llama", "--no-tie-embeddings")
+    loaded = _weights(hf_path)
+    cfg = TrainConfig(**{**PRESETS["tiny"], **hf.train_settings(hf_path)},
+                      out_dir=str(tmp_path / "tuned"), init_from=str(hf_path), new_head=True,
+                      workers=1, seed=7)
+    with trainer.setup_run(cfg, quiet=True) as run:
+        start = {k: backend.asnumpy(v.data) for k, v in run.model.state_dict().items()}
+        trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    for k in loaded:
+        if k != "lm_head.weight":
+            np.testing.assert_array_equal(start[k], loaded[k], err_msg=k)
+    assert not np.array_equal(start["lm_head.weight"], loaded["lm_head.weight"])
+    tl.manual_seed(7)                                   # a fresh model's head, from --seed
+    fresh = Llama(model_config(cfg, run.model.config.vocab_size))
+    np.testing.assert_array_equal(start["lm_head.weight"],
+                                  backend.asnumpy(fresh.lm_head.weight.data))
+    assert trainable == set(start)                      # nothing frozen without --freeze-layers
+
+
+def test_fine_tuning_flags_refused_are_one_line(tmp_path, data, capsys):
+    hf_path = _exported(tmp_path)                       # a GPT: tied head
+
+    def error(*argv):
+        assert cli.run(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "x"),
+                        *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    assert "is the token embedding matrix" in error("--init-from", str(hf_path), "--new-head")
+    assert "--freeze-layers 1 needs --init-from" in error("--freeze-layers", "1")
+    assert "--new-head needs --init-from" in error("--model", "llama", "--no-tie-embeddings",
+                                                   "--new-head")
+    assert "more than the model's 2 blocks" in error("--init-from", str(hf_path),
+                                                     "--freeze-layers", "3")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(TypeError, match="a GPT or a Llama, got object"):
+        hf.freeze_layers(object(), 1)

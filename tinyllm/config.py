@@ -118,6 +118,14 @@ class TrainConfig:
                                             "directory, which also fix the model's settings "
                                             "(none: random weights)",
                                       Check(str, optional=True))
+    freeze_layers: int = option(0, "with --init-from: keep the token (and position) embeddings "
+                                   "and the first N blocks as loaded (up to --n-layer; the "
+                                   "GPT's output layer is its token embedding, so it is frozen "
+                                   "too; 0: train everything)", NON_NEGATIVE)
+    new_head: bool = option(False, "with --init-from: a new random output layer (seeded by "
+                                   "--seed) instead of the loaded one; only for an untied llama "
+                                   "(the GPT's, and a tied llama's, is the token embedding)",
+                            None)
     batch_size: int = option(12, "sequences per step", POSITIVE)
     max_iters: int = option(2000, "optimizer steps", POSITIVE)
     learning_rate: float = option(1e-3, "peak learning rate", RATE)
@@ -176,6 +184,20 @@ class TrainConfig:
         if self.warmup_iters > self.lr_decay_iters:
             raise ValueError(f"TrainConfig: warmup_iters {self.warmup_iters} is longer than "
                              f"lr_decay_iters {self.lr_decay_iters}")
+        for name, on in (("freeze_layers", self.freeze_layers), ("new_head", self.new_head)):
+            if on and not self.init_from:
+                raise ValueError(f"TrainConfig: {flag_text(name, on)} needs --init-from DIR "
+                                 f"(it fine-tunes loaded weights; a run from random weights "
+                                 f"has nothing to keep)")
+        if self.freeze_layers > self.n_layer:
+            raise ValueError(f"TrainConfig: --freeze-layers {self.freeze_layers} is more than "
+                             f"the model's {self.n_layer} blocks (n_layer {self.n_layer})")
+        if self.new_head and (self.model == "gpt" or self.tie_embeddings):
+            raise ValueError(f"TrainConfig: --new-head needs an output layer of its own, and "
+                             f"this {self.model}'s is tied: it is the token embedding matrix "
+                             f"(logits = x @ W_embedding^T), which a new head would replace; "
+                             f"drop --new-head (only a llama saved with tie_word_embeddings "
+                             f"false has a separate head)")
         if self.workers > 1 and self.backend != "numpy":
             raise ValueError(f"TrainConfig: workers {self.workers} needs backend 'numpy' (data "
                              f"parallelism splits the batch over CPU processes)")

@@ -2,7 +2,8 @@
 
     model, tok = load_pretrained("exported")         # an HF directory, or a tinyllm run directory
     export_run("runs/shakespeare-char", "exported")  # ``tinyllm export --out-dir ... --to ...``
-    # ``tinyllm train --init-from exported``: train on from those weights (``load_init``)
+    # ``tinyllm train --init-from exported``: train on from those weights (``load_init``),
+    # with --freeze-layers N (``freeze_layers``) and --new-head (``load_init_weights``)
 
 The directory format and the model conversions are the models' own (``GPT.save_pretrained`` /
 ``GPT.from_pretrained``, the same for ``Llama``; tinyllm/models/hf_dir.py). This module adds
@@ -21,6 +22,7 @@ from tinyllm.config import model_config
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer, load_tokenizer
 from tinyllm.inference import open_run
 from tinyllm.models import GPT, Llama, LlamaConfig, hf_dir
+from tinyllm.models.gpt import TiedLMHead
 
 MODEL_TYPES = {"gpt2": GPT, "llama": Llama}             # config.json's model_type -> class
 TOKENIZER_KINDS = {CharTokenizer: "char", ByteBPETokenizer: "bpe"}   # TrainConfig.tokenizer
@@ -151,6 +153,47 @@ def load_init(cfg):
                          f"run's settings build ({'; '.join(diffs)}); take the settings from "
                          f"it (tinyllm train --init-from sets them; drop the flags that differ)")
     return model, tok
+
+
+def load_init_weights(model, init, new_head=False):
+    """Copy the weights of ``init`` (``load_init``'s model) into ``model``, a model built from
+    the same settings. ``new_head``: keep ``model``'s own output layer (the random one it was
+    built with) instead of loading the head; only for a head of its own (an untied Llama),
+    ValueError for a tied one, which is the token embedding."""
+    state = init.state_dict()
+    if new_head:
+        if isinstance(model.lm_head, TiedLMHead):
+            raise ValueError(f"--new-head: this {type(model).__name__}'s output layer is tied "
+                             f"to its token embedding (lm_head.weight is the embedding "
+                             f"matrix); a new head would be new embeddings")
+        del state["lm_head.weight"]
+    model.load_state_dict(state, strict=not new_head)
+
+
+def freeze_layers(model, n):
+    """Freeze (``requires_grad = False``) the token and position embeddings and the first ``n``
+    Transformer blocks of a GPT or Llama: the optimizer (``weight_decay_groups``) leaves them
+    out, so they keep their values. A tied output layer is the token embedding: frozen with
+    it. ``n = 0`` freezes nothing. Returns the names of the frozen parameters."""
+    if isinstance(model, GPT):
+        embeddings, blocks = [model.transformer.wte, model.transformer.wpe], model.transformer.h
+    elif isinstance(model, Llama):
+        embeddings, blocks = [model.model.embed_tokens], model.model.layers
+    else:
+        raise TypeError(f"freeze_layers: expected a GPT or a Llama, got {type(model).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(blocks):
+        raise ValueError(f"freeze_layers: expected an integer from 0 to the model's "
+                         f"{len(blocks)} blocks, got {n!r}")
+    if n == 0:
+        return []
+    frozen = {id(p) for m in embeddings + [blocks[i] for i in range(n)]
+              for p in m.parameters()}
+    names = []
+    for name, p in model.named_parameters():
+        if id(p) in frozen:
+            p.requires_grad = False
+            names.append(name)
+    return names
 
 
 def _load_with_tokenizer(path):

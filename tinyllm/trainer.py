@@ -276,7 +276,9 @@ def setup_run(cfg, resume=False, quiet=False, overwrite=False):
     is deleted once the new one has its corpus and tokenizer). ``resume`` continues the run
     there: ``cfg`` must be its saved config, changed only in ``MUTABLE_ON_RESUME`` settings
     (the changes are printed and recorded in the log). A new run with ``cfg.init_from`` starts
-    from that model's weights and tokenizer instead of random ones (``tinyllm.hf.load_init``).
+    from that model's weights and tokenizer instead of random ones (``tinyllm.hf.load_init``),
+    with a new output layer (``cfg.new_head``) and its embeddings and first
+    ``cfg.freeze_layers`` blocks frozen (also on resume: before the optimizer is built).
     Raises RunDirError when the directory is in use or cannot be used as asked
     (``tinyllm.rundir``)."""
     if resume and overwrite:
@@ -323,7 +325,12 @@ def _setup(cfg, path, resume, quiet, overwrite):
     model_cfg = model_config(cfg, tok.vocab_size)                  # GPTConfig or LlamaConfig
     model = build_model(model_cfg)
     if init:                                    # --init-from: its weights, not random ones
-        model.load_state_dict(init[0].state_dict())
+        hf.load_init_weights(model, init[0], new_head=cfg.new_head)
+    frozen = hf.freeze_layers(model, cfg.freeze_layers)    # before the optimizer: left out
+    if frozen and not resume:
+        n, train = model.num_parameters(), model.num_parameters(trainable_only=True)
+        say(f"frozen: the embeddings and the first {cfg.freeze_layers} of {cfg.n_layer} "
+            f"blocks, {n - train:,} of {n:,} parameters ({train:,} train)")
     opt = AdamW(weight_decay_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
                 betas=(cfg.beta1, cfg.beta2))
     data_rng, start, meta = data_generator(cfg.seed), 0, None
