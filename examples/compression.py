@@ -358,7 +358,8 @@ def main(argv=None):
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--plot", default=None, help="write the pruning plot (PNG) here")
     p.add_argument("--kl-windows", type=int, default=400)
-    p.add_argument("--gen-tokens", type=int, default=100)
+    p.add_argument("--gen-tokens", type=int, default=50,
+                   help="greedy tokens timed after a 7-character prompt (within the context)")
     p.add_argument("--cache", default=os.path.join(".cache", "compression"))
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
