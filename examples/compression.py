@@ -273,7 +273,7 @@ def plot_pruning(rows, path):
 def run_int8(ctx, args):
     base = trained_student(ctx, args)
     vx, vy = ctx["val"]
-    n = min(len(vx), args.kl_windows)
+    n = min(len(vx), args.kl_windows or len(vx))
     ref_loss = val_loss(base, vx, vy)
     ref_logits = logits_of(base, vx[:n])
     with tempfile.TemporaryDirectory() as d:
@@ -313,17 +313,21 @@ def mean_kl(p_logits, q_logits):
 
 
 def gen_ms(model, ctx, args):
-    """Greedy decoding ms/token, readable (the formulas; the int8 model dequantizes its
-    weights in every call) and with the switch on (float32: the compiled decode step; int8:
-    the readable forward with the Numba int8 matmul, which the compiled step cannot take)."""
+    """Greedy decoding ms/token (median of 5 runs), readable (the formulas; the int8 model
+    dequantizes its weights in every call) and with the switch on (float32: the compiled
+    decode step; int8: the readable forward with the Numba int8 matmul, which the compiled
+    step cannot take)."""
     prompt = np.array([ctx["tok"].encode("ROMEO:\n")])
     out = {}
     for key, impl in (("ms_readable", "numpy"), ("ms_auto", "auto")):
         with tl.kernels.using(impl):
             generate(model, prompt, 8, greedy=True)
-            t0 = time.perf_counter()
-            generate(model, prompt, args.gen_tokens, greedy=True)
-        out[key] = (time.perf_counter() - t0) / args.gen_tokens * 1e3
+            times = []
+            for _ in range(5):                      # the median of 5 runs
+                t0 = time.perf_counter()
+                generate(model, prompt, args.gen_tokens, greedy=True)
+                times.append(time.perf_counter() - t0)
+        out[key] = statistics.median(times) / args.gen_tokens * 1e3
     return out
 
 
@@ -357,7 +361,7 @@ def main(argv=None):
     p.add_argument("--structured-sparsities", default="0.25,0.5,0.75")
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--plot", default=None, help="write the pruning plot (PNG) here")
-    p.add_argument("--kl-windows", type=int, default=400)
+    p.add_argument("--kl-windows", type=int, default=0, help="windows for the KL (0: all)")
     p.add_argument("--gen-tokens", type=int, default=50,
                    help="greedy tokens timed after a 7-character prompt (within the context)")
     p.add_argument("--cache", default=os.path.join(".cache", "compression"))
