@@ -623,3 +623,12 @@ def test_resume_of_a_run_without_a_usable_checkpoint_says_so(run_copy, capsys, m
                         capsys)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert _snapshot(run_copy) == before
+
+
+def test_resume_with_the_preset_keeps_the_flags_the_run_began_with(tmp_path):
+    """Rerunning the command with --resume but without a flag the run began with: the preset
+    used to be applied over the saved config, undoing that flag (here --n-layer 2)."""
+    _train(tmp_path / "r", "--n-layer", "2", "--max-iters", "10", "--lr-decay-iters", "20")
+    log = cli.main(["train", "--preset", "tiny", "--resume", "--out-dir", str(tmp_path / "r"),
+                    "--quiet", "--max-iters", "20"])
+    assert log["config"]["n_layer"] == 2 and len(log["train_loss"]) == 20

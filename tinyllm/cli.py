@@ -27,7 +27,8 @@ import numpy as np
 
 import tinyllm as tl
 from tinyllm import hf, rundir
-from tinyllm.config import PRESETS, Check, TrainConfig, flag_text, saved_config
+from tinyllm.config import (MUTABLE_ON_RESUME, PRESETS, Check, TrainConfig, flag_text,
+                            saved_config)
 from tinyllm.data.corpora import get_batch, read_text
 from tinyllm.inference import (SAMPLE_CHECKS, evaluate, open_run, quantize_run, run_corpus,
                                sample)
@@ -69,7 +70,10 @@ def _add_config_args(parser, cls):
 
 def _config_from_args(args):
     """The run's TrainConfig: a preset, then the flags given. With --resume the run's saved
-    config comes first (flags given then are checked against it by ``train``). A new run with
+    config comes first, and of the preset only the settings a resumed run may change
+    (``MUTABLE_ON_RESUME``: max_iters, evaluation, checkpoints, ...): applied whole, it would
+    undo flags the run began with (``--preset tiny --n-layer 2``). Flags given now are checked
+    against the saved config by ``train``. A new run with
     --init-from DIR takes the model's settings (architecture, tokenizer) from DIR, over the
     preset's; a flag that sets one otherwise is an error."""
     values = {}
@@ -77,7 +81,10 @@ def _config_from_args(args):
     if resume:
         out_dir = args.out_dir if args.out_dir is not None else TrainConfig.out_dir
         values.update(dataclasses.asdict(saved_config(rundir.read_log(out_dir)["config"])))
-    values.update(PRESETS[args.preset] if args.preset else {})
+    preset = PRESETS[args.preset] if args.preset else {}
+    if resume:                  # the run's model and data stand; the preset's schedule applies
+        preset = {k: v for k, v in preset.items() if k in MUTABLE_ON_RESUME}
+    values.update(preset)
     init_from = args.init_from or (None if resume else values.get("init_from"))
     fixed = {} if resume or not init_from else hf.train_settings(init_from)
     values.update(fixed)
@@ -105,7 +112,9 @@ def _parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a GPT on a corpus", parents=[debug])
     p_train.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                         help="a named configuration; flags given override it (default: none)")
+                         help="a named configuration; flags given override it; with --resume "
+                              "only its settings a resumed run may change (max-iters, "
+                              "evaluation, checkpoints) (default: none)")
     p_train.add_argument("--resume", action="store_true",
                          help="continue the run in --out-dir with its saved settings")
     p_train.add_argument("--overwrite", action="store_true",
