@@ -44,6 +44,7 @@ from tinyllm._files import atomic_write_text
 from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import CharTokenizer
 from tinyllm.generate import generate
+from tinyllm.metrics import mean_loss, windows
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
@@ -59,21 +60,6 @@ def load_data(corpus, max_chars=None):
     tok = CharTokenizer.from_text(text)
     train, val = train_val_split(np.array(tok.encode(text), dtype=np.int64))
     return tok, train, val
-
-
-def eval_windows(val, T):
-    M = (len(val) - 1) // T
-    return val[:M * T].reshape(M, T), val[1:M * T + 1].reshape(M, T)       # (M, T) each
-
-
-@tl.no_grad()
-def val_loss(model, x, y, batch=64):
-    """Mean cross-entropy over every window of the validation split."""
-    model.eval()
-    total = sum(model(x[i:i + batch], y[i:i + batch])[1].item() * len(x[i:i + batch])
-                for i in range(0, len(x), batch))
-    model.train()
-    return total / len(x)
 
 
 @tl.no_grad()
@@ -167,7 +153,7 @@ def run_distill(ctx, args):
     _, secs = cached(os.path.join(args.cache, name),
                      lambda: train(teacher, ctx["train"], args, args.teacher_steps,
                                    args.teacher_seed), teacher)
-    t_loss = val_loss(teacher, vx, vy)
+    t_loss = mean_loss(teacher, vx, vy)
     print(f"teacher {args.teacher_layers}x{args.teacher_embd} ({teacher.num_parameters():,} "
           f"parameters): val loss {t_loss:.4f}" + (f" ({secs:.0f} s)" if secs else ""))
     rows = []
@@ -182,7 +168,7 @@ def run_distill(ctx, args):
             _, secs = cached(path, lambda: train(model, ctx["train"], args, args.steps, seed,
                                                  None if T is None else teacher, T or 1.0,
                                                  args.alpha), model)
-            loss = val_loss(model, vx, vy)
+            loss = mean_loss(model, vx, vy)
             rows.append({"seed": seed, "run": name, "T": T, "val_loss": loss,
                          "train_s": secs})
             print(f"  seed {seed} {name}: val loss {loss:.4f}"
@@ -231,9 +217,9 @@ def run_prune(ctx, args):
     for scope, structured, s in runs:
         m = copy_of(base, ctx, args)
         compress.prune(m, s, scope=scope, structured=structured)
-        pruned = val_loss(m, vx, vy)
+        pruned = mean_loss(m, vx, vy)
         train(m, ctx["train"], args, args.finetune_steps, 7, lr=args.lr / 10)
-        tuned = val_loss(m, vx, vy)
+        tuned = mean_loss(m, vx, vy)
         report = compress.sparsity_report(m)
         rows.append({"scope": scope, "structured": structured, "sparsity": s,
                      "val_loss": pruned, "val_loss_finetuned": tuned, "report": report})
@@ -274,7 +260,7 @@ def run_int8(ctx, args):
     base = trained_student(ctx, args)
     vx, vy = ctx["val"]
     n = min(len(vx), args.kl_windows or len(vx))
-    ref_loss = val_loss(base, vx, vy)
+    ref_loss = mean_loss(base, vx, vy)
     ref_logits = logits_of(base, vx[:n])
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "float.safetensors")
@@ -285,7 +271,7 @@ def run_int8(ctx, args):
     for group in (None, 64):
         m = copy_of(base, ctx, args)
         compress.quantize_int8(m, group_size=group)
-        loss = val_loss(m, vx, vy)
+        loss = mean_loss(m, vx, vy)
         kl = mean_kl(ref_logits, logits_of(m, vx[:n]))
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "q.safetensors")
@@ -372,7 +358,7 @@ def main(argv=None):
 
     tok, train_ids, val = load_data(args.data, args.max_chars)
     ctx = {"tok": tok, "V": tok.vocab_size, "train": train_ids,
-           "val": eval_windows(val, args.block_size)}
+           "val": windows(val, args.block_size)}
     out = {"args": vars(args)}
     for phase, run in (("distill", run_distill), ("prune", run_prune), ("int8", run_int8)):
         if args.phase in (phase, "all"):

@@ -35,6 +35,7 @@ from tinyllm._files import atomic_write_text
 from tinyllm.data.corpora import get_batch, load_text, train_val_split
 from tinyllm.data.tokenizers import CharTokenizer
 from tinyllm.generate import generate
+from tinyllm.metrics import mean_loss, windows
 from tinyllm.models import GPT, KneserNeyLM, LSTMLM, GPTConfig, LSTMLMConfig
 from tinyllm.optim import AdamW, clip_grad_norm_, weight_decay_groups
 from tinyllm.optim.lr_scheduler import cosine_with_warmup_lr
@@ -51,26 +52,6 @@ def load_data(corpus, max_chars=None):
     ids = np.array(tok.encode(text), dtype=np.int64)
     train, val = train_val_split(ids)
     return tok, train, val
-
-
-def eval_windows(val, block_size):
-    """The validation split as consecutive windows: x (M, T) and the next characters y."""
-    M = (len(val) - 1) // block_size
-    x = val[:M * block_size].reshape(M, block_size)                # (M, T)
-    y = val[1:M * block_size + 1].reshape(M, block_size)
-    return x, y
-
-
-@tl.no_grad()
-def neural_loss(model, x, y, batch=64):
-    """Mean cross-entropy over every window, batch by batch."""
-    model.eval()
-    total = 0.0
-    for i in range(0, len(x), batch):
-        _, loss = model(x[i:i + batch], y[i:i + batch])
-        total += loss.item() * len(x[i:i + batch])
-    model.train()
-    return total / len(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +97,7 @@ def run_lstm(train, val_x, val_y, args, V):
                                 n_layer=args.lstm_layers))
     losses, secs = train_neural(model, train, args, args.lstm_lr, args.seed)
     return {"model": f"LSTM {args.lstm_layers}x{args.lstm_hidden}",
-            "val_loss": neural_loss(model, val_x, val_y), "params": model.num_parameters(),
+            "val_loss": mean_loss(model, val_x, val_y), "params": model.num_parameters(),
             "train_s": secs, "tok_s": args.steps * args.batch_size * args.block_size / secs,
             "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:])), "net": model}
 
@@ -127,7 +108,7 @@ def run_gpt(train, val_x, val_y, args, V):
                           n_head=args.gpt_heads, n_embd=args.n_embd, dropout=0.0, bias=False))
     losses, secs = train_neural(model, train, args, args.gpt_lr, args.seed)
     return {"model": f"GPT {args.gpt_layers}x{args.n_embd}",
-            "val_loss": neural_loss(model, val_x, val_y), "params": model.num_parameters(),
+            "val_loss": mean_loss(model, val_x, val_y), "params": model.num_parameters(),
             "train_s": secs, "tok_s": args.steps * args.batch_size * args.block_size / secs,
             "first_loss": losses[0], "last_loss": float(np.mean(losses[-50:])), "net": model}
 
@@ -184,7 +165,7 @@ def main(argv=None):
 
     tok, train, val = load_data(args.data, args.max_chars)
     V = tok.vocab_size
-    val_x, val_y = eval_windows(val, args.block_size)
+    val_x, val_y = windows(val, args.block_size)
     print(f"{len(train):,} training and {len(val):,} validation characters, vocabulary {V}; "
           f"test: {val_x.size:,} predictions in {len(val_x)} windows of {args.block_size}")
     models = args.models.split(",")

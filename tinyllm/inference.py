@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-import tinyllm as tl
 from tinyllm import compress, rundir
 from tinyllm._files import atomic_write_text, sha256_file
 from tinyllm.checkpoint import load_checkpoint
@@ -29,6 +28,7 @@ from tinyllm.data.corpora import (corpus_path, find_recorded_corpus, read_text,
                                   train_val_split)
 from tinyllm.data.tokenizers import load_tokenizer
 from tinyllm.generate import beam_search, generate
+from tinyllm.metrics import mean_loss, windows
 
 
 INT8_FILE, INT8_RECORD = "model-int8.safetensors", "model-int8.json"
@@ -203,19 +203,14 @@ def evaluate(out_dir, data=None, split="val", batches=None, seed=0, int8=False):
     if len(ids) <= T:
         raise ValueError(f"evaluate: {what} has {len(ids)} tokens; a window needs block_size "
                          f"+ 1 = {T + 1}")
-    with tl.no_grad():
-        if batches is None:
-            starts = np.arange((len(ids) - 1) // T) * T                 # consecutive windows
-        else:
-            starts = np.random.default_rng(seed).integers(0, len(ids) - T,
-                                                          batches * cfg.batch_size)
-        total = 0.0
-        for i in range(0, len(starts), EVAL_ROWS):
-            s = starts[i:i + EVAL_ROWS, None] + np.arange(T)             # (rows, T)
-            total += model(ids[s], ids[s + 1])[1].item() * len(s)
-    loss = total / len(starts)
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(len(starts) * T),
-            "what": what}
+    if batches is None:
+        x, y = windows(ids, T)                                          # consecutive windows
+    else:
+        starts = np.random.default_rng(seed).integers(0, len(ids) - T, batches * cfg.batch_size)
+        s = starts[:, None] + np.arange(T)                              # (rows, T)
+        x, y = ids[s], ids[s + 1]
+    loss = mean_loss(model, x, y, EVAL_ROWS)
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(x.size), "what": what}
 
 
 EVAL_ROWS = 64                  # windows per forward in evaluate

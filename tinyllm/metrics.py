@@ -1,4 +1,9 @@
-"""Evaluation metrics: perplexity and corpus BLEU.
+"""Evaluation metrics: a language model's loss over a whole split, perplexity, corpus BLEU.
+
+``windows(ids, T)`` cuts a split into consecutive windows of T tokens, every token predicted
+once from the earlier tokens of its window; ``mean_loss(model, x, y)`` is the model's mean
+cross-entropy over them, a few rows per forward. ``tinyllm eval`` and the examples score a
+whole split this way.
 
 Perplexity is e^(mean cross-entropy in nats): the effective number of equally likely choices
 the model hesitates between per token (a uniform guess over V tokens has perplexity V).
@@ -15,6 +20,33 @@ is installed).
 import math
 import re
 from collections import Counter
+
+from tinyllm.autograd.grad_mode import no_grad
+
+
+def windows(ids, block_size):
+    """A split ``ids`` (N,) as consecutive windows: x (M, T) and the next tokens y (M, T),
+    M = (N - 1) // T (the last tokens that fill no window are left out)."""
+    M = (len(ids) - 1) // block_size
+    x = ids[:M * block_size].reshape(M, block_size)                  # (M, T)
+    y = ids[1:M * block_size + 1].reshape(M, block_size)
+    return x, y
+
+
+@no_grad()
+def mean_loss(model, x, y, rows=64):
+    """Mean cross-entropy of ``model`` (``model(x, y)`` -> (logits, loss)) over every row of
+    x, y (M, T), ``rows`` rows per forward, in eval mode (the model's mode is restored)."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    total = 0.0
+    try:
+        for i in range(0, len(x), rows):
+            total += model(x[i:i + rows], y[i:i + rows])[1].item() * len(x[i:i + rows])
+    finally:
+        if was_training:
+            model.train()
+    return total / len(x)
 
 
 def perplexity(mean_loss):

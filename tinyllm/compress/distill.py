@@ -13,7 +13,8 @@ import numpy as np
 from tinyllm import backend
 from tinyllm.autograd.function import Function
 from tinyllm.autograd.tensor import Tensor
-from tinyllm.ops._util import as_float, int_array
+from tinyllm.ops._util import as_float
+from tinyllm.ops.losses import class_targets
 
 
 def _log_softmax_rows(z):
@@ -128,16 +129,10 @@ def distillation_loss(student_logits, teacher_logits, targets, temperature=2.0, 
     if a > 0 or targets is not None:
         if targets is None:
             raise ValueError("distillation_loss: targets are needed when alpha > 0")
-        t = int_array(targets, "distillation_loss", "targets", z.data)
+        t = class_targets("distillation_loss", targets, z.shape[-1], ignore_index, z)
         if tuple(t.shape) != z.shape[:-1]:
             raise ValueError(f"distillation_loss: targets shape {tuple(t.shape)} does not match "
                              f"logits shape {z.shape} (expected {z.shape[:-1]})")
-        V = z.shape[-1]
-        bad = (t != ignore_index) & ((t < 0) | (t >= V))
-        if bad.any():
-            raise ValueError(f"distillation_loss: target value {int(backend.asnumpy(t[bad])[0])}"
-                             f" is out of range for {V} classes (or ignore_index="
-                             f"{ignore_index})")
     return DistillationLoss.apply(z, teacher=zt, target=t, temperature=T, alpha=a,
                                   ignore_index=ignore_index)
 

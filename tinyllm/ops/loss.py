@@ -7,8 +7,8 @@ from tinyllm.autograd.function import Function
 from tinyllm.autograd.tensor import Tensor
 from tinyllm.dispatch import accelerator
 from tinyllm.kernels import cross_entropy as cross_entropy_kernels
-from tinyllm.ops._util import as_tensor, int_array, operands
-from tinyllm.ops.losses import soft_target_cross_entropy, weighted_cross_entropy
+from tinyllm.ops._util import as_tensor, operands
+from tinyllm.ops.losses import class_targets, soft_target_cross_entropy, weighted_cross_entropy
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -212,17 +212,10 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smo
     if weight is not None:
         return weighted_cross_entropy(logits, target, weight, ignore_index, reduction,
                                       label_smoothing)
-    t = int_array(target, "cross_entropy", "target", logits.data)
+    t = class_targets("cross_entropy", target, logits.shape[-1], ignore_index, logits)
     if tuple(t.shape) != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: target shape {tuple(t.shape)} does not match logits "
                          f"shape {logits.shape} (expected target shape {logits.shape[:-1]})")
-    C = logits.shape[-1]
-    bad = (t != ignore_index) & ((t < 0) | (t >= C))
-    if bad.any():
-        value = int(backend.asnumpy(t[bad])[0])
-        raise IndexError(f"cross_entropy: target value {value} is out of range for {C} "
-                         f"classes (expected 0 <= target < {C}, or ignore_index="
-                         f"{ignore_index})")
     return CrossEntropy.apply(logits, target=t, ignore_index=ignore_index, reduction=reduction,
                               label_smoothing=float(label_smoothing))
 

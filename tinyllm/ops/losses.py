@@ -224,8 +224,10 @@ def _class_weight(op, weight, C, like):
     return w.astype(like.dtype)
 
 
-def _class_targets(op, target, C, ignore_index, like):
-    """The integer targets as an array, every one in [0, C) or equal to ignore_index."""
+def class_targets(op, target, C, ignore_index, like):
+    """The integer targets as an array, every one in [0, C) or equal to ignore_index (else an
+    IndexError naming ``op``); ``like``: a Tensor on the targets' device. The classification
+    losses (cross_entropy, nll_loss, distillation_loss) all check their targets here."""
     t = int_array(target, op, "target", like.data)
     bad = (t != ignore_index) & ((t < 0) | (t >= C))
     if bad.any():
@@ -245,7 +247,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
                          f"or (C,), got dtype {x.dtype} and shape {x.shape}")
     axis = 0 if x.ndim == 1 else 1
     want = x.shape[:axis] + x.shape[axis + 1:]
-    t = _class_targets("nll_loss", target, x.shape[axis], ignore_index, x)
+    t = class_targets("nll_loss", target, x.shape[axis], ignore_index, x)
     if tuple(t.shape) != want:
         raise ValueError(f"nll_loss: target shape {tuple(t.shape)} does not match input shape "
                          f"{x.shape} (expected target shape {want})")
@@ -274,7 +276,7 @@ def weighted_cross_entropy(logits, target, weight, ignore_index=-100, reduction=
     weights of the targets). ``cross_entropy`` sends a call with ``weight=`` here."""
     z = as_tensor(logits)
     C = z.shape[-1]
-    t = _class_targets("cross_entropy", target, C, ignore_index, z)
+    t = class_targets("cross_entropy", target, C, ignore_index, z)
     if tuple(t.shape) != z.shape[:-1]:
         raise ValueError(f"cross_entropy: target shape {tuple(t.shape)} does not match logits "
                          f"shape {z.shape} (expected target shape {z.shape[:-1]})")
