@@ -27,15 +27,20 @@ Configs (layers/heads/dims/context/batch, vocab 65) and the targets for tinyllm 
 and with ``--backend cupy`` (tinyllm on CuPy / PyTorch CUDA): large <= 1.5x.
 
 On a machine with more than one core (and the numpy backend) tinyllm is timed twice: in one
-process ("tinyllm", OpenBLAS on all cores for the GEMMs, everything else on one), and with the
-batch split over one process per core ("tinyllm-dp": ``tinyllm.parallel.DataParallel``, the
-default of ``tinyllm train``; its workers share the weights and the gradients are averaged, so
-it computes the same step). The table gives both ratios; "met" takes the better one. PyTorch
-runs as the issue specifies, one process with ``torch.set_num_threads(2)``.
+process ("tinyllm", OpenBLAS on all cores for the GEMMs, everything else on one), and
+data-parallel over one rank per core ("tinyllm-dp": what ``tinyllm train`` runs by default,
+``tinyllm.parallel.DataParallel`` on ranks started by ``tinyllm.distributed.launch``). Every rank
+builds the same seeded model and draws the same batch stream; each runs forward and backward on
+its rows of the global batch, the ranks sum their gradients in rank order through shared memory
+and scale by 1 / ranks, and every rank then steps its own AdamW on that same averaged gradient,
+so it computes the one-process step (to float rounding: the loss is the ranks' mean losses' mean).
+Rank 0's time cap (below) is agreed by every rank (``comm.agree``): all stop at one step. The
+table gives both ratios; "met" takes the better one. PyTorch runs as the issue specifies, one
+process with ``torch.set_num_threads(2)``.
 
 How: the engines never share a process (their thread pools, OpenBLAS/Numba against
 PyTorch's OpenMP, slow each other down). The parent spawns
-``python benchmarks/train_step.py --worker tinyllm|torch --config NAME --steps N`` one after
+``python benchmarks/train_step.py --worker ENGINE --config NAME --steps N`` one after
 the other, alternating which engine goes first, for ``--rounds`` rounds. Each worker builds the
 model, runs a few warm-up steps (Numba compilation, first allocations, PyTorch's lazy init),
 then times N steps one by one and prints one JSON line: the median ms/step, the losses, and its
@@ -185,23 +190,56 @@ def _tinyllm_setup(cfg, backend="numpy"):
     return model, opt
 
 
-def _tinyllm_dp_setup(cfg):
-    """tinyllm's model and AdamW with the batch split over one process per core
-    (``tinyllm.parallel.DataParallel``, what ``tinyllm train`` does by default)."""
-    from tinyllm.models import GPT
-    from tinyllm.parallel import DataParallel, auto_workers
+def _tinyllm_dp_rank(comm, config, steps, warmup, max_time):
+    """One rank of "tinyllm-dp" (``tinyllm.distributed.launch`` runs it on every rank): the
+    same seeded model, the same batch stream, the whole global batch to
+    ``DataParallel.forward_backward`` (this rank's rows, then the gradients averaged over the
+    ranks), then this rank's own AdamW step. Rank 0 decides the time cap; the ranks agree on
+    it (``comm.agree``), so all stop after the same step. Returns rank 0's result (None on
+    the others)."""
+    import tinyllm as tl
+    from tinyllm.parallel import DataParallel, broadcast_parameters
+    freed = bool(tl.backend.keep_freed_memory())        # as tinyllm's CLI does, on every rank
+    cfg = _config(config)
     model, opt = _tinyllm_setup(cfg)
-    dp = DataParallel(model, build=functools.partial(GPT, model.config),
-                      workers=auto_workers(cfg.batch_size))
-    return model, opt, dp
+    broadcast_parameters(model, comm)                   # already equal (seed 0): as the CLI
+    dp = DataParallel(model, comm)
+
+    def step(model, opt, x, y, to_device=None):
+        opt.zero_grad()
+        value = dp.forward_backward(x, y)               # the global batch's mean loss
+        opt.step()
+        return np.float64(value)                        # has .item()
+
+    def stop(flag):
+        return bool(comm.agree([float(flag) if comm.rank == 0 else 0.0])[0] > 0)
+
+    batches = _batches(cfg)
+    rss_before = _rss_mb()
+    losses, times, _ = _run_steps(step, model, opt, batches, warmup, steps, max_time,
+                                  stop=stop)
+    if comm.rank != 0:
+        return None
+    out = _summary("tinyllm-dp", config, cfg, warmup, freed, times, losses, rss_before)
+    out["workers"] = comm.size
+    return out
 
 
-def _tinyllm_dp_step(dp, model, opt, x, y, to_device=None):
-    """One data-parallel step; returns the batch's loss (a NumPy scalar: has ``.item()``)."""
-    opt.zero_grad()
-    value = dp.forward_backward(x, y)
-    opt.step()
-    return np.float64(value)
+def _importable(fn):
+    """``fn`` as a spawned rank can find it: ranks unpickle a function by its module's name.
+    Run as a script this file is ``__main__`` (which a 'spawn' child re-imports); loaded
+    under another name (tests/conftest.py's ``load_script`` names it benchmarks_train_step,
+    which no child can import) it is imported again as ``train_step``, benchmarks/ appended
+    to ``sys.path`` (which the children inherit)."""
+    if __name__ in ("__main__", "train_step"):
+        return fn
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.append(here)
+    module = importlib.import_module("train_step")
+    if os.path.abspath(module.__file__) != os.path.abspath(__file__):
+        raise ImportError(f"train_step: {module.__file__} shadows {__file__}")
+    return getattr(module, fn.__name__)
 
 
 def _tinyllm_step(model, opt, x, y, to_device=None):
@@ -455,7 +493,9 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
     step, warm-up included: the first is the loss at the shared initial weights), peak_rss_mb,
     step_delta_mb, and with ``profile`` (tinyllm only) the time split of extra steps. With
     ``backend="cupy"`` tinyllm runs on CuPy and torch on CUDA; host_ms (the time before the
-    step's closing ``loss.item()``) and peak_gpu_mb are added.
+    step's closing ``loss.item()``) and peak_gpu_mb are added. "tinyllm-dp" runs on
+    ``auto_workers(batch_size)`` ranks (this process is rank 0) and adds workers, the rank
+    count; its times and peak RSS are rank 0's.
     """
     if engine.startswith("tinyllm"):
         from tinyllm import kernels
@@ -466,15 +506,16 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
     if warmup is None:
         warmup = STEPS.get(config, (1, 0))[0] if isinstance(config, str) else 1
     freed = False
-    to_device = gpu_peak_mb = dp = None
+    to_device = gpu_peak_mb = None
     if engine == "tinyllm-dp":
         if backend != "numpy":
             raise ValueError("tinyllm-dp runs on the numpy backend only")
-        import tinyllm as tl
-        freed = bool(tl.backend.keep_freed_memory())
-        model, opt, dp = _tinyllm_dp_setup(cfg)
-        step = functools.partial(_tinyllm_dp_step, dp)
-    elif engine == "tinyllm":
+        from tinyllm.distributed import launch
+        from tinyllm.parallel import auto_workers
+        return launch(_importable(_tinyllm_dp_rank), auto_workers(cfg.batch_size),
+                      config if isinstance(config, str) else tuple(cfg), steps, warmup,
+                      max_time)
+    if engine == "tinyllm":
         import tinyllm as tl
         keep = getattr(tl.backend, "keep_freed_memory", None)
         freed = bool(keep()) if keep else False          # as tinyllm's CLI does, where it can
@@ -492,9 +533,24 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
                 return t.to("cuda")
             gpu_peak_mb = _torch_cuda_mb
     else:
-        raise ValueError(f"engine must be 'tinyllm' or 'torch', got {engine!r}")
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     batches = _batches(cfg)
     rss_before = _rss_mb()
+    losses, times, host = _run_steps(step, model, opt, batches, warmup, steps, max_time,
+                                     to_device)
+    out = _summary(engine, config, cfg, warmup, freed, times, losses, rss_before, backend)
+    if gpu_peak_mb is not None:
+        out["host_ms"] = statistics.median(host) if host else float("nan")
+        out["peak_gpu_mb"] = gpu_peak_mb()
+    if profile and engine == "tinyllm":
+        out["profile"] = _profile_tinyllm(model, opt, batches, max(3, min(steps, 10)))
+    return out
+
+
+def _run_steps(step, model, opt, batches, warmup, steps, max_time, to_device=None, stop=None):
+    """``warmup`` steps, then up to ``steps`` timed ones, stopping once they took ``max_time``
+    seconds; ``stop(flag)`` turns that decision into the one every rank takes (data
+    parallel). Returns (losses of every step, ms of each timed step, host ms of each)."""
     losses, times, host = [], [], []
     for i in range(warmup + steps):
         x, y = next(batches)
@@ -505,22 +561,19 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
         if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
             host.append((t1 - t0) * 1e3)
-            if max_time is not None and sum(times) >= max_time * 1e3:
-                break
-    out = {"engine": engine, "config": config if isinstance(config, str) else list(cfg),
-           "steps": len(times), "warmup": warmup, "keep_freed_memory": freed,
-           "ms_per_step": statistics.median(times) if times else float("nan"),
-           "ms": times, "losses": losses, "peak_rss_mb": _peak_rss_mb(),
-           "step_delta_mb": _peak_rss_mb() - rss_before, "backend": backend}
-    if gpu_peak_mb is not None:
-        out["host_ms"] = statistics.median(host) if host else float("nan")
-        out["peak_gpu_mb"] = gpu_peak_mb()
-    if profile and engine == "tinyllm":
-        out["profile"] = _profile_tinyllm(model, opt, batches, max(3, min(steps, 10)))
-    if dp is not None:
-        out["workers"] = dp.workers
-        dp.close()
-    return out
+            if max_time is not None:
+                done = sum(times) >= max_time * 1e3
+                if stop(done) if stop is not None else done:
+                    break
+    return losses, times, host
+
+
+def _summary(engine, config, cfg, warmup, freed, times, losses, rss_before, backend="numpy"):
+    return {"engine": engine, "config": config if isinstance(config, str) else list(cfg),
+            "steps": len(times), "warmup": warmup, "keep_freed_memory": freed,
+            "ms_per_step": statistics.median(times) if times else float("nan"),
+            "ms": times, "losses": losses, "peak_rss_mb": _peak_rss_mb(),
+            "step_delta_mb": _peak_rss_mb() - rss_before, "backend": backend}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -752,9 +805,10 @@ def main(configs=DEFAULT_CONFIGS, rounds=5, steps=None, sdpa=True, profile=False
         "the step time: bound by Python and launches); peak GPU MB: CuPy's pool / torch's "
         "reserved" if gpu else "step delta: peak RSS minus the RSS before the first step"))
     if data_parallel:
-        print("dp: tinyllm with the batch split over " + ", ".join(
+        print("dp: tinyllm data-parallel over " + ", ".join(
             f"{c} {result['configs'][c].get('workers')}" for c in configs) +
-            " processes (tinyllm.parallel; 1: no split, left out of 'met'); peak RSS is rank 0's")
+            " ranks (tinyllm.parallel, shared memory; 1: no split, left out of 'met'); "
+            "peak RSS is rank 0's")
     steps_done = {c: [w["steps"] for e in engines for w in runs[(c, e)]] for c in configs}
     print("timed steps per worker: " + ", ".join(
         f"{c} {min(v)}-{max(v)}" if min(v) != max(v) else f"{c} {v[0]}"

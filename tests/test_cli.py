@@ -185,35 +185,31 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
     _stopped_at_and_resumes(info, tmp_path / "b", 5, straight)     # not step 7's half state
 
 
-@pytest.mark.parametrize("workers, where, saved_at", [("1", "start", 10), ("2", "start", 10),
-                                                      ("2", "worker exchange", 8)])
-def test_keyboard_interrupt_during_an_evaluation(tmp_path, monkeypatch, workers, where,
+@pytest.mark.parametrize("workers, saved_at", [("1", 10), ("2", 8)])
+def test_keyboard_interrupt_during_an_evaluation(tmp_path, monkeypatch, capsys, workers,
                                                  saved_at):
     """A KeyboardInterrupt the handler did not defer (a second Ctrl-C, one raised by code, or
-    one in a thread where signals cannot be caught) in the evaluation at step 10: evaluating
-    changes no state, so the run is at a step boundary and is saved there; but one inside an
-    exchange with the workers may have cut a pipe message, so nothing is written and the
-    periodic checkpoint (step 8) stays."""
+    one in a thread where signals cannot be caught) in the evaluation at step 10. One process:
+    evaluating changes no state, so the run is at a step boundary and is saved there. Two: the
+    other rank may be inside a collective with this one (here: waiting in the evaluation's),
+    so no step boundary is shared, nothing is written and the periodic checkpoint (step 8)
+    stays; the other rank stops too."""
     flags = ("--workers", workers, "--checkpoint-interval", "4")
     straight = _train(tmp_path / "a", *flags)
     real, calls = loop.estimate_loss, {"n": 0}
-    real_gather = trainer.DataParallel._gather
 
     def interrupt_second_evaluation(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2 and where == "start":        # the evaluation at step 10
+        if calls["n"] == 2:                             # the evaluation at step 10
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    def gather(self):                                   # inside it, waiting for the workers
-        if calls["n"] == 2 and where == "worker exchange":
-            raise KeyboardInterrupt
-        return real_gather(self)
-
     with monkeypatch.context() as mp, pytest.raises(SystemExit) as info:
         mp.setattr(loop, "estimate_loss", interrupt_second_evaluation)
-        mp.setattr(trainer.DataParallel, "_gather", gather)
-        _train(tmp_path / "b", *flags)
+        cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"), *flags])
+    if workers == "2":
+        assert "interrupted at step 10 with 2 processes: no checkpoint written from there; " \
+               "the last checkpoint" in capsys.readouterr().out
     _stopped_at_and_resumes(info, tmp_path / "b", saved_at, straight, *flags)
 
 
@@ -291,10 +287,40 @@ def test_resume_with_another_worker_count_goes_on(tmp_path, capsys):
     _train(tmp_path / "b", "--workers", "2", "--max-iters", "10")
     resumed = cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
                         "--resume", "--workers", "1"])
-    assert "resuming with 1 processes, the run was saved with 2" in capsys.readouterr().out
-    assert resumed["workers"] == 1 and len(resumed["train_loss"]) == 20
+    assert "resuming with 1 processes, the run was saved with 2: the same micro-batches" in \
+        capsys.readouterr().out
+    # one process accumulates the run's 2 micro-batches: the same sums, the same run
+    assert resumed["workers"] == 1 and resumed["micro_batches"] == 2
+    assert resumed["train_loss"] == straight["train_loss"]
+    assert resumed["eval"] == straight["eval"]
+
+
+def test_resume_with_another_micro_batch_split_goes_on(tmp_path, capsys):
+    """A one-process run resumed over 2 processes must split its batch in 2: the sums run in
+    another order, so the run goes on within float32 rounding (and says so)."""
+    straight = _train(tmp_path / "a", "--workers", "1")
+    _train(tmp_path / "b", "--workers", "1", "--max-iters", "10")
+    resumed = cli.main(["train", "--preset", "tiny", "--out-dir", str(tmp_path / "b"),
+                        "--resume", "--workers", "2"])
+    assert "2 micro-batches instead of 1" in capsys.readouterr().out
+    assert resumed["workers"] == 2 and len(resumed["train_loss"]) == 20
     assert resumed["train_loss"][:10] == straight["train_loss"][:10]
     np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-4)
+
+
+def test_two_processes_are_one_process_accumulating_two_micro_batches(tmp_path):
+    """--workers 2 sums its 2 micro-batch gradients in rank order, as one process with
+    --grad-accum 2 adds them: the same losses and evaluations, bit for bit (dropout too: a
+    micro-batch draws from its own stream whichever process runs it)."""
+    flags = ("--dropout", "0.1", "--max-iters", "12")
+    one = _train(tmp_path / "one", "--workers", "1", "--grad-accum", "2", *flags)
+    two = _train(tmp_path / "two", "--workers", "2", *flags)
+    whole = _train(tmp_path / "whole", "--workers", "1", *flags)
+    assert (one["micro_batches"], two["micro_batches"], whole["micro_batches"]) == (2, 2, 1)
+    assert one["train_loss"] == two["train_loss"] and one["eval"] == two["eval"]
+    assert one["train_loss"] != whole["train_loss"]       # other dropout masks, other sums
+    # step 0's evaluation (no dropout, the same weights): the mean of two half-batch means
+    np.testing.assert_allclose(one["eval"][0]["val"], whole["eval"][0]["val"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tinyllm as tl
-from tinyllm import backend, cli, hf, trainer
+from tinyllm import backend, cli, hf, run_setup, trainer
 from tinyllm.config import PRESETS, TrainConfig, model_config
 from tinyllm.data.corpora import get_batch, read_text, train_val_split
 from tinyllm.data.tokenizers import ByteBPETokenizer, CharTokenizer
@@ -401,7 +401,7 @@ def test_new_head_reinitialises_an_untied_llama_head_only(tmp_path, data):
     cfg = TrainConfig(**{**PRESETS["tiny"], **hf.train_settings(hf_path)},
                       out_dir=str(tmp_path / "tuned"), init_from=str(hf_path), new_head=True,
                       workers=1, seed=7)
-    with trainer.setup_run(cfg, quiet=True) as run:
+    with run_setup.setup_run(cfg, quiet=True) as run:
         start = {k: backend.asnumpy(v.data) for k, v in run.model.state_dict().items()}
         trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
     for k in loaded:

@@ -1,23 +1,26 @@
-"""tinyllm.parallel.DataParallel: the batch split over processes gives the whole batch's loss and
-gradient (float64, against one process and against central differences), deterministically,
-with the workers always reading rank 0's current weights; its errors name what went wrong."""
-import functools
+"""tinyllm.parallel.DataParallel: the training step split into micro-batches over ranks gives
+the whole batch's loss and gradient (float64, against one process and against central
+differences); N ranks equal one process accumulating the same N micro-batches bit for bit
+(shared memory sums in rank order), dropout included; frozen and unreached parameters are
+handled as one process handles them; bad arguments are named."""
 import os
 
 import numpy as np
 import pytest
 
 import tinyllm as tl
+from tinyllm.distributed import SingleCommunicator, launch
 from tinyllm.models import GPT, GPTConfig
 from tinyllm.nn import Parameter
-from tinyllm.optim import SGD, AdamW
-from tinyllm.parallel import DataParallel, auto_workers, available_cores
+from tinyllm.optim import AdamW
+from tinyllm.parallel import (DataParallel, auto_workers, available_cores,
+                              broadcast_optimizer_state, broadcast_parameters)
 
 from tests.conftest import TEST_BACKEND
 
 CFG = GPTConfig(block_size=8, vocab_size=11, n_layer=2, n_head=2, n_embd=16, dropout=0.0,
                 bias=True)
-pytestmark = pytest.mark.skipif(TEST_BACKEND != "numpy", reason="the workers share host memory: "
+pytestmark = pytest.mark.skipif(TEST_BACKEND != "numpy", reason="the ranks share host memory: "
                                 "NumPy backend only")
 
 
@@ -27,24 +30,16 @@ def _batch(seed, rows=4, cfg=CFG):
 
 
 def _grads(model):
-    return {name: p.grad.copy() for name, p in model.named_parameters()}
+    return {name: p.grad.copy() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """A float64 GPT in one process and its copy split over 2 processes (one spawn per module:
-    starting a worker costs an interpreter and tinyllm's imports)."""
-    tl.set_default_dtype(np.float64)
+def _model(seed=3, cfg=CFG, dtype=np.float64, cls=GPT):
+    tl.set_default_dtype(dtype)
     try:
-        tl.manual_seed(3)
-        single = GPT(CFG)
-        split = GPT(CFG)
-        split.load_state_dict(single.state_dict())
-        dp = DataParallel(split, build=functools.partial(GPT, CFG), workers=2, seed=5)
+        tl.manual_seed(seed)
+        return cls(cfg)
     finally:
         tl.set_default_dtype(np.float32)
-    yield single, split, dp
-    dp.close()
 
 
 @pytest.mark.parametrize("files, cap", [
@@ -78,34 +73,29 @@ def test_auto_workers_is_the_largest_divisor_within_the_cores():
     assert auto_workers(8, cores=1) == 1
 
 
-def test_loss_and_gradient_equal_one_process(pair):
-    single, split, dp = pair
+@pytest.mark.parametrize("micro_batches", [2, 4])
+def test_micro_batches_give_the_whole_batchs_loss_and_gradient(micro_batches):
+    whole, split = _model(), _model()
+    dp = DataParallel(split, micro_batches=micro_batches)
     x, y = _batch(0)
-    single.zero_grad()
-    split.zero_grad()
-    _, loss = single(x, y)
+    _, loss = whole(x, y)
     loss.backward()
-    value = dp.forward_backward(x, y)
-    assert value == pytest.approx(loss.item(), rel=1e-14)
-    want, got = _grads(single), _grads(split)
-    assert want.keys() == got.keys()
+    assert dp.forward_backward(x, y) == pytest.approx(loss.item(), rel=1e-14)
+    want, got = _grads(whole), _grads(split)
+    assert want.keys() == got.keys() and len(want) == len(list(whole.parameters()))
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-11, atol=1e-13, err_msg=name)
-    # and the eval path
-    single.eval()
+    whole.eval()
     split.eval()
     with tl.no_grad():
-        want_eval = single(x, y)[1].item()
-    assert dp.loss(x, y) == pytest.approx(want_eval, rel=1e-14)
-    single.train()
-    split.train()
+        assert dp.loss(x, y) == pytest.approx(whole(x, y)[1].item(), rel=1e-14)
 
 
-def test_gradient_against_central_differences(pair):
+def test_gradient_against_central_differences():
     """d/dt L(w + t v) at t=0, by central differences of the split loss, against <grad, v>."""
-    _, split, dp = pair
+    split = _model(seed=4)
+    dp = DataParallel(split, micro_batches=2)
     x, y = _batch(1)
-    split.zero_grad()
     dp.forward_backward(x, y)
     params = list(split.parameters())
     rng = np.random.default_rng(0)
@@ -115,7 +105,7 @@ def test_gradient_against_central_differences(pair):
     eps, f = 1e-6, []
     for sign in (1, -1):
         for p, b, v in zip(params, base, direction):
-            p.data[...] = b + sign * eps * v            # in place: the shared block itself
+            p.data[...] = b + sign * eps * v
         f.append(dp.loss(x, y))
     for p, b in zip(params, base):
         p.data[...] = b
@@ -123,112 +113,68 @@ def test_gradient_against_central_differences(pair):
     assert numeric == pytest.approx(analytic, rel=1e-7)
 
 
-def test_training_follows_one_process_and_workers_see_each_update(pair):
-    """Three AdamW steps and one SGD step, where SGD *replaces* nothing but a hand-made
-    ``p.data = ...`` does: the workers must read every new weight."""
-    single, split, dp = pair
-    split.load_state_dict(single.state_dict())
-    opts = [AdamW(m.parameters(), lr=1e-2, weight_decay=0.1) for m in (single, split)]
-    for step in range(3):
-        x, y = _batch(10 + step)
-        for opt in opts:
-            opt.zero_grad()
-        _, loss = single(x, y)
-        loss.backward()
-        value = dp.forward_backward(x, y)
-        assert value == pytest.approx(loss.item(), rel=1e-12)
-        for opt in opts:
-            opt.step()
-    for m in (single, split):                           # not in place: a new array per weight
-        for p in m.parameters():
-            p.data = p.data * 0.5
-    x, y = _batch(20)
-    with tl.no_grad():
-        single.eval()
-        split.eval()
-        want = single(x, y)[1].item()
-        assert dp.loss(x, y) == pytest.approx(want, rel=1e-12)
-        single.train()
-        split.train()
-    sgd = SGD(split.parameters(), lr=0.1)
-    sgd.zero_grad()
-    dp.forward_backward(x, y)
-    sgd.step()
-    for p, view in zip(split.parameters(), dp._pviews):                 # still the shared block
-        assert p.data is view
-    single.load_state_dict(split.state_dict())
-    x, y = _batch(21)
-    single.eval()
-    split.eval()
-    with tl.no_grad():
-        want = single(x, y)[1].item()
-    assert dp.loss(x, y) == pytest.approx(want, rel=1e-12)    # the workers read SGD's update
-    single.train()
-    split.train()
+def _train_steps(comm, micro_batches, dropout, steps=3):
+    """``steps`` AdamW steps of a float32 GPT, rank 1's weights first scrambled (the broadcast
+    must fix them); returns (losses, weights) as this rank ends."""
+    cfg = GPTConfig(**{**CFG.__dict__, "dropout": dropout})
+    model = _model(seed=5, cfg=cfg, dtype=np.float32)
+    if comm.rank:
+        for p in model.parameters():
+            p.data[...] = 7.0
+    broadcast_parameters(model, comm)
+    opt = AdamW(model.parameters(), lr=1e-2)
+    dp = DataParallel(model, comm, micro_batches, seed=9)
+    losses = []
+    for step in range(steps):
+        x, y = _batch(10 + step, rows=6)
+        opt.zero_grad()
+        losses.append(dp.forward_backward(x, y))
+        tl.optim.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+    return losses, {n: p.data.copy() for n, p in model.named_parameters()}
 
 
-def test_same_inputs_give_the_same_bits(pair):
-    _, split, dp = pair
-    x, y = _batch(2)
-    runs = []
-    for _ in range(2):
-        split.zero_grad()
-        value = dp.forward_backward(x, y)
-        runs.append((value, _grads(split)))
-    assert runs[0][0] == runs[1][0]
-    for name, g in runs[0][1].items():
-        assert np.array_equal(g, runs[1][1][name]), name
+def _train_and_gather(comm, micro_batches, dropout):
+    return comm.gather_object(_train_steps(comm, micro_batches, dropout))
 
 
-def test_dropout_streams_are_saved_and_restored():
-    tl.manual_seed(0)
-    cfg = GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=16, dropout=0.3)
-    model = GPT(cfg)
-    with DataParallel(model, build=functools.partial(GPT, cfg), workers=2, seed=1) as dp:
-        x, y = _batch(3, cfg=cfg)
-        rank0 = tl.backend.generator_states()
-        states = dp.rng_states()
-        assert len(states) == 1 and states[0] != rank0.get("cpu")
-        first = dp.forward_backward(x, y)
-        second = dp.forward_backward(x, y)
-        assert first != second                              # fresh masks each step
-        tl.backend.set_generator_states(rank0)
-        dp.set_rng_states(states)
-        assert dp.forward_backward(x, y) == first           # the same masks again
-        with pytest.raises(ValueError, match="got 2 states for 1 workers"):
-            dp.set_rng_states(states * 2)
+@pytest.mark.parametrize("ranks, dropout", [(2, 0.0), (2, 0.2), (3, 0.2)])
+def test_ranks_equal_one_process_accumulating_the_same_micro_batches(ranks, dropout):
+    """The same losses and weights to the bit, on every rank: the micro-batch gradients are
+    added in rank order, and micro-batch m draws its dropout masks from its own stream."""
+    one_losses, one_weights = _train_steps(SingleCommunicator(), ranks, dropout)
+    seen = launch(_train_and_gather, ranks, ranks, dropout, timeout=120)
+    for losses, weights in seen:
+        assert losses == one_losses
+        for name, w in one_weights.items():
+            np.testing.assert_array_equal(weights[name], w, err_msg=name)
+    whole_losses, _ = _train_steps(SingleCommunicator(), 1, dropout)
+    assert whole_losses[0] == pytest.approx(one_losses[0], rel=1e-5 if not dropout else 0.05)
 
 
-def test_bad_batches_and_arguments_are_named(pair):
-    _, _, dp = pair
-    x, y = _batch(0, rows=3)
-    with pytest.raises(ValueError, match=r"forward_backward: got arrays of shapes \(3, 8\), "
-                                         r"\(3, 8\); expected .* divisible by workers=2"):
-        dp.forward_backward(x, y)
-    with pytest.raises(ValueError, match="workers must be an int >= 1, got 0"):
-        DataParallel(GPT(CFG), workers=0)
-    with pytest.raises(ValueError, match="needs build="):
-        DataParallel(GPT(CFG), workers=2)
+def _resume_optimizer(comm):
+    model = _model(seed=6, dtype=np.float32)
+    opt = AdamW(model.parameters(), lr=1e-2)
+    if comm.rank == 0:                      # rank 0 "loaded a checkpoint": a stepped optimizer
+        x, y = _batch(2)
+        model(x, y)[1].backward()
+        opt.step()
+    broadcast_parameters(model, comm)
+    broadcast_optimizer_state(opt, comm)
+    state = opt.state_dict()
+    return comm.gather_object(({n: p.data.copy() for n, p in model.named_parameters()},
+                               {k: {kk: np.array(vv) for kk, vv in v.items()}
+                                for k, v in state["state"].items()}))
 
 
-def test_a_worker_error_reaches_rank_0_with_its_traceback(pair):
-    _, _, dp = pair
-    x, y = _batch(0)
-    x = x.copy()
-    x[3, 0] = CFG.vocab_size + 4                        # only in worker 1's rows
-    with pytest.raises(RuntimeError,
-                       match=r"worker 1 failed:(.|\n)*embedding: index 15 is out of range"):
-        dp.forward_backward(x, y)
-    x, y = _batch(0)                                     # the worker lives on
-    assert np.isfinite(dp.loss(x, y))
-
-
-def test_a_replica_with_other_parameters_is_refused():
-    model = GPT(CFG)
-    other = GPTConfig(**{**CFG.__dict__, "n_embd": 8})
-    with pytest.raises(RuntimeError, match="parameters differ from rank 0's"):
-        with DataParallel(model, build=functools.partial(GPT, other), workers=2) as dp:
-            dp.loss(*_batch(0))
+def test_the_weights_and_optimizer_state_are_broadcast_from_rank_0():
+    (w0, s0), (w1, s1) = launch(_resume_optimizer, 2, timeout=60)
+    assert s0.keys() == s1.keys() and len(s0) == len(w0)
+    for name in w0:
+        np.testing.assert_array_equal(w1[name], w0[name])
+    for k in s0:
+        for kk in s0[k]:
+            np.testing.assert_array_equal(s1[k][kk], s0[k][kk])
 
 
 class _GPTWithUnused(GPT):
@@ -239,88 +185,81 @@ class _GPTWithUnused(GPT):
         self.unused = Parameter(np.zeros(3))
 
 
-def test_frozen_and_unreached_parameters_three_processes_and_accumulation():
-    """W = 3 (more processes than this machine may have cores), a parameter frozen in rank 0
-    after the workers were built, one no loss reaches, and two backwards without zero_grad:
-    the gradients are one process's, and the frozen and unreached ones stay None."""
-    tl.set_default_dtype(np.float64)
+def test_frozen_unreached_and_accumulated_gradients_are_one_processs():
+    """A frozen parameter, one no loss reaches, and two calls without zero_grad (4
+    micro-batches): the gradients are one process's, the frozen and unreached ones stay
+    None."""
+    whole, split = _model(cls=_GPTWithUnused), _model(cls=_GPTWithUnused)
+    for m in (whole, split):
+        m.transformer.wpe.weight.requires_grad = False
+    dp = DataParallel(split, micro_batches=4)
+    for seed in (5, 6):                                 # accumulate over two batches
+        x, y = _batch(seed)
+        whole(x, y)[1].backward()
+        dp.forward_backward(x, y)
+    for (name, p), q in zip(whole.named_parameters(), split.parameters()):
+        if name in ("unused", "transformer.wpe.weight"):
+            assert p.grad is None and q.grad is None, name
+        else:
+            np.testing.assert_allclose(q.grad, p.grad, rtol=1e-11, atol=1e-13, err_msg=name)
+
+
+def _reached_on_rank_1_only(comm):
+    """A parameter only rank 1's loss reaches: rank 0 gets the average with its zeros."""
+    model = _model(seed=7, cls=_GPTWithUnused)
+
+    def loss_fn(m, x, y):
+        loss = m(x, y)[1]
+        return loss + (m.unused * m.unused).sum() if comm.rank == 1 else loss
+
+    model.unused.data[...] = [1.0, 2.0, 3.0]
+    dp = DataParallel(model, comm, loss_fn=loss_fn)
+    dp.forward_backward(*_batch(8))
+    return comm.gather_object(model.unused.grad.copy())
+
+
+def test_a_parameter_reached_on_one_rank_gets_the_average():
+    g0, g1 = launch(_reached_on_rank_1_only, 2, timeout=60)
+    np.testing.assert_allclose(g0, [1.0, 2.0, 3.0])     # (0 + 2 w) / 2
+    np.testing.assert_array_equal(g0, g1)
+
+
+def test_dropout_streams_are_saved_and_restored():
+    cfg = GPTConfig(**{**CFG.__dict__, "dropout": 0.3})
+    model = _model(seed=0, cfg=cfg, dtype=np.float32)
+    dp = DataParallel(model, micro_batches=2, seed=1)
+    x, y = _batch(3, cfg=cfg)
+    process = tl.backend.generator_states()
+    states = dp.rng_states()
+    assert len(states) == 1 and states[0] != process.get("cpu")
+    first = dp.forward_backward(x, y)
+    assert dp.forward_backward(x, y) != first               # fresh masks each step
+    tl.backend.set_generator_states(process)
+    dp.set_rng_states(states)
+    assert dp.forward_backward(x, y) == first               # the same masks again
+
+
+def test_bad_batches_and_arguments_are_named():
+    dp = DataParallel(_model(), micro_batches=2)
+    x, y = _batch(0, rows=3)
+    with pytest.raises(ValueError, match=r"forward_backward: got arrays of shapes \(3, 8\), "
+                                         r"\(3, 8\); expected .* divisible by the 2 "
+                                         r"micro-batches"):
+        dp.forward_backward(x, y)
+    with pytest.raises(ValueError, match="no arrays given"):
+        dp.loss()
+    with pytest.raises(ValueError, match="micro_batches must be a multiple of the 1 ranks, "
+                                         "got 0"):
+        DataParallel(_model(), micro_batches=0)
+
+
+def _three_micro_batches_on_two_ranks(comm):
     try:
-        tl.manual_seed(4)
-        single, split = _GPTWithUnused(CFG), _GPTWithUnused(CFG)
-        split.load_state_dict(single.state_dict())
-        dp = DataParallel(split, build=functools.partial(_GPTWithUnused, CFG), workers=3)
-    finally:
-        tl.set_default_dtype(np.float32)
-    with dp:
-        for m in (single, split):
-            m.transformer.wpe.weight.requires_grad = False
-        for seed in (5, 6):                                 # accumulate over two batches
-            x, y = _batch(seed, rows=6)
-            single(x, y)[1].backward()
-            dp.forward_backward(x, y)
-        for (name, p), q in zip(single.named_parameters(), split.parameters()):
-            if name in ("unused", "transformer.wpe.weight"):
-                assert p.grad is None and q.grad is None, name
-            else:
-                np.testing.assert_allclose(q.grad, p.grad, rtol=1e-11, atol=1e-13,
-                                           err_msg=name)
+        DataParallel(_model(), comm, micro_batches=3)
+    except ValueError as e:
+        return str(e)
 
 
-def test_close_is_idempotent_and_gives_the_blas_threads_back():
-    from threadpoolctl import threadpool_info
-    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    model = GPT(CFG)
-    dp = DataParallel(model, build=functools.partial(GPT, CFG), workers=2, blas_threads=1)
-    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == \
-        [1] * len(before)
-    procs = list(dp._procs)
-    dp.close()
-    dp.close()
-    assert not any(p.is_alive() for p in procs)
-    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
-    with pytest.raises(RuntimeError, match="used after close"):
-        dp.loss(*_batch(0))
-
-
-def test_a_replaced_or_reshaped_parameter_is_refused(pair):
-    _, split, dp = pair
-    p = split.transformer.wte.weight
-    keep = p.data
-    p.data = np.zeros((3, 3))
-    try:
-        with pytest.raises(RuntimeError, match=r"parameter 'transformer.wte.weight' is now "
-                                               r"ndarray \(3, 3\) float64, expected a NumPy "
-                                               r"array of shape \(11, 16\)"):
-            dp.loss(*_batch(0))
-    finally:
-        p.data = keep
-    ln = split.transformer.h[0].ln_1
-    table = dict(ln._parameters)                        # (reassigning would reorder them)
-    ln.weight = Parameter(ln.weight.data.copy())
-    try:
-        with pytest.raises(RuntimeError, match="parameters changed after DataParallel"):
-            dp.loss(*_batch(0))
-    finally:
-        ln._parameters.clear()
-        ln._parameters.update(table)
-    assert np.isfinite(dp.loss(*_batch(0)))
-
-
-def test_in_exchange_says_whether_a_call_was_cut_short(pair, monkeypatch):
-    """A KeyboardInterrupt between a call's first message and its last reply leaves
-    ``in_exchange`` set (a pipe may be mid-message: ``tinyllm train`` writes no checkpoint
-    then); the next call reads the replies left behind first, and clears it."""
-    _, _, dp = pair
-    x, y = _batch(1)
-    value = dp.loss(x, y)
-    assert not dp.in_exchange
-
-    def cut_short(self):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(DataParallel, "_gather", cut_short)
-        dp.loss(x, y)
-    assert dp.in_exchange
-    assert dp.loss(x, y) == value and not dp.in_exchange
-    assert len(dp.rng_states()) == 1 and not dp.in_exchange
+def test_micro_batches_must_split_over_the_ranks():
+    msg = launch(_three_micro_batches_on_two_ranks, 2, timeout=60)
+    assert msg == "DataParallel: micro_batches must be a multiple of the 2 ranks, got 3"

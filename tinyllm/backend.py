@@ -42,6 +42,14 @@ def _import_cupy():
     return cupy
 
 
+def _import_cupy_module(name):
+    """Import and return ``cupy.<name>`` (e.g. "cuda.nccl", which ``import cupy`` does not
+    load), after ``_import_cupy``; its ImportError propagates."""
+    import importlib
+    _import_cupy()
+    return importlib.import_module(f"cupy.{name}")
+
+
 def cuda_is_available():
     """True when CuPy imports and sees at least one CUDA device.
 

@@ -26,7 +26,7 @@ import sys
 import numpy as np
 
 import tinyllm as tl
-from tinyllm import hf, rundir
+from tinyllm import distributed, hf, rundir
 from tinyllm.config import (MUTABLE_ON_RESUME, PRESETS, Check, TrainConfig, flag_text,
                             saved_config)
 from tinyllm.data.corpora import get_batch, read_text
@@ -225,8 +225,11 @@ def main(argv=None):
         tl.kernels.prefer_impl("auto")   # the accelerators; TINYLLM_KERNELS=numpy: the references
 
     if args.command == "train":
-        return train(_config_from_args(args), resume=args.resume, quiet=args.quiet,
-                     overwrite=args.overwrite)
+        cfg = _config_from_args(args)
+        comm = distributed.world(mode=cfg.allreduce, backend=cfg.backend)    # under mpiexec
+        if comm is not None:
+            return _train_rank(comm, cfg, args)
+        return train(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
     if args.command == "sample":
         def stream(text):
             sys.stdout.write(text)
@@ -258,6 +261,45 @@ def main(argv=None):
     print(f"loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | "
           f"{result['tokens']:,} tokens of {result['what']}")
     return result
+
+
+def _train_rank(comm, cfg, args):
+    """``tinyllm train`` as one rank of ``mpiexec -n N``: every rank trains, rank 0 prints and
+    writes. An error that every rank knows of (rank 0's setup, a non-finite loss, Ctrl-C) ends
+    each rank on its own, rank 0 printing it; the others exit 1 quietly. An error one rank
+    alone hit is printed by that rank, naming it, and stops the whole job (MPI_Abort: the
+    others may be waiting in a collective for it)."""
+    cores = distributed.available_cores()
+    with _blas_threads(max(1, cores // (distributed.local_size() or 1))):
+        try:
+            return train(cfg, resume=args.resume, quiet=args.quiet or comm.rank != 0,
+                         overwrite=args.overwrite, comm=comm)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except (distributed.PeerStopped, TrainError) as e:
+            if comm.rank != 0 or isinstance(e, distributed.PeerStopped):
+                raise SystemExit(1) from None
+            raise
+        except BaseException as e:
+            if comm.rank == 0 and getattr(e, "relayed", False):
+                raise                           # the others know: each exits on its own
+            message = str(e) if str(e).startswith("rank ") else f"rank {comm.rank}: {e}"
+            if args.debug or os.environ.get("TINYLLM_DEBUG", "") not in ("", "0"):
+                import traceback
+                traceback.print_exc()
+            print(f"tinyllm train: error: {message}", file=sys.stderr, flush=True)
+            comm.abort(1)
+            os._exit(1)                         # MPI_Abort does not return; in case it does
+
+
+def _blas_threads(threads):
+    """BLAS threads for this process while training (threadpoolctl), or nothing."""
+    import contextlib
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def explain_backward(args):
@@ -319,6 +361,8 @@ def run(argv=None):
     except USER_ERRORS as e:
         if debug:
             raise
+        if distributed.launched_rank() > 0:       # mpiexec: every rank parsed the same argv
+            return 1
         prog = " ".join(["tinyllm"] + [a for a in argv if not a.startswith("-")][:1])
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, MemoryError):

@@ -148,9 +148,17 @@ class TrainConfig:
     seed: int = option(1337, "seeds init, batches, dropout", Check(int, lo=0, hi=2**63 - 1))
     backend: str = option("numpy", "'numpy' (CPU) or 'cupy' (GPU)",
                           Check(str, choices=("numpy", "cupy")))
-    workers: int = option(0, "processes sharing each batch (tinyllm.parallel); 0: one per core "
-                             "that divides --batch-size (numpy), 1: this process only",
+    workers: int = option(0, "processes sharing each batch on this machine (tinyllm.parallel); "
+                             "0: one per core that divides --batch-size (numpy), 1: this "
+                             "process only; under mpiexec the ranks are the processes",
                           NON_NEGATIVE)
+    grad_accum: int = option(0, "micro-batches each batch is split into, over all processes "
+                                "together (nanoGPT's gradient_accumulation_steps); 0: one per "
+                                "process", NON_NEGATIVE)
+    allreduce: str = option("fast", "how ranks under mpiexec sum gradients: 'fast' (MPI's "
+                                    "Allreduce) or 'deterministic' (in rank order: bit for bit "
+                                    "the one-process run)",
+                            Check(str, choices=("fast", "deterministic")))
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -204,6 +212,13 @@ class TrainConfig:
         if self.workers and self.batch_size % self.workers:
             raise ValueError(f"TrainConfig: batch_size {self.batch_size} does not split evenly "
                              f"over workers {self.workers}")
+        if self.grad_accum and self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig: batch_size {self.batch_size} does not split evenly "
+                             f"into grad_accum {self.grad_accum} micro-batches")
+        if self.grad_accum and self.workers and self.grad_accum % self.workers:
+            raise ValueError(f"TrainConfig: grad_accum {self.grad_accum} micro-batches do not "
+                             f"split evenly over workers {self.workers} (give each process "
+                             f"the same number)")
 
 
 PRESETS = {
@@ -222,10 +237,12 @@ PRESETS = {
 
 # Settings a resumed run may change: none of them changes the weights' trajectory. The data may
 # point at a moved copy of the same corpus (checked by its sha256), the run directory may have
-# moved; evaluation, checkpoint and health records only read the model; the process count and
-# the backend change float rounding only (a note says so).
+# moved; evaluation, checkpoint and health records only read the model; the process count, the
+# micro-batch split, the allreduce's order and the backend change float rounding only (a note
+# says so; with dropout another split draws other masks).
 MUTABLE_ON_RESUME = ("max_iters", "eval_interval", "eval_iters", "checkpoint_interval",
-                     "health_every", "workers", "backend", "data", "out_dir")
+                     "health_every", "workers", "grad_accum", "allreduce", "backend", "data",
+                     "out_dir")
 
 
 # settings added since runs were first saved: the value those runs used
