@@ -6,16 +6,18 @@ allreduce per transport (measured), and the bytes a step moves (computed).
     python benchmarks/data_parallel.py --reps 50 --json out.json
     python benchmarks/data_parallel.py --no-measure       # the computed table only
 
-Measured: ``comm.allreduce_`` of one float32 buffer the size of the preset's gradient (GPT:
-4 layers, 4 heads, 128 dims, context 64, vocab 65, no biases; P counted from the built model),
-the buffer ``tinyllm.parallel.DataParallel`` sums once per step. Each rep refills the buffer
-(untimed), meets the other ranks at a barrier, then times the allreduce on every rank; a rep's
-time is its slowest rank's. ``--warmup`` reps first (the shared-memory arenas are made in the
-first), then the median (and 10th / 90th percentiles) of ``--reps``. GB/s is the buffer's bytes
-over that time. Without mpiexec the transport is shared memory (``tinyllm.distributed.launch``,
-``--ranks`` ranks, summing in rank order); under ``mpiexec -n N`` it is MPI through mpi4py in
-both modes: "fast" (MPI's Iallreduce) and "deterministic" (gather to rank 0, add in rank order,
-broadcast). MPI ranks on one host talk through MPI's shared-memory channel, not a network.
+Measured: the gradient exchange of one step as ``tinyllm.parallel.DataParallel`` runs it, for a
+float32 gradient the size of the preset's (GPT: 4 layers, 4 heads, 128 dims, context 64, vocab 65,
+no biases; P counted from the built model): the pack (one copy of the gradient into the buffer the
+transport reads: for shared memory this rank's slot, ``comm.staging``, so the sum reads it where it
+was packed; for MPI a private buffer) and ``comm.allreduce_(packed, out=buf)``. Each rep meets the
+other ranks at a barrier, then times the exchange on every rank; a rep's time is its slowest rank's.
+``--warmup`` reps first (the shared-memory arenas are made in the first), then the median (and 10th
+/ 90th percentiles) of ``--reps``. GB/s is the buffer's bytes over that time. Without mpiexec the
+transport is shared memory (``tinyllm.distributed.launch``, ``--ranks`` ranks, summing in rank
+order); under ``mpiexec -n N`` it is MPI through mpi4py in both modes: "fast" (MPI's Iallreduce) and
+"deterministic" (gather to rank 0, add in rank order, broadcast). MPI ranks on one host talk through
+MPI's shared-memory channel, not a network.
 
 Computed: bytes per rank per step for the preset and GPT-2 small (124M; its parameter count
 from the GPT formula applied to its GPTConfig, without allocating it; the formula is checked
@@ -137,16 +139,21 @@ def print_volume(models, rows, sources):
 # the allreduce (measured)
 
 def time_allreduce(comm, n, reps, warmup):
-    """Every rank: time ``comm.allreduce_`` of an n-float32 buffer, ``warmup`` + ``reps`` times.
-    Returns, at rank 0, the seconds of each timed rep (its slowest rank's); None elsewhere."""
+    """Every rank: time the gradient exchange of n float32 as ``DataParallel`` runs it, the
+    pack (one copy of the gradient into the buffer the transport reads: its shared-memory slot
+    with ``staging``, else a private buffer) and ``comm.allreduce_(packed, out=buf)``,
+    ``warmup`` + ``reps`` times. Returns, at rank 0, the seconds of each timed rep (its slowest
+    rank's); None elsewhere."""
     fresh = np.random.default_rng([7, comm.rank]).standard_normal(n).astype(np.float32)
     buf = np.empty_like(fresh)
     times = []
     for i in range(warmup + reps):
-        np.copyto(buf, fresh)                       # a fresh gradient each rep (untimed)
         comm.barrier()
         t0 = time.perf_counter()
-        comm.allreduce_(buf)
+        staged = comm.staging(n, np.float32)
+        packed = buf if staged is None else staged
+        np.copyto(packed, fresh)                    # the pack
+        comm.allreduce_(packed, out=buf)
         dt = time.perf_counter() - t0
         if i >= warmup:
             times.append(dt)
@@ -203,8 +210,8 @@ def measure_mpi(n, reps=200, warmup=20):
 
 
 def print_allreduce(results):
-    print("\none gradient allreduce (measured; per rep the slowest rank's time, after a "
-          "barrier)")
+    print("\none step's gradient exchange, pack + allreduce (measured; per rep the slowest "
+          "rank's time, after a barrier)")
     print(f"{'transport':<20}{'ranks':>6}{'MB':>8}{'reps':>6}{'median ms':>11}"
           f"{'p10 ms':>9}{'p90 ms':>9}{'GB/s':>8}")
     for r in results:

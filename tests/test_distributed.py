@@ -162,3 +162,56 @@ def test_a_buffer_that_is_not_an_array_is_refused():
     msg = launch(_refuses_lists, 2, timeout=60)
     assert "SharedMemoryCommunicator.allreduce_: expected a C-contiguous NumPy array, got " \
            "list" in msg
+
+
+def _kernel_choice(comm, prefer):
+    from tinyllm import dispatch
+    before = dispatch.get_impl()
+    if prefer:
+        dispatch.prefer_impl(prefer)
+    return comm.gather_object((before, dispatch.get_impl()))
+
+
+@pytest.mark.parametrize("parent, prefer, want", [
+    ({"impl": None, "preferred": "auto"}, None, ("auto", "auto")),   # the CLI's preference
+    ({"impl": "numba", "preferred": None}, None, ("numba", "numba")),  # an explicit choice
+    ({"impl": None, "preferred": None}, "auto", ("numpy", "auto")),   # the rank prefers itself
+])
+def test_launched_ranks_choose_kernels_as_their_parent_did(monkeypatch, parent, prefer, want):
+    from tinyllm import dispatch
+    monkeypatch.delenv("TINYLLM_KERNELS", raising=False)
+    saved = dispatch.choices()
+    dispatch.follow(parent)
+    try:
+        seen = launch(_kernel_choice, 2, prefer, timeout=60)
+    finally:
+        dispatch.follow(saved)
+    assert seen == [want, want]
+
+
+def _staged(comm):
+    """Pack into the shared-memory slot (``staging``), sum into a private buffer; and the
+    mistake of summing a staged buffer into itself."""
+    n = 1000
+    mine = np.random.default_rng([3, comm.rank]).standard_normal(n).astype(np.float32)
+    staged = comm.staging(n, np.float32)
+    staged[...] = mine
+    out = np.empty(n, np.float32)
+    comm.allreduce_(staged, out=out)
+    try:
+        again = comm.staging(n, np.float32)
+        again[...] = mine
+        comm.allreduce_(again)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    return comm.gather_object((mine, out, refused))
+
+
+def test_a_staged_buffer_is_summed_where_it_was_packed():
+    seen = launch(_staged, 2, timeout=60)
+    want = seen[0][0] + seen[1][0]
+    for _, out, refused in seen:
+        np.testing.assert_array_equal(out, want)
+        assert "a staged buffer needs out=" in refused
+    assert SingleCommunicator().staging(3, np.float32) is None

@@ -79,6 +79,20 @@ def get_impl():
     return _state["env"] or _state["preferred"] or "numpy"
 
 
+def choices():
+    """What this process chose (``set_impl``'s choice and an entry point's preference, either
+    None), for another process to follow (``follow``): ``tinyllm.distributed.launch``'s
+    ranks choose as their parent did."""
+    return {"impl": _state["impl"], "preferred": _state["preferred"]}
+
+
+def follow(chosen):
+    """Choose what ``choices()`` returned in another process (the environment's
+    TINYLLM_KERNELS is read here as there)."""
+    set_impl(chosen["impl"])
+    _state["preferred"] = chosen["preferred"]
+
+
 @contextlib.contextmanager
 def using(impl):
     """``with using("numba"): ...`` runs the block under ``set_impl(impl)``, then restores."""

@@ -171,15 +171,17 @@ class DataParallel:
         for dtype, group in groups.items():
             n = sum(p.data.size for p in group)
             buf = self._buffer(dtype, n, group[0].data)
+            staged = self.comm.staging(n, dtype)        # shared memory: pack where it is read
+            packed = buf if staged is None else staged
             offset = 0
             for p in group:                             # pack
                 k = p.data.size
                 if p.grad is None:                      # reached on another rank only
-                    buf[offset:offset + k] = 0
+                    packed[offset:offset + k] = 0
                 else:
-                    buf[offset:offset + k] = p.grad.reshape(-1)
+                    packed[offset:offset + k] = p.grad.reshape(-1)
                 offset += k
-            self.comm.allreduce_(buf)                   # the sum over the ranks, in place
+            self.comm.allreduce_(packed, out=buf)       # the sum over the ranks
             if self.micro_batches > 1:
                 buf *= 1.0 / self.micro_batches
             offset = 0

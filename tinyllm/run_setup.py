@@ -35,31 +35,28 @@ from tinyllm.parallel import (DataParallel, auto_workers, broadcast_optimizer_st
 from tinyllm.trainer import Run, TrainError, _say, data_generator
 
 
-def resolve_workers(cfg, saved=None):
-    """The number of processes a run uses on one machine: ``--workers`` when given; on resume
-    the saved run's (so it continues bit for bit); else one per core that divides the batch
-    (numpy backend)."""
+def plan_workers(cfg, resume):
+    """The processes a run uses on this machine, decided before the run is opened (they must
+    exist before setup): ``--workers`` when given; else, on the numpy backend, as many as
+    there are cores that divide the micro-batches: ``--grad-accum``, on resume the saved
+    run's M (which ``resolve_micro_batches`` keeps, so the run continues bit for bit whatever
+    the count), else the batch. A run whose checkpoint cannot be read gets one process here
+    and its error from ``setup_run``."""
     if cfg.workers:
         return cfg.workers
     if cfg.backend != "numpy":
         return 1
-    if saved is not None:                    # resume: the saved split, where it still applies
-        return saved if cfg.batch_size % saved == 0 else auto_workers(cfg.batch_size)
-    return auto_workers(cfg.batch_size)
-
-
-def plan_workers(cfg, resume):
-    """``resolve_workers`` before the run is opened (the processes must exist before setup):
-    on resume it reads the saved count from the checkpoint's meta.json; a run that cannot be
-    read gets one process here and its error from ``setup_run``."""
-    saved = None
-    if resume:
+    split = cfg.grad_accum or cfg.batch_size
+    if resume and not cfg.grad_accum:
         try:
             meta = json.loads((Path(cfg.out_dir) / "checkpoint" / "meta.json").read_text())
-            saved = int(meta.get("extra", {}).get("workers", 1))
+            extra = meta.get("extra", {})
+            split = int(extra.get("micro_batches", extra.get("workers", 1)))
         except (OSError, ValueError, TypeError, AttributeError):
-            return cfg.workers or 1
-    return resolve_workers(cfg, saved)
+            return 1
+        if split < 1 or cfg.batch_size % split:
+            split = cfg.batch_size
+    return auto_workers(split)
 
 
 def resolve_micro_batches(cfg, ranks, saved=None):

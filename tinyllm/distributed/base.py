@@ -5,6 +5,8 @@ processes (ranks) that run the same program on their own share of the data and m
 collectives, each called by every rank in the same order (SPMD):
 
     comm.allreduce_(buf)        # buf <- the sum of every rank's buf, in place (float arrays)
+    comm.allreduce_(buf, out)   # ... into out instead
+    comm.staging(n, dtype)      # an array to pack into that allreduce_ reads where it lies
     comm.bcast_(buf, root=0)    # buf <- root's buf, in place
     comm.agree(values)          # the sum of a few float64 numbers per rank, in rank order:
                                 # the step's losses and its Ctrl-C flag; a rank that does not
@@ -62,8 +64,16 @@ class Communicator:
     deterministic = True
     timeout = DEFAULT_TIMEOUT
 
-    def allreduce_(self, buf):
+    def allreduce_(self, buf, out=None):
+        """The sum over the ranks of every rank's ``buf``, into ``out`` (default: ``buf``)."""
         raise NotImplementedError
+
+    def staging(self, n, dtype):
+        """An array of ``n`` elements to fill and pass to the next collective,
+        ``allreduce_(staged, out)``, which then reads it where it lies instead of copying it
+        in; or None (this transport copies nothing: use your own buffer). Collective: every
+        rank asks, for the same ``n`` and ``dtype``."""
+        return None
 
     def bcast_(self, buf, root=0):
         raise NotImplementedError
@@ -102,7 +112,10 @@ class SingleCommunicator(Communicator):
     """One process: every collective is the identity (the sum over one rank is its own)."""
     name = "single"
 
-    def allreduce_(self, buf):
+    def allreduce_(self, buf, out=None):
+        if out is not None and out is not buf:
+            out[...] = buf
+            return out
         return buf
 
     def bcast_(self, buf, root=0):

@@ -81,7 +81,7 @@ def launch(fn, nprocs, *args, timeout=None, blas_threads=None):
     small = ctx.RawArray("d", 2 * nprocs * AGREE_MAX)
     lock = ctx.Lock()
     settings = {"dtype": np.dtype(backend.get_default_dtype()).str,
-                "kernels": dispatch.get_impl(), "threads": threads,
+                "kernels": dispatch.choices(), "threads": threads,
                 "memory": backend.memory_policy()}
     payload = pickle.dumps((fn, args))
     procs, conns = {}, {}
@@ -160,7 +160,7 @@ def _child(rank, size, payload, ctrl, small, lock, conn, settings, parent_pid, t
     try:
         backend.set_memory_policy(settings["memory"])
         backend.set_default_dtype(np.dtype(settings["dtype"]))
-        dispatch.set_impl(settings["kernels"])
+        dispatch.follow(settings["kernels"])
         fn, args = pickle.loads(payload)
         fn(comm, *args)
         comm._set_state(DONE)

@@ -92,8 +92,12 @@ class MPICommunicator(Communicator):
     # ------------------------------------------------------------------------------------------
     # arrays
 
-    def allreduce_(self, buf):
+    def allreduce_(self, buf, out=None):
         _check_buffer(buf, "allreduce_")
+        if out is not None and out is not buf:
+            _check_buffer(out, "allreduce_")
+            out[...] = buf
+            buf = out
         if self.size == 1:
             return buf
         if not self.deterministic:

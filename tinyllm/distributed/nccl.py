@@ -156,16 +156,22 @@ class NCCLCommunicator(Communicator):
     # ------------------------------------------------------------------------------------------
     # arrays: NCCL on the current stream, then wait for it
 
-    def allreduce_(self, buf):
+    def allreduce_(self, buf, out=None):
         dtype = self._check_buffer(buf, "allreduce_")
+        if out is None:
+            out = buf
+        elif out is not buf and (self._check_buffer(out, "allreduce_") != dtype
+                                 or out.size != buf.size):
+            raise ValueError(f"NCCLCommunicator.allreduce_: out must match buf, got "
+                             f"{out.dtype} ({out.size}) for {buf.dtype} ({buf.size})")
         if buf.size == 0:                   # every rank holds the same shapes: all skip
-            return buf
+            return out
         with buf.device:
             stream = self._cupy.cuda.get_current_stream()
-            self._nccl("allreduce_").allReduce(buf.data.ptr, buf.data.ptr, buf.size, dtype,
+            self._nccl("allreduce_").allReduce(buf.data.ptr, out.data.ptr, buf.size, dtype,
                                                self._lib.NCCL_SUM, stream.ptr)
             self._wait(stream, "allreduce")
-        return buf
+        return out
 
     def bcast_(self, buf, root=0):
         _check_root(root, self.size)

@@ -5,10 +5,11 @@ This is what ``tinyllm train --workers N`` runs on (``mpiexec -n N tinyllm train
 training code over ``MPICommunicator``). The transport is shared memory, written for a single
 host: every rank owns a slot of an arena that all ranks map.
 
-- ``allreduce_(buf)``: each rank copies ``buf`` into its slot, meets the others at a barrier,
-  then adds the slots into ``buf`` in rank order, (b_0 + b_1) + b_2 ..., so every rank gets the
-  same bits, and they are those of one process adding the same micro-batches in order: this
-  transport is deterministic by construction. It reads size x n values per rank (a ring
+- ``allreduce_(buf)``: each rank copies ``buf`` into its slot (or packed it there in the first
+  place: ``staging``), meets the others at a barrier, then adds the slots into ``buf`` (or
+  ``out``) in rank order, (b_0 + b_1) + b_2 ..., so every rank gets the same bits, and they are
+  those of one process adding the same micro-batches in order: this transport is
+  deterministic by construction. It reads size x n values per rank (a ring
   allreduce moves about 2n); for the few ranks of one machine that is cheaper than a ring's
   2 (size - 1) steps. Two arenas alternate, so one barrier per collective suffices: a rank
   writes arena k % 2 at call k only after every rank reached call k - 1's barrier, so every
@@ -57,17 +58,33 @@ class SharedMemoryCommunicator(Communicator):
     # ------------------------------------------------------------------------------------------
     # arrays
 
-    def allreduce_(self, buf):
+    def allreduce_(self, buf, out=None):
         flat = _flat(buf, "allreduce_")
+        res = flat if out is None else _flat(out, "allreduce_")
         if self.size == 1:
-            return buf
+            if res is not flat:
+                res[...] = flat
+            return buf if out is None else out
         slots = self._slots(flat)
-        slots[self.rank][...] = flat
+        mine = slots[self.rank]
+        if _same(mine, flat):                           # packed in place (``staging``)
+            if _same(res, flat):
+                raise ValueError("SharedMemoryCommunicator.allreduce_: a staged buffer needs "
+                                 "out= (the others read it while the sum is written)")
+        else:
+            mine[...] = flat
         self._barrier("allreduce")
-        np.copyto(flat, slots[0])
-        for r in range(1, self.size):
-            flat += slots[r]
-        return buf
+        np.add(slots[0], slots[1], out=res)             # (b_0 + b_1) + b_2 ...: rank order
+        for r in range(2, self.size):
+            res += slots[r]
+        return buf if out is None else out
+
+    def staging(self, n, dtype):
+        """This rank's slot of the arena the next collective uses: pack into it, then
+        ``allreduce_(staged, out)`` skips the copy in."""
+        if self.size == 1:
+            return None
+        return self._slots(np.empty(0, dtype=dtype), n * np.dtype(dtype).itemsize)[self.rank]
 
     def bcast_(self, buf, root=0):
         _check_root(root, self.size)
@@ -101,10 +118,11 @@ class SharedMemoryCommunicator(Communicator):
         if self.size > 1:
             self._barrier("barrier")
 
-    def _slots(self, flat):
-        """This call's arena as one (size, n) array of ``flat``'s dtype. A bigger buffer than
-        the arenas hold makes new ones (every rank gets here in the same call: SPMD)."""
-        nbytes = flat.nbytes
+    def _slots(self, flat, nbytes=None):
+        """This call's arena as one (size, n) array of ``flat``'s dtype (``nbytes`` per rank,
+        default ``flat``'s). A bigger buffer than the arenas hold makes new ones (every rank
+        gets here in the same call: SPMD)."""
+        nbytes = flat.nbytes if nbytes is None else nbytes
         if nbytes > self._cap:
             self._grow(max(nbytes, 2 * self._cap))
         arena = self._arenas[self._calls % 2]
@@ -247,6 +265,12 @@ class SharedMemoryCommunicator(Communicator):
 
     def close(self):
         self._release_arenas()
+
+
+def _same(a, b):
+    """Whether two arrays are the same memory (the same start and size)."""
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.nbytes == b.nbytes)
 
 
 def _flat(buf, op):
