@@ -4,6 +4,7 @@ invocation, named by the first argument; exits 0 when the check holds.
     mpiexec -n 2 python tests/mpi_script.py collectives
     mpiexec -n 2 python tests/mpi_script.py late-rank         # rank 0 names rank 1, aborts
     mpiexec -n 2 python tests/mpi_script.py dying-rank OUT    # rank 1 dies in step 5
+    mpiexec -n 2 python tests/mpi_script.py nan-on-rank-1 OUT # rank 1's loss turns NaN
 """
 import os
 import sys
@@ -77,6 +78,26 @@ def dying_rank(out):
                       "--checkpoint-interval", "4"]))
 
 
+def nan_on_rank_1(out):
+    """Train the tiny preset; rank 1's loss turns NaN at step 5 (so the agreed loss does)."""
+    from tinyllm import cli, trainer
+    from tinyllm.distributed import launched_rank
+    real = trainer.GPT.forward
+    seen = {"n": 0}
+
+    def poisoned(self, idx, targets=None, cache=None):
+        out = real(self, idx, targets, cache)
+        if targets is not None and self.training and launched_rank() == 1:
+            seen["n"] += 1
+            if seen["n"] > 5:
+                return out[0], out[1] * float("nan")
+        return out
+
+    trainer.GPT.forward = poisoned
+    sys.exit(cli.run(["train", "--preset", "tiny", "--out-dir", out, "--quiet",
+                      "--checkpoint-interval", "2"]))
+
+
 if __name__ == "__main__":
     what = sys.argv[1]
     if what == "collectives":
@@ -85,5 +106,7 @@ if __name__ == "__main__":
         late_rank()
     elif what == "dying-rank":
         dying_rank(sys.argv[2])
+    elif what == "nan-on-rank-1":
+        nan_on_rank_1(sys.argv[2])
     else:
         raise SystemExit(f"unknown check {what!r}")

@@ -335,7 +335,11 @@ def test_bad_workers_are_refused(tmp_path, flags, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                  workers):
+    """With 2 processes only rank 0's forward is poisoned here: the agreed loss is NaN on
+    both, rank 0 reports it, the other stops quietly."""
     real = trainer.GPT.forward
     seen = {"n": 0}
 
@@ -349,7 +353,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(trainer.GPT, "forward", poisoned)
     with pytest.raises(trainer.TrainError, match="loss became nan at step 5; stopped"):
-        _train(tmp_path / "run", "--checkpoint-interval", "2")
+        _train(tmp_path / "run", "--checkpoint-interval", "2", "--workers", workers)
     meta = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())
     assert meta["step"] == 4                                            # the last good one
 

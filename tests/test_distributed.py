@@ -215,3 +215,23 @@ def test_a_staged_buffer_is_summed_where_it_was_packed():
         np.testing.assert_array_equal(out, want)
         assert "a staged buffer needs out=" in refused
     assert SingleCommunicator().staging(3, np.float32) is None
+
+
+def _all_exit_after_a_gather(comm):
+    if comm.rank == 2:
+        time.sleep(0.5)                 # rank 1 has exited by the time rank 2 answers
+    comm.gather_object(comm.rank)
+    raise SystemExit(130)               # every rank, as after an agreed Ctrl-C stop
+
+
+def test_ranks_that_exit_together_are_no_failure():
+    with pytest.raises(SystemExit) as info:
+        launch(_all_exit_after_a_gather, 3, timeout=60)
+    assert info.value.code == 130
+
+
+def test_same_sums_says_when_another_rank_count_adds_in_the_same_order():
+    from tinyllm.run_setup import same_sums
+    assert same_sums(2, 2, 1) and same_sums(2, 1, 2) and same_sums(4, 1, 4)
+    assert same_sums(4, 2, 2)
+    assert not same_sums(4, 2, 1) and not same_sums(4, 4, 2)

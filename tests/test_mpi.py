@@ -165,7 +165,7 @@ def test_a_dying_rank_ends_the_job(tmp_path):
     start = time.monotonic()
     proc = _run([_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), "dying-rank",
                  str(tmp_path / "run")], timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 9, proc.stderr            # mpiexec ends the job with its code
     assert time.monotonic() - start < 100
     # the checkpoint of step 4 was written before rank 1 died in step 5, and is whole
     meta = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())
@@ -187,3 +187,21 @@ def test_workers_other_than_the_ranks_are_refused_before_anything_is_written(tmp
     assert proc.returncode == 1
     assert proc.stderr.count("--workers 4, but this run has 2 processes (mpi)") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_one_message(tmp_path):
+    proc = _run([_mpiexec(), "-n", "2", sys.executable, str(SCRIPT), "nan-on-rank-1",
+                 str(tmp_path / "run")], timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("error:") == 1, proc.stderr
+    assert "tinyllm train: error: loss became nan at step 5; stopped" in proc.stderr
+    assert json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())["step"] == 4
+
+
+def test_setup_errors_of_rank_0_reach_the_others_and_print_once(tmp_path):
+    """--resume of a run that is not there: rank 0 reads the saved config (the others need not
+    see the directory) and alone reports it."""
+    proc = _run([_mpiexec(), "-n", "2", sys.executable, "-m", "tinyllm.cli", "train",
+                 "--out-dir", str(tmp_path / "none"), "--resume"], timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("error:") == 1, proc.stderr

@@ -225,11 +225,10 @@ def main(argv=None):
         tl.kernels.prefer_impl("auto")   # the accelerators; TINYLLM_KERNELS=numpy: the references
 
     if args.command == "train":
-        cfg = _config_from_args(args)
-        comm = distributed.world(mode=cfg.allreduce, backend=cfg.backend)    # under mpiexec
-        if comm is not None:
-            return _train_rank(comm, cfg, args)
-        return train(cfg, resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
+        if distributed.launched_by_mpi() > 1:                              # under mpiexec
+            return _train_rank(args)
+        return train(_config_from_args(args), resume=args.resume, quiet=args.quiet,
+                     overwrite=args.overwrite)
     if args.command == "sample":
         def stream(text):
             sys.stdout.write(text)
@@ -263,12 +262,40 @@ def main(argv=None):
     return result
 
 
-def _train_rank(comm, cfg, args):
+def _world(args):
+    """Under mpiexec: the communicator and the run's config. Rank 0 alone reads what the config
+    comes from (a resumed run's log.json, an --init-from directory: they need not exist on the
+    other hosts) and sends it; its error there is its to print, the others exit 1."""
+    boot = distributed.create_communicator("mpi")
+    if boot.rank == 0:
+        try:
+            cfg = _config_from_args(args)
+        except BaseException as e:
+            boot.bcast_object(("error", None))
+            raise e
+        boot.bcast_object(("config", cfg))
+    else:
+        kind, cfg = boot.bcast_object(None)
+        if kind == "error":
+            raise SystemExit(1)
+    if cfg.backend == "cupy":
+        if cfg.allreduce == "deterministic":
+            raise ValueError("--allreduce deterministic sums on the host in rank order; with "
+                             "--backend cupy the gradients are summed by NCCL, in its own "
+                             "order (drop --allreduce, or train on the CPU)")
+        from tinyllm.distributed.nccl import NCCLCommunicator
+        return NCCLCommunicator(mpi_comm=boot), cfg
+    boot.deterministic = cfg.allreduce == "deterministic"
+    return boot, cfg
+
+
+def _train_rank(args):
     """``tinyllm train`` as one rank of ``mpiexec -n N``: every rank trains, rank 0 prints and
     writes. An error that every rank knows of (rank 0's setup, a non-finite loss, Ctrl-C) ends
     each rank on its own, rank 0 printing it; the others exit 1 quietly. An error one rank
     alone hit is printed by that rank, naming it, and stops the whole job (MPI_Abort: the
     others may be waiting in a collective for it)."""
+    comm, cfg = _world(args)
     cores = distributed.available_cores()
     with _blas_threads(max(1, cores // (distributed.local_size() or 1))):
         try:
@@ -346,7 +373,7 @@ def explain_backward(args):
 
 # what a user can cause with bad input or a bad file; anything else is a bug: its traceback
 USER_ERRORS = (TrainError, RunDirError, ValueError, TypeError, LookupError, OSError, RuntimeError,
-               MemoryError, UnicodeError)
+               MemoryError, UnicodeError, ImportError)
 
 
 def run(argv=None):
@@ -361,8 +388,6 @@ def run(argv=None):
     except USER_ERRORS as e:
         if debug:
             raise
-        if distributed.launched_rank() > 0:       # mpiexec: every rank parsed the same argv
-            return 1
         prog = " ".join(["tinyllm"] + [a for a in argv if not a.startswith("-")][:1])
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, MemoryError):

@@ -34,14 +34,15 @@ from tinyllm.parallel import (DataParallel, auto_workers, broadcast_optimizer_st
                               broadcast_parameters)
 from tinyllm.trainer import Run, TrainError, _say, data_generator
 
+SETUP_TIMEOUT = 6 * 3600.0      # seconds the other ranks wait for rank 0's setup, at least
+
 
 def plan_workers(cfg, resume):
     """The processes a run uses on this machine, decided before the run is opened (they must
     exist before setup): ``--workers`` when given; else, on the numpy backend, as many as
     there are cores that divide the micro-batches: ``--grad-accum``, on resume the saved
-    run's M (which ``resolve_micro_batches`` keeps, so the run continues bit for bit whatever
-    the count), else the batch. A run whose checkpoint cannot be read gets one process here
-    and its error from ``setup_run``."""
+    run's M (which ``resolve_micro_batches`` keeps), else the batch. A run whose checkpoint
+    cannot be read gets one process here and its error from ``setup_run``."""
     if cfg.workers:
         return cfg.workers
     if cfg.backend != "numpy":
@@ -59,10 +60,19 @@ def plan_workers(cfg, resume):
     return auto_workers(split)
 
 
+def same_sums(m, ranks_before, ranks_now):
+    """Whether M micro-batch gradients are added in the same order by ``ranks_before`` and
+    ``ranks_now`` processes (each adding its own in turn, then the ranks in rank order):
+    with the same count, or with one process or one micro-batch per rank on both sides,
+    (((g_0 + g_1) + g_2) + ...) either way. 2 ranks of 2 add (g_0 + g_1) + (g_2 + g_3)."""
+    return ranks_before == ranks_now or {ranks_before, ranks_now} <= {1, m}
+
+
 def resolve_micro_batches(cfg, ranks, saved=None):
     """M, the micro-batches of each batch: ``--grad-accum`` when given; on resume the saved M
-    where it still splits over ``ranks`` (so a run resumed with another rank count continues
-    the same sums); else one per rank."""
+    where it still splits over ``ranks`` (a run resumed with another rank count keeps its
+    micro-batches: their rows and dropout streams; ``same_sums`` says when their sums too);
+    else one per rank."""
     if cfg.grad_accum:
         m = cfg.grad_accum
     elif saved and saved % ranks == 0 and cfg.batch_size % saved == 0:
@@ -139,8 +149,14 @@ def _share(run, comm):
 
 
 def _follow(cfg, comm):
-    """A rank other than 0: what rank 0 sends (``_share``), the same model and optimizer."""
-    kind, got = comm.bcast_object(None)
+    """A rank other than 0: what rank 0 sends (``_share``), the same model and optimizer.
+    Rank 0's setup may take long (a BPE tokenizer trained on a big corpus, an --init-from
+    load), so the wait for it has a longer limit than a step's collectives."""
+    limit, comm.timeout = comm.timeout, max(comm.timeout, SETUP_TIMEOUT)
+    try:
+        kind, got = comm.bcast_object(None)
+    finally:
+        comm.timeout = limit
     if kind == "error":
         raise PeerStopped(f"rank {comm.rank}: stopped: rank 0's setup failed ({got})")
     if kind == "complete":
@@ -223,11 +239,17 @@ def _setup(cfg, path, resume, quiet, overwrite, comm):
     workers = log["workers"] = comm.size
     m = log["micro_batches"] = resolve_micro_batches(cfg, comm.size, saved_m if meta else None)
     if meta is not None and (saved_workers, saved_m) != (workers, m):
-        same = ("the same micro-batches, so the same sums where they are added in rank "
-                "order" if saved_m == m else
-                f"{m} micro-batches instead of {saved_m}: the gradients are summed in "
-                f"another order, so the losses differ from an uninterrupted run in the last "
-                f"digits")
+        if saved_m != m:
+            same = (f"{m} micro-batches instead of {saved_m}: the gradients are summed in "
+                    f"another order, so the losses differ from an uninterrupted run in the "
+                    f"last digits")
+        elif same_sums(m, saved_workers, workers):
+            same = ("the same micro-batches, added in the same order (bit for bit where "
+                    "the ranks sum in rank order: --workers, --allreduce deterministic)")
+        else:
+            same = (f"the same {m} micro-batches, grouped {m // workers} per process instead "
+                    f"of {m // saved_workers}: the sums round differently, so the losses "
+                    f"differ from an uninterrupted run in the last digits")
         say(f"note: resuming with {workers} processes, the run was saved with "
             f"{saved_workers}: {same}")
     dp, streams = None, []

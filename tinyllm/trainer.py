@@ -34,6 +34,7 @@ from tinyllm import health, rundir
 from tinyllm._files import atomic_write
 from tinyllm.checkpoint import save_checkpoint
 from tinyllm.config import TrainConfig
+from tinyllm.distributed import PeerStopped
 from tinyllm.models import GPT, Llama
 from tinyllm.optim import AdamW
 from tinyllm.parallel import DataParallel
@@ -105,8 +106,10 @@ def stop_on_ctrl_c(stop):
     weights updated, a batch drawn but never trained on), and resuming from it is not the
     uninterrupted run. Waiting for the step to finish costs one step's time. Signals reach
     only the main thread; elsewhere this does nothing (a KeyboardInterrupt raised there is
-    handled by the loop as a second Ctrl-C)."""
-    if threading.current_thread() is not threading.main_thread():
+    handled by the loop as a second Ctrl-C). A process that ignores Ctrl-C keeps ignoring it
+    (the ranks ``--workers`` starts: rank 0 decides for them, through ``stop_requested``)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:   # (--workers' other ranks)
         yield stop
         return
     previous = signal.signal(signal.SIGINT, stop.on_sigint)
@@ -158,7 +161,7 @@ class Run:
         any of them, agreed at this point (a small collective), so all stop at the same step
         boundary."""
         if self.workers > 1:
-            self.comm.what = f"the Ctrl-C check at step {len(self.log['train_loss'])}"
+            self.comm.what = f"the Ctrl-C check at step {self.dp.step}"
             return bool(self.comm.agree([float(self.ctrl_c.requested)])[0] > 0)
         return self.ctrl_c.requested
 
@@ -234,8 +237,9 @@ def check_finite(lossf, step, run):
     """Stop the run at a non-finite loss, before the optimizer spreads it into the weights: the
     log is written, the last good checkpoint is kept."""
     if not math.isfinite(lossf):                    # the same loss on every rank
-        if run.lead:
-            rundir.write_log(run.dir, run.log)
+        if not run.lead:                            # rank 0 writes and says it
+            raise PeerStopped(f"rank {run.comm.rank}: the loss became {lossf} at step {step}")
+        rundir.write_log(run.dir, run.log)
         raise TrainError(f"loss became {lossf} at step {step}; stopped. The last good "
                          f"checkpoint is in {run.dir / 'checkpoint'} (try a lower "
                          f"--learning-rate or --grad-clip)")

@@ -52,5 +52,8 @@ def world(mode="fast", backend="numpy", timeout=None):
     if launched_by_mpi() <= 1:
         return None
     if backend == "cupy":
+        if mode == "deterministic":
+            raise ValueError("world: mode 'deterministic' sums on the host in rank order; "
+                             "CuPy arrays are summed by NCCL, in its own order")
         return create_communicator("nccl", timeout=timeout)
     return create_communicator("mpi", mode=mode, timeout=timeout)

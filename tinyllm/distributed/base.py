@@ -22,9 +22,10 @@ on one machine started by ``launch``: ``--workers``), ``tinyllm.distributed.mpi.
 (CuPy arrays on GPUs, bootstrapped over MPI).
 
 ``deterministic``: a communicator whose ``allreduce_`` sums in rank order, ((b_0 + b_1) + b_2)
-..., the order one process accumulating the same micro-batches adds them in, so that an N-rank
-run equals the one-process run bit for bit. MPI's own Allreduce (``mode="fast"``) adds in the
-order its algorithm picks (a tree, recursive halving) and agrees to float rounding.
+..., the order one process accumulating the same micro-batches adds them in, so that N ranks
+of one micro-batch each equal one process accumulating the N bit for bit. MPI's own Allreduce
+(``mode="fast"``) adds in the order its algorithm picks (a tree, recursive halving) and agrees
+to float rounding.
 """
 import os
 import time

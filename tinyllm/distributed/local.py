@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyllm import backend, dispatch
-from tinyllm.distributed.base import PeerStopped
+from tinyllm.distributed.base import PeerStopped, timeout_from_env
 from tinyllm.distributed.shm import (AGREE_MAX, DONE, FAILED, SharedMemoryCommunicator)
 
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -75,6 +75,7 @@ def launch(fn, nprocs, *args, timeout=None, blas_threads=None):
     if int(nprocs) != nprocs or nprocs < 1:
         raise ValueError(f"launch: nprocs must be an int >= 1, got {nprocs!r}")
     nprocs = int(nprocs)
+    timeout = timeout_from_env() if timeout is None else float(timeout)    # checked here
     threads = blas_threads or max(1, available_cores() // nprocs)
     ctx = multiprocessing.get_context("spawn")
     ctrl = ctx.RawArray("q", 2 * nprocs)
@@ -123,10 +124,12 @@ def launch(fn, nprocs, *args, timeout=None, blas_threads=None):
         return result
     finally:
         comm._set_state(DONE if ok else FAILED)
-        if limits is not None:
-            limits.restore_original_limits()
-        _stop(procs, conns, ctrl, nprocs, wait=5 if ok else 1)
-        comm.close()
+        try:
+            if limits is not None:
+                limits.restore_original_limits()
+            _stop(procs, conns, ctrl, nprocs, wait=5 if ok else 1)
+        finally:
+            comm.close()
 
 
 def _stop(procs, conns, ctrl, size, wait=1):
@@ -152,7 +155,8 @@ def _limit_threads(threads):
 
 def _child(rank, size, payload, ctrl, small, lock, conn, settings, parent_pid, timeout):
     """A spawned rank: the parent's settings, then ``fn(comm, *args)``; its error goes to rank
-    0 through the pipe."""
+    0 through the pipe. Stopping because another rank failed (``PeerStopped``) or with a
+    ``SystemExit`` every rank raises (an agreed Ctrl-C stop) is no failure of its own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is rank 0's to handle
     comm = SharedMemoryCommunicator(rank, size, ctrl, small, lock, {0: conn}, parent_pid,
                                     timeout=timeout)
@@ -167,6 +171,9 @@ def _child(rank, size, payload, ctrl, small, lock, conn, settings, parent_pid, t
     except PeerStopped:
         comm._set_state(DONE)
         code = 1
+    except SystemExit as e:
+        comm._set_state(DONE)
+        code = e.code if isinstance(e.code, int) else 1
     except BaseException:
         try:
             conn.send(("error", traceback.format_exc()))

@@ -8,7 +8,7 @@ Every collective is MPI's nonblocking one (Iallreduce, Ibcast, Isend/Irecv), pol
 collective and, where the pattern shows it, the rank that did not arrive (``agree`` and the
 deterministic allreduce gather at rank 0 one message per rank, so rank 0 knows who is late).
 The CLI prints it and calls ``abort``, which is ``MPI_Abort``: mpiexec stops every rank. A rank
-that dies is mpiexec's to report (hydra prints "BAD TERMINATION ... RANK r" and kills the rest).
+that dies is mpiexec's to handle: hydra ends every rank and exits with the dead rank's code.
 
 Two modes for the gradient sum: ``"fast"``, MPI's Iallreduce (its algorithm picks the order of
 the additions), and ``"deterministic"``, gather to rank 0, add in rank order, broadcast: the
@@ -151,10 +151,11 @@ class MPICommunicator(Communicator):
             return obj
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.rank == root else b""
         n = np.array([len(data)], dtype=np.int64)
-        self._wait([self.comm.Ibcast(n, root=root)], "broadcast", ranks=[root])
+        late = None if self.rank == root else [root]    # who a late answer waits on
+        self._wait([self.comm.Ibcast(n, root=root)], "broadcast", ranks=late)
         raw = (np.frombuffer(data, dtype=np.uint8).copy() if self.rank == root
                else np.empty(int(n[0]), dtype=np.uint8))
-        self._wait([self.comm.Ibcast(raw, root=root)], "broadcast", ranks=[root])
+        self._wait([self.comm.Ibcast(raw, root=root)], "broadcast", ranks=late)
         return obj if self.rank == root else pickle.loads(raw.tobytes())
 
     def gather_object(self, obj, root=0):

@@ -142,12 +142,15 @@ class SharedMemoryCommunicator(Communicator):
 
     def _release_arenas(self):
         for m in self._arenas:
-            m.close()
-            if self.rank == 0:
+            if self.rank == 0:          # first: the name goes even if a view keeps the map
                 try:
                     m.unlink()
                 except FileNotFoundError:
                     pass
+            try:
+                m.close()
+            except BufferError:         # views still alive (an exception's frames hold them):
+                pass                    # the mapping goes with them
         self._arenas, self._cap = [], 0
 
     # ------------------------------------------------------------------------------------------
