@@ -19,6 +19,7 @@ Errors: a bad flag is argparse's (usage and one line, exit 2); anything the libr
 ``TINYLLM_DEBUG=1`` shows it); Ctrl-C exits 130.
 """
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -213,6 +214,14 @@ def _parser():
     p_explain.add_argument("--bisect", action="store_true",
                            help="check every node's backward against finite differences "
                                 "(float64) and name the first that disagrees")
+    p_explain.add_argument("--html", default=None, metavar="PAGE.html",
+                           help="write the interactive backward explorer (one self-contained "
+                                "page: the graph, each node's card, step-through, each node's "
+                                "finite-difference check; float64) (default: none)")
+    p_explain.add_argument("--plant-bug", default=None, metavar="OP",
+                           help="for teaching: make OP's backward wrong (Softmax, LayerNorm, "
+                                "...) and see where the finite-difference check disagrees "
+                                "(default: none)")
     return parser
 
 
@@ -321,7 +330,6 @@ def _train_rank(args):
 
 def _blas_threads(threads):
     """BLAS threads for this process while training (threadpoolctl), or nothing."""
-    import contextlib
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -332,9 +340,14 @@ def _blas_threads(threads):
 def explain_backward(args):
     """``tinyllm explain-backward``: one forward of a tiny GPT (or of a trained run, on a batch
     of its corpus), then its backward pass step by step (``tinyllm.trace``)."""
-    from tinyllm import trace
+    from tinyllm import explorer, trace
     from tinyllm.autograd import graph
-    dtype = "float64" if args.bisect else "float32"
+    with (explorer.plant_bug(args.plant_bug) if args.plant_bug else contextlib.nullcontext()):
+        return _explain_backward(args, trace, graph)
+
+
+def _explain_backward(args, trace, graph):
+    dtype = "float64" if args.bisect or args.html else "float32"
     if args.out_dir:
         cfg, tok, model, log = open_run(args.out_dir)
         model.to(np.dtype(dtype))
@@ -355,6 +368,13 @@ def explain_backward(args):
     _, loss = model(idx, targets)
     print(f"backward pass of {what} on a batch of shape {tuple(idx.shape)}; "
           f"loss {float(loss.data):.4f}\n")
+    if args.html:
+        path = trace.to_html(loss, model, args.html,
+                             title=f"Backward of {what}" + (
+                                 f", {args.plant_bug}'s backward planted wrong"
+                                 if args.plant_bug else ""))
+        print(f"wrote {path} ({path.stat().st_size:,} bytes): open it in a browser")
+        return path
     if args.bisect:
         report = tl.bisect_backward(loss, model=model)
         print(report)

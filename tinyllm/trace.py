@@ -260,3 +260,11 @@ def tiny_gpt_example(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=2,
     idx = np.stack([data[s:s + block_size] for s in starts])               # (B, T)
     targets = np.stack([data[s + 1:s + block_size + 1] for s in starts])   # (B, T)
     return model, idx, targets, tok
+
+
+def to_html(loss, model=None, path="backward.html", title=None, check=True):
+    """Write the backward explorer page of ``loss`` (one self-contained HTML file: the graph,
+    each node's card, step-through) to ``path``; see ``tinyllm.explorer``. Runs the
+    backward."""
+    from tinyllm.explorer import to_html as write
+    return write(loss, model, path, title=title, check=check)
