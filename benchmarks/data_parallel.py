@@ -35,7 +35,6 @@ the same time); deterministic, rank 0's bytes in and then out (the gather before
 broadcast, both through its link).
 """
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -176,25 +175,10 @@ def _shm_rank(comm, n, reps, warmup):
     return None if times is None else summarize(times, n, comm.size, "shm")
 
 
-def _importable(fn):
-    """``fn`` as a spawned rank finds it (by module name): this file as ``__main__`` (a script)
-    or, loaded under another name (tests/conftest.py's ``load_script``), imported again as
-    ``data_parallel`` with benchmarks/ appended to ``sys.path`` (which the children inherit)."""
-    if __name__ in ("__main__", "data_parallel"):
-        return fn
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.append(here)
-    module = importlib.import_module("data_parallel")
-    if os.path.abspath(module.__file__) != os.path.abspath(__file__):
-        raise ImportError(f"data_parallel: {module.__file__} shadows {__file__}")
-    return getattr(module, fn.__name__)
-
-
 def measure_shm(n, ranks=2, reps=200, warmup=20):
     """The shared-memory transport: ``ranks`` local ranks (this process is rank 0)."""
     from tinyllm.distributed import launch
-    return [launch(_importable(_shm_rank), ranks, n, reps, warmup)]
+    return [launch(_shm_rank, ranks, n, reps, warmup)]
 
 
 def measure_mpi(n, reps=200, warmup=20):

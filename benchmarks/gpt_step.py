@@ -24,10 +24,7 @@ benchmarks/train_step.py compares with PyTorch; benchmarks/data_parallel.py time
 alone.
 """
 import argparse
-import importlib
-import os
 import statistics
-import sys
 import time
 
 import numpy as np
@@ -77,21 +74,6 @@ def run_rank(comm, rounds=5, steps=10, bias=False, batch_size=12, warmup=3):
     return times if comm is None or comm.rank == 0 else None
 
 
-def _importable(fn):
-    """``fn`` as a spawned rank finds it (by module name): this file as ``__main__`` (a script)
-    or, loaded under another name (tests/conftest.py's ``load_script``), imported again as
-    ``gpt_step`` with benchmarks/ appended to ``sys.path`` (which the children inherit)."""
-    if __name__ in ("__main__", "gpt_step"):
-        return fn
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.append(here)
-    module = importlib.import_module("gpt_step")
-    if os.path.abspath(module.__file__) != os.path.abspath(__file__):
-        raise ImportError(f"gpt_step: {module.__file__} shadows {__file__}")
-    return getattr(module, fn.__name__)
-
-
 def _blas_threads(threads):
     """At most ``threads`` BLAS threads in this process (threadpoolctl), as the CLI's MPI
     ranks run; nothing without threadpoolctl."""
@@ -117,7 +99,7 @@ def main(rounds=5, steps=10, bias=False, batch_size=12, workers=1, allreduce="fa
         ranks = comm.size
     elif workers > 1:
         transport = "local ranks, shared memory"
-        times = distributed.launch(_importable(run_rank), workers, rounds, steps, bias,
+        times = distributed.launch(run_rank, workers, rounds, steps, bias,
                                    batch_size, warmup)
         ranks = workers
     else:

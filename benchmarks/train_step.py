@@ -225,23 +225,6 @@ def _tinyllm_dp_rank(comm, config, steps, warmup, max_time):
     return out
 
 
-def _importable(fn):
-    """``fn`` as a spawned rank can find it: ranks unpickle a function by its module's name.
-    Run as a script this file is ``__main__`` (which a 'spawn' child re-imports); loaded
-    under another name (tests/conftest.py's ``load_script`` names it benchmarks_train_step,
-    which no child can import) it is imported again as ``train_step``, benchmarks/ appended
-    to ``sys.path`` (which the children inherit)."""
-    if __name__ in ("__main__", "train_step"):
-        return fn
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.append(here)
-    module = importlib.import_module("train_step")
-    if os.path.abspath(module.__file__) != os.path.abspath(__file__):
-        raise ImportError(f"train_step: {module.__file__} shadows {__file__}")
-    return getattr(module, fn.__name__)
-
-
 def _tinyllm_step(model, opt, x, y, to_device=None):
     """One step; returns the loss as a Tensor (not yet read back: the caller times both)."""
     if to_device is not None:
@@ -512,7 +495,7 @@ def run_worker(engine, config, steps, warmup=None, sdpa=True, profile=False, max
             raise ValueError("tinyllm-dp runs on the numpy backend only")
         from tinyllm.distributed import launch
         from tinyllm.parallel import auto_workers
-        return launch(_importable(_tinyllm_dp_rank), auto_workers(cfg.batch_size),
+        return launch(_tinyllm_dp_rank, auto_workers(cfg.batch_size),
                       config if isinstance(config, str) else tuple(cfg), steps, warmup,
                       max_time)
     if engine == "tinyllm":

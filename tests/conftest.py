@@ -7,6 +7,7 @@ skipped, with the reason, when CuPy sees no CUDA device.
 """
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_script(relpath):
-    """Import a script of the repo that is not in a package (``benchmarks/train_step.py``)."""
-    name = os.path.splitext(relpath)[0].replace(os.sep, "_").replace("/", "_")
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, relpath))
+    """Import a script of the repo that is not in a package (``benchmarks/train_step.py``) as
+    the top-level module its file names (``train_step``), its folder appended to ``sys.path``:
+    a process it spawns (``tinyllm.distributed.launch``) unpickles its functions by that name,
+    and inherits the path."""
+    path = os.path.join(REPO, relpath)
+    folder, name = os.path.dirname(path), os.path.splitext(os.path.basename(path))[0]
+    module = sys.modules.get(name)
+    if module is not None and os.path.abspath(getattr(module, "__file__", "")) == path:
+        return module
+    if module is not None:
+        raise ImportError(f"load_script: a module {name!r} from {module.__file__} is already "
+                          f"imported; {relpath} would shadow it")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
