@@ -150,3 +150,17 @@ def test_explain_backward_writes_the_page(tmp_path, capsys):
     assert LayerNorm.backward is LayerNorm.__dict__["backward"]
     assert cli.run(["explain-backward", "--html", str(page), "--plant-bug", "Nope"]) == 1
     assert "no op called 'Nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--html", "/no/such/folder/p.html"], "the folder /no/such/folder does not exist"),
+    (["--html", "{tmp}/p.html", "--steps"], "give --steps or --bisect in a run of their own"),
+    (["--plant-bug", "Softmax"], "give it with --html or --bisect"),
+])
+def test_explain_backward_refuses_what_it_cannot_do_in_one_line(tmp_path, capsys, flags,
+                                                                message):
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    assert cli.run(["explain-backward", *flags]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())

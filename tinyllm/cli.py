@@ -347,6 +347,18 @@ def explain_backward(args):
 
 
 def _explain_backward(args, trace, graph):
+    if args.html:
+        folder = os.path.dirname(os.path.abspath(args.html))
+        if not os.path.isdir(folder):
+            raise ValueError(f"explain-backward: --html {args.html}: the folder {folder} does "
+                             f"not exist")
+        if args.steps or args.bisect:
+            raise ValueError("explain-backward: --html runs the backward once for the page, "
+                             "which shows each step and each node's check already; give "
+                             "--steps or --bisect in a run of their own")
+    if args.plant_bug and not (args.html or args.bisect):
+        raise ValueError("explain-backward: --plant-bug shows where the finite-difference "
+                         "check disagrees: give it with --html or --bisect")
     dtype = "float64" if args.bisect or args.html else "float32"
     if args.out_dir:
         cfg, tok, model, log = open_run(args.out_dir)
@@ -369,6 +381,8 @@ def _explain_backward(args, trace, graph):
     print(f"backward pass of {what} on a batch of shape {tuple(idx.shape)}; "
           f"loss {float(loss.data):.4f}\n")
     if args.html:
+        if args.dot:                                # drawn from the graph the page consumes
+            print(f"graph written to {graph.render(graph.to_dot(loss, model=model), args.dot)}")
         path = trace.to_html(loss, model, args.html,
                              title=f"Backward of {what}" + (
                                  f", {args.plant_bug}'s backward planted wrong"
