@@ -74,17 +74,6 @@ def run_rank(comm, rounds=5, steps=10, bias=False, batch_size=12, warmup=3):
     return times if comm is None or comm.rank == 0 else None
 
 
-def _blas_threads(threads):
-    """At most ``threads`` BLAS threads in this process (threadpoolctl), as the CLI's MPI
-    ranks run; nothing without threadpoolctl."""
-    import contextlib
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
 def main(rounds=5, steps=10, bias=False, batch_size=12, workers=1, allreduce="fast",
          warmup=3, quiet=False):
     """Run the benchmark; returns rank 0's median ms/step (None on other MPI ranks). Under
@@ -93,8 +82,7 @@ def main(rounds=5, steps=10, bias=False, batch_size=12, workers=1, allreduce="fa
     if comm is not None:
         how = "gather, rank-order sum, broadcast" if comm.deterministic else "Iallreduce"
         transport = f"MPI {allreduce} ({how})"
-        cores = distributed.available_cores()
-        with _blas_threads(max(1, cores // (distributed.local_size() or 1))):
+        with distributed.blas_threads():      # this rank's share, as the CLI's ranks
             times = run_rank(comm, rounds, steps, bias, batch_size, warmup)
         ranks = comm.size
     elif workers > 1:

@@ -305,8 +305,7 @@ def _train_rank(args):
     alone hit is printed by that rank, naming it, and stops the whole job (MPI_Abort: the
     others may be waiting in a collective for it)."""
     comm, cfg = _world(args)
-    cores = distributed.available_cores()
-    with _blas_threads(max(1, cores // (distributed.local_size() or 1))):
+    with distributed.blas_threads():            # this rank's share of its machine
         try:
             return train(cfg, resume=args.resume, quiet=args.quiet or comm.rank != 0,
                          overwrite=args.overwrite, comm=comm)
@@ -326,15 +325,6 @@ def _train_rank(args):
             print(f"tinyllm train: error: {message}", file=sys.stderr, flush=True)
             comm.abort(1)
             os._exit(1)                         # MPI_Abort does not return; in case it does
-
-
-def _blas_threads(threads):
-    """BLAS threads for this process while training (threadpoolctl), or nothing."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def explain_backward(args):

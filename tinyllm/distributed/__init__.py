@@ -19,11 +19,12 @@ process with more than one rank, else None. mpi4py is imported only then.
 from tinyllm.distributed.base import (Communicator, DistributedError, PeerStopped,
                                       SingleCommunicator, local_size)
 from tinyllm.distributed.mpi import launched_by_mpi, launched_rank
-from tinyllm.distributed.local import available_cores, launch
+from tinyllm.distributed.local import available_cores, blas_threads, launch
 from tinyllm.distributed.shm import SharedMemoryCommunicator
 
 __all__ = ["Communicator", "DistributedError", "PeerStopped", "SingleCommunicator",
-           "SharedMemoryCommunicator", "available_cores", "create_communicator", "launch",
+           "SharedMemoryCommunicator", "available_cores", "blas_threads", "create_communicator",
+           "launch",
            "launched_by_mpi", "launched_rank", "local_size", "world"]
 
 

@@ -12,6 +12,7 @@ the ranks talk through ``SharedMemoryCommunicator`` (``tinyllm.distributed.shm``
 ignore Ctrl-C: rank 0 handles it and tells them through the next collective (the training
 loop's Ctrl-C check is one). Each rank gets cores // n BLAS threads.
 """
+import contextlib
 import math
 import multiprocessing
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyllm import backend, dispatch
-from tinyllm.distributed.base import PeerStopped, timeout_from_env
+from tinyllm.distributed.base import PeerStopped, local_size, timeout_from_env
 from tinyllm.distributed.shm import (AGREE_MAX, DONE, FAILED, SharedMemoryCommunicator)
 
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -66,17 +67,17 @@ def _cgroup_cpu_quota(root):
     return None
 
 
-def launch(fn, nprocs, *args, timeout=None, blas_threads=None):
+def launch(fn, nprocs, *args, timeout=None, threads=None):
     """Run ``fn(comm, *args)`` on ``nprocs`` ranks of this machine and return rank 0's result:
     rank 0 is this process, ranks 1.. are spawned (``fn`` and ``args`` must pickle). Each rank
-    gets ``blas_threads`` BLAS and Numba threads (default: the cores // nprocs). An exception
+    gets ``threads`` BLAS and Numba threads (default: the cores // nprocs). An exception
     in any rank stops them all; a child's comes back as a ``DistributedError`` naming its rank
     (its traceback in ``.details``)."""
     if int(nprocs) != nprocs or nprocs < 1:
         raise ValueError(f"launch: nprocs must be an int >= 1, got {nprocs!r}")
     nprocs = int(nprocs)
     timeout = timeout_from_env() if timeout is None else float(timeout)    # checked here
-    threads = blas_threads or max(1, available_cores() // nprocs)
+    threads = threads or max(1, available_cores() // nprocs)
     ctx = multiprocessing.get_context("spawn")
     ctrl = ctx.RawArray("q", 2 * nprocs)
     small = ctx.RawArray("d", 2 * nprocs * AGREE_MAX)
@@ -116,17 +117,15 @@ def launch(fn, nprocs, *args, timeout=None, blas_threads=None):
                 os.environ[k] = v
     comm = SharedMemoryCommunicator(0, nprocs, ctrl, small, lock, conns, os.getpid(), procs,
                                     timeout)
-    limits = _limit_threads(threads)
     ok = False
     try:
-        result = fn(comm, *args)
+        with blas_threads(threads):
+            result = fn(comm, *args)
         ok = True
         return result
     finally:
         comm._set_state(DONE if ok else FAILED)
         try:
-            if limits is not None:
-                limits.restore_original_limits()
             _stop(procs, conns, ctrl, nprocs, wait=5 if ok else 1)
         finally:
             comm.close()
@@ -145,11 +144,16 @@ def _stop(procs, conns, ctrl, size, wait=1):
         conn.close()
 
 
-def _limit_threads(threads):
+def blas_threads(threads=None):
+    """A context in which this process uses at most ``threads`` BLAS threads (threadpoolctl;
+    nothing without it). Default: this rank's share of the machine, ``available_cores()`` //
+    the ranks the launcher put on it (``local_size``)."""
+    if threads is None:
+        threads = max(1, available_cores() // (local_size() or 1))
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return None
+        return contextlib.nullcontext()
     return threadpool_limits(limits=threads, user_api="blas")
 
 
